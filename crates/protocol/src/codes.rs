@@ -1,0 +1,187 @@
+//! Request codes and response status codes: the stable numbers that cross the wire.
+
+use std::fmt;
+
+/// What a request asks for. Unknown numbers are answered with
+/// [`Status::RequestCodeNotSupported`] and the connection stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum RequestCode {
+    /// First frame of every connection: version negotiation.
+    Handshake = 1,
+    /// Keep-alive; answered with an empty OK.
+    Ping = 2,
+
+    // Nameserver.
+    RegisterBroker = 100,
+    UnregisterBroker = 101,
+    GetRoute = 102,
+    GetCluster = 103,
+
+    // Broker.
+    Send = 200,
+    Pull = 201,
+    CommitOffsets = 202,
+    QueryOffset = 203,
+    CreateTopic = 204,
+    GetQueueOffsets = 205,
+}
+
+impl RequestCode {
+    pub const ALL: [RequestCode; 12] = [
+        RequestCode::Handshake,
+        RequestCode::Ping,
+        RequestCode::RegisterBroker,
+        RequestCode::UnregisterBroker,
+        RequestCode::GetRoute,
+        RequestCode::GetCluster,
+        RequestCode::Send,
+        RequestCode::Pull,
+        RequestCode::CommitOffsets,
+        RequestCode::QueryOffset,
+        RequestCode::CreateTopic,
+        RequestCode::GetQueueOffsets,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<RequestCode> {
+        RequestCode::ALL
+            .into_iter()
+            .find(|code| *code as u16 == value)
+    }
+
+    /// Stable lowercase name, used as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestCode::Handshake => "handshake",
+            RequestCode::Ping => "ping",
+            RequestCode::RegisterBroker => "register_broker",
+            RequestCode::UnregisterBroker => "unregister_broker",
+            RequestCode::GetRoute => "get_route",
+            RequestCode::GetCluster => "get_cluster",
+            RequestCode::Send => "send",
+            RequestCode::Pull => "pull",
+            RequestCode::CommitOffsets => "commit_offsets",
+            RequestCode::QueryOffset => "query_offset",
+            RequestCode::CreateTopic => "create_topic",
+            RequestCode::GetQueueOffsets => "get_queue_offsets",
+        }
+    }
+}
+
+impl fmt::Display for RequestCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Outcome of a request, carried in the `code` field of a response frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Status {
+    Ok = 0,
+    /// The server failed for a reason of its own; the request may be retried.
+    SystemError = 1,
+    /// Too many requests in flight; retry later.
+    SystemBusy = 2,
+    /// The server does not know this request code.
+    RequestCodeNotSupported = 3,
+    /// The header or body is malformed or a field is invalid; do not retry unchanged.
+    ParameterError = 4,
+    /// The topic does not exist and is not auto-created here.
+    TopicNotExist = 5,
+    /// This broker is not its group's leader; the error header names the leader if known.
+    NotLeader = 6,
+    /// A message or batch is over the size limit.
+    MessageTooLarge = 7,
+    /// The peer's protocol version is not supported; the connection closes.
+    UnsupportedVersion = 8,
+    /// The requested queue offset is outside the queue; the error says the valid range.
+    OffsetOutOfRange = 9,
+    /// The topic's permissions forbid this operation.
+    NoPermission = 10,
+    /// The server is starting or shutting down.
+    ServiceNotAvailable = 11,
+    /// The request did not complete in time on the server; its outcome is unknown.
+    Timeout = 12,
+    /// A handshake was expected first, or sent twice.
+    HandshakeRequired = 13,
+}
+
+impl Status {
+    pub const ALL: [Status; 14] = [
+        Status::Ok,
+        Status::SystemError,
+        Status::SystemBusy,
+        Status::RequestCodeNotSupported,
+        Status::ParameterError,
+        Status::TopicNotExist,
+        Status::NotLeader,
+        Status::MessageTooLarge,
+        Status::UnsupportedVersion,
+        Status::OffsetOutOfRange,
+        Status::NoPermission,
+        Status::ServiceNotAvailable,
+        Status::Timeout,
+        Status::HandshakeRequired,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|status| *status as u16 == value)
+    }
+
+    /// Whether a client may retry the same request, possibly elsewhere.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            Status::SystemError
+                | Status::SystemBusy
+                | Status::NotLeader
+                | Status::ServiceNotAvailable
+                | Status::Timeout
+                | Status::TopicNotExist
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::SystemError => "system_error",
+            Status::SystemBusy => "system_busy",
+            Status::RequestCodeNotSupported => "request_code_not_supported",
+            Status::ParameterError => "parameter_error",
+            Status::TopicNotExist => "topic_not_exist",
+            Status::NotLeader => "not_leader",
+            Status::MessageTooLarge => "message_too_large",
+            Status::UnsupportedVersion => "unsupported_version",
+            Status::OffsetOutOfRange => "offset_out_of_range",
+            Status::NoPermission => "no_permission",
+            Status::ServiceNotAvailable => "service_not_available",
+            Status::Timeout => "timeout",
+            Status::HandshakeRequired => "handshake_required",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_through_numbers() {
+        for code in RequestCode::ALL {
+            assert_eq!(RequestCode::from_u16(code as u16), Some(code));
+        }
+        for status in Status::ALL {
+            assert_eq!(Status::from_u16(status as u16), Some(status));
+        }
+        assert_eq!(RequestCode::from_u16(65535), None);
+    }
+}

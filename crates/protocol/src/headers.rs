@@ -1,0 +1,229 @@
+//! Request and response headers, one struct per request code, encoded with [`crate::codec`].
+//! Adding or changing a field changes the wire format: bump [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// Topic permission bits (RocketMQ's values).
+pub mod perm {
+    pub const WRITE: u8 = 2;
+    pub const READ: u8 = 4;
+    pub const READ_WRITE: u8 = READ | WRITE;
+
+    pub fn is_valid(perm: u8) -> bool {
+        perm & !READ_WRITE == 0
+    }
+}
+
+/// Header of every response whose status is not OK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ErrorHeader {
+    pub message: String,
+    /// For `NOT_LEADER`: the client address of the group's leader, if known.
+    pub leader: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeRequest {
+    pub min_version: u8,
+    pub max_version: u8,
+    /// Free-form identity of the caller, for logs and connection listings.
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeResponse {
+    /// The version both sides use from now on.
+    pub version: u8,
+    pub server_id: String,
+}
+
+/// A broker's role in its group: the Raft leader is the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BrokerRole {
+    Leader,
+    Follower,
+}
+
+/// A topic as a broker announces it to nameservers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub name: String,
+    pub queues: u32,
+    pub perm: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterBrokerRequest {
+    pub cluster: String,
+    pub group: String,
+    pub node_id: u64,
+    /// Address clients connect to.
+    pub client_addr: String,
+    /// Address of the admin HTTP endpoint.
+    pub admin_addr: String,
+    pub role: BrokerRole,
+    /// Raft term in which `role` was observed; a registration with an older term never
+    /// overrides a newer one.
+    pub term: u64,
+    pub auto_create_topics: bool,
+    pub default_queues: u32,
+    pub topics: Vec<TopicConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterBrokerResponse {
+    /// The broker is dropped from routes if it is silent this long.
+    pub expiry_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnregisterBrokerRequest {
+    pub group: String,
+    pub node_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetRouteRequest {
+    pub topic: String,
+}
+
+/// One broker group's part of a topic's route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRoute {
+    pub group: String,
+    /// Client address of the leader (master), if the group has one.
+    pub leader: Option<String>,
+    pub followers: Vec<String>,
+    pub queues: u32,
+    pub perm: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRoute {
+    pub topic: String,
+    /// False when no broker has the topic yet and `groups` are the groups that will create it
+    /// on the first send.
+    pub exists: bool,
+    pub groups: Vec<GroupRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub cluster: String,
+    pub group: String,
+    pub node_id: u64,
+    pub client_addr: String,
+    pub admin_addr: String,
+    pub role: BrokerRole,
+    pub term: u64,
+    pub topics: u32,
+    pub last_heartbeat_ms_ago: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetClusterResponse {
+    pub brokers: Vec<BrokerInfo>,
+}
+
+/// Body: `count` length-prefixed message records, all for one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    pub topic: String,
+    pub queue_id: u32,
+    pub count: u32,
+}
+
+/// The batch's messages have queue offsets `first_offset .. first_offset + count`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub queue_id: u32,
+    pub first_offset: u64,
+    pub store_ts_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub max_messages: u32,
+    pub max_bytes: u32,
+    /// How long the broker may hold the request when there is nothing new (long polling).
+    pub max_wait_ms: u32,
+    /// Only messages whose tag hash is listed; empty means every message.
+    pub tag_hashes: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullStatus {
+    /// The body holds at least one message.
+    Found,
+    /// Nothing at or after the offset yet (after waiting up to `max_wait_ms`).
+    NoNewMessages,
+    /// The offset was outside `[min_offset, max_offset]`; continue from `next_offset`.
+    OffsetMoved,
+}
+
+/// Body: messages as written by [`crate::message::encode_pulled`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullResponse {
+    pub status: PullStatus,
+    /// Where the next pull starts (past messages the filter skipped, too).
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub queue_id: u32,
+    /// The next offset the group will consume.
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitOffsetsRequest {
+    pub group: String,
+    pub offsets: Vec<OffsetCommit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryOffsetRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryOffsetResponse {
+    /// None when the group never committed an offset for this queue.
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopicRequest {
+    pub topic: String,
+    pub queues: u32,
+    pub perm: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetQueueOffsetsRequest {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueOffsets {
+    pub queue_id: u32,
+    /// Oldest offset still stored.
+    pub min_offset: u64,
+    /// Offset the next message will get.
+    pub max_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetQueueOffsetsResponse {
+    pub queues: Vec<QueueOffsets>,
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Usage: scripts/install-deps.sh [--bench]
+#
+# Installs, idempotently, everything the build and the test suite need on a Debian 12 machine:
+# the system RocksDB and libclang (for the rocksdb crate's bindgen), cargo-deny, cargo-fuzz and a
+# nightly toolchain for the fuzz smoke test. With --bench it also installs iperf3 and fio, which
+# scripts/bench.sh uses to measure the machine's limits.
+set -euo pipefail
+
+TOOLS_DIR="${FERROMQ_TOOLS_DIR:-$HOME/.cache/ferromq/tools}"
+APT_PACKAGES=(librocksdb-dev libclang-dev pkg-config)
+if [[ "${1:-}" == "--bench" ]]; then
+    APT_PACKAGES+=(iperf3 fio)
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Cargo tools go to a persistent folder so later runs skip the build.
+mkdir -p "$TOOLS_DIR"
+install_tool() {
+    local crate="$1" version="$2" binary="$3" toolchain="${4:-}"
+    if [[ -x "$TOOLS_DIR/bin/$binary" ]] && "$TOOLS_DIR/bin/$binary" --version 2>/dev/null | grep -q "$version"; then
+        return
+    fi
+    echo "installing $crate $version into $TOOLS_DIR"
+    cargo $toolchain install --locked --quiet --root "$TOOLS_DIR" "$crate" --version "$version"
+}
+install_tool cargo-deny 0.20.2 cargo-deny
+install_tool cargo-fuzz 0.13.2 cargo-fuzz
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal
+fi
