@@ -1,0 +1,39 @@
+//! Nameserver configuration (`nameserver.toml`, `FERROMQ_*`, flags); see docs/configuration.md.
+
+use ferromq_service::limits::LimitsConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NameserverConfig {
+    /// Wire address brokers and clients connect to.
+    pub listen: String,
+    /// Admin HTTP address (`/livez`, `/readyz`, `/metrics`, `/v1/cluster`).
+    pub admin_listen: String,
+    /// A broker that has not heartbeated for this long leaves the routes.
+    pub broker_expiry_ms: u64,
+    /// How often expired brokers are looked for.
+    pub scan_interval_ms: u64,
+    pub limits: LimitsConfig,
+}
+
+impl Default for NameserverConfig {
+    fn default() -> Self {
+        NameserverConfig {
+            listen: "0.0.0.0:9876".into(),
+            admin_listen: "0.0.0.0:9877".into(),
+            broker_expiry_ms: 120_000,
+            scan_interval_ms: 5_000,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl NameserverConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.broker_expiry_ms == 0 || self.scan_interval_ms == 0 {
+            return Err("broker_expiry_ms and scan_interval_ms must be positive".into());
+        }
+        self.limits.validate()
+    }
+}

@@ -1,0 +1,58 @@
+//! `ferromq-nameserver`: loads configuration, runs the nameserver until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ferromq_nameserver::{Nameserver, NameserverConfig};
+
+/// FerroMQ nameserver: the route registry brokers register with and clients query.
+///
+/// Configuration is layered: defaults, then the TOML file (--config or FERROMQ_CONFIG), then
+/// FERROMQ_* environment variables (e.g. FERROMQ_BROKER_EXPIRY_MS=60000), then these flags.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "FERROMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Wire address to listen on [default: 0.0.0.0:9876].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin HTTP address [default: 0.0.0.0:9877].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Drop a broker from routes after this many milliseconds without a heartbeat [default: 120000].
+    #[arg(long)]
+    broker_expiry_ms: Option<u64>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ferromq_service::logging::init();
+    let mut config: NameserverConfig =
+        ferromq_service::config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin_listen) = args.admin_listen {
+        config.admin_listen = admin_listen;
+    }
+    if let Some(expiry) = args.broker_expiry_ms {
+        config.broker_expiry_ms = expiry;
+    }
+    if args.print_config {
+        print!("{}", ferromq_service::config::to_toml(&config));
+        return Ok(());
+    }
+    let nameserver = Nameserver::start(config)
+        .await
+        .context("starting nameserver")?;
+    ferromq_service::shutdown_signal().await;
+    nameserver.shutdown().await;
+    Ok(())
+}
