@@ -354,6 +354,62 @@ pub fn decode_record(mut bytes: Bytes) -> Result<MessageRecord, RecordError> {
     })
 }
 
+/// The fields apply needs (tag for the consume queue, keys for the key index), read without
+/// allocating the body or properties. The record was validated when it was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPeek<'a> {
+    pub tag: Option<&'a str>,
+    pub keys: Vec<&'a str>,
+    pub store_ts_ms: u64,
+}
+
+pub fn peek_record(bytes: &[u8]) -> Result<RecordPeek<'_>, RecordError> {
+    fn take<'a>(
+        bytes: &'a [u8],
+        at: &mut usize,
+        what: &'static str,
+    ) -> Result<&'a str, RecordError> {
+        let len_bytes = bytes
+            .get(*at..*at + 2)
+            .ok_or(RecordError::Truncated(what))?;
+        let len = u16::from_be_bytes([len_bytes[0], len_bytes[1]]) as usize;
+        let raw = bytes
+            .get(*at + 2..*at + 2 + len)
+            .ok_or(RecordError::Truncated(what))?;
+        *at += 2 + len;
+        std::str::from_utf8(raw).map_err(|_| RecordError::Utf8(what))
+    }
+    if bytes.len() < STORE_TS_OFFSET + 12 || bytes[0] != RECORD_VERSION {
+        return Err(RecordError::Truncated("fixed fields"));
+    }
+    let store_ts_ms = u64::from_be_bytes(
+        bytes[STORE_TS_OFFSET..STORE_TS_OFFSET + 8]
+            .try_into()
+            .map_err(|_| RecordError::Truncated("store timestamp"))?,
+    );
+    let mut at = STORE_TS_OFFSET + 12;
+    let tag = take(bytes, &mut at, "tag")?;
+    let count_bytes = bytes
+        .get(at..at + 2)
+        .ok_or(RecordError::Truncated("keys"))?;
+    let count = u16::from_be_bytes([count_bytes[0], count_bytes[1]]) as usize;
+    at += 2;
+    let mut keys = Vec::with_capacity(count.min(MAX_KEYS));
+    for _ in 0..count {
+        keys.push(take(bytes, &mut at, "key")?);
+    }
+    Ok(RecordPeek {
+        tag: (!tag.is_empty()).then_some(tag),
+        keys,
+        store_ts_ms,
+    })
+}
+
+/// Writes the broker's store timestamp into an encoded record.
+pub fn stamp_store_ts(record: &mut [u8], store_ts_ms: u64) {
+    record[STORE_TS_OFFSET..STORE_TS_OFFSET + 8].copy_from_slice(&store_ts_ms.to_be_bytes());
+}
+
 /// Appends `record` with a u32 length prefix: the framing of records in a send body.
 pub fn put_length_prefixed(dst: &mut BytesMut, record: &[u8]) {
     dst.reserve(4 + record.len());
@@ -469,19 +525,27 @@ mod tests {
             let mut buf = BytesMut::new();
             encode_record(id, born, &message, &mut buf);
             prop_assert_eq!(buf.len(), record_len(&message));
+            let buf_copy = buf.clone().freeze();
             let record = decode_record(buf.freeze()).unwrap();
             prop_assert_eq!(record.id, id);
             prop_assert_eq!(record.born_ts_ms, born);
-            prop_assert_eq!(record.tag, message.tag);
-            prop_assert_eq!(record.keys, message.keys);
+            prop_assert_eq!(&record.tag, &message.tag);
+            prop_assert_eq!(&record.keys, &message.keys);
             prop_assert_eq!(record.properties, message.properties);
             prop_assert_eq!(record.body, message.body);
+            let mut bytes = buf_copy.to_vec();
+            stamp_store_ts(&mut bytes, 77);
+            let peek = peek_record(&bytes).unwrap();
+            prop_assert_eq!(peek.store_ts_ms, 77);
+            prop_assert_eq!(peek.tag, message.tag.as_deref());
+            prop_assert_eq!(peek.keys, message.keys.iter().map(String::as_str).collect::<Vec<_>>());
         }
 
         #[test]
         fn record_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_record(Bytes::from(bytes.clone()));
             let _ = decode_pulled(Bytes::from(bytes.clone()));
+            let _ = peek_record(&bytes);
             let _ = split_length_prefixed(Bytes::from(bytes));
         }
     }

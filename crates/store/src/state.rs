@@ -1,0 +1,299 @@
+//! RocksDB state: Raft's hard and conf state (written with the WAL, synced when Raft asks),
+//! and the derived state apply maintains: topics, consumer offsets, the key index, and the
+//! checkpoint that says how far all derived state is durable.
+//!
+//! Derived writes skip the WAL: they are rebuilt from the log after a crash, starting at the
+//! checkpoint, which is only written after the consume queues are synced and RocksDB's memtables
+//! are flushed.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ferromq_protocol::{codec, headers::TopicConfig};
+use rocksdb::{
+    compaction_filter::Decision, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::commit_log::LogPoint;
+use crate::error::{Result, StoreError};
+
+const CF_RAFT: &str = "raft";
+const CF_META: &str = "meta";
+const CF_TOPICS: &str = "topics";
+const CF_OFFSETS: &str = "offsets";
+const CF_KEYS: &str = "keys";
+const DERIVED_CFS: [&str; 3] = [CF_TOPICS, CF_OFFSETS, CF_KEYS];
+
+const KEY_LOG_START: &[u8] = b"log_start";
+const KEY_CHECKPOINT: &[u8] = b"checkpoint";
+
+/// How far derived state (consume queues and RocksDB) is known to be durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub applied_index: u64,
+    pub applied_term: u64,
+    /// (topic, queue id, number of units) of every consume queue at `applied_index`.
+    pub queues: Vec<(String, u32, u64)>,
+}
+
+/// Where a message with a given key is: its queue and offset, and its record in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHit {
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub position: u64,
+    pub size: u32,
+}
+
+pub struct StateDb {
+    db: DB,
+    derived_writes: WriteOptions,
+}
+
+impl std::fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDb").finish_non_exhaustive()
+    }
+}
+
+fn offset_key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.len() + topic.len() + 6);
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&queue_id.to_be_bytes());
+    key
+}
+
+fn key_prefix(topic: &str, key: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(topic.len() + key.len() + 2);
+    prefix.extend_from_slice(topic.as_bytes());
+    prefix.push(0);
+    prefix.extend_from_slice(key.as_bytes());
+    prefix.push(0);
+    prefix
+}
+
+fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Decode {
+            what,
+            reason: format!("{} bytes, expected 8", bytes.len()),
+        })
+}
+
+fn decode_point(bytes: &[u8]) -> Result<LogPoint> {
+    if bytes.len() != 16 {
+        return Err(StoreError::Decode {
+            what: "log start",
+            reason: format!("{} bytes, expected 16", bytes.len()),
+        });
+    }
+    Ok(LogPoint {
+        index: decode_u64(&bytes[..8], "log start")?,
+        term: decode_u64(&bytes[8..], "log start")?,
+    })
+}
+
+impl StateDb {
+    /// Opens (or creates) the database. Key-index entries pointing before `log_start_position`
+    /// are dropped as RocksDB compacts, so retention needs no scan of the index.
+    pub fn open(path: &Path, log_start_position: Arc<AtomicU64>) -> Result<StateDb> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let mut keys_options = Options::default();
+        keys_options.set_compaction_filter(
+            "drop_keys_before_log_start",
+            move |_level, key: &[u8], _value: &[u8]| {
+                let position = key
+                    .len()
+                    .checked_sub(8)
+                    .and_then(|at| key[at..].try_into().ok())
+                    .map(u64::from_be_bytes);
+                match position {
+                    Some(position) if position < log_start_position.load(Ordering::Acquire) => {
+                        Decision::Remove
+                    }
+                    _ => Decision::Keep,
+                }
+            },
+        );
+        let descriptors = vec![
+            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_TOPICS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_OFFSETS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_KEYS, keys_options),
+        ];
+        let db = DB::open_cf_descriptors(&options, path, descriptors)?;
+        let mut derived_writes = WriteOptions::default();
+        derived_writes.disable_wal(true);
+        Ok(StateDb { db, derived_writes })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn put_durable(&self, cf: &str, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db.put_cf_opt(self.cf(cf), key, value, &options)?;
+        Ok(())
+    }
+
+    /// Raft's own state (hard state, conf state), opaque to the store.
+    pub fn raft_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_RAFT), key)?)
+    }
+
+    pub fn save_raft_value(&self, key: &str, value: &[u8], sync: bool) -> Result<()> {
+        self.put_durable(CF_RAFT, key.as_bytes(), value, sync)
+    }
+
+    pub fn log_start(&self) -> Result<LogPoint> {
+        match self.db.get_cf(self.cf(CF_META), KEY_LOG_START)? {
+            Some(bytes) => decode_point(&bytes),
+            None => Ok(LogPoint::default()),
+        }
+    }
+
+    pub fn save_log_start(&self, point: LogPoint) -> Result<()> {
+        let mut bytes = point.index.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&point.term.to_be_bytes());
+        self.put_durable(CF_META, KEY_LOG_START, &bytes, true)
+    }
+
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        match self.db.get_cf(self.cf(CF_META), KEY_CHECKPOINT)? {
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|err| StoreError::Decode {
+                    what: "checkpoint",
+                    reason: err.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Flushes derived state to SST files, then records `checkpoint` durably.
+    pub fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+        for cf in DERIVED_CFS {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        self.put_durable(CF_META, KEY_CHECKPOINT, &codec::encode(checkpoint), true)
+    }
+
+    pub fn topics(&self) -> Result<Vec<TopicConfig>> {
+        let mut topics = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_TOPICS), IteratorMode::Start) {
+            let (_, value) = item?;
+            topics.push(codec::decode(&value).map_err(|err| StoreError::Decode {
+                what: "topic",
+                reason: err.to_string(),
+            })?);
+        }
+        Ok(topics)
+    }
+
+    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
+        match self
+            .db
+            .get_cf(self.cf(CF_OFFSETS), offset_key(group, topic, queue_id))?
+        {
+            Some(bytes) => Ok(Some(decode_u64(&bytes, "consumer offset")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Messages stored with `key` in `topic`, oldest first, at most `limit`; entries before
+    /// `log_start_position` (already deleted by retention) are skipped.
+    pub fn find_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        limit: usize,
+        log_start_position: u64,
+    ) -> Result<Vec<KeyHit>> {
+        let prefix = key_prefix(topic, key);
+        let mut hits = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_KEYS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || hits.len() >= limit {
+                break;
+            }
+            let position = decode_u64(&k[prefix.len()..], "key index position")?;
+            if position < log_start_position || v.len() != 16 {
+                continue;
+            }
+            hits.push(KeyHit {
+                queue_id: u32::from_be_bytes(v[0..4].try_into().unwrap_or_default()),
+                queue_offset: decode_u64(&v[4..12], "key index offset")?,
+                size: u32::from_be_bytes(v[12..16].try_into().unwrap_or_default()),
+                position,
+            });
+        }
+        Ok(hits)
+    }
+
+    pub fn batch(&self) -> DerivedBatch<'_> {
+        DerivedBatch {
+            db: self,
+            batch: WriteBatch::default(),
+        }
+    }
+}
+
+/// Derived-state changes of one apply call, written at once without the WAL.
+pub struct DerivedBatch<'a> {
+    db: &'a StateDb,
+    batch: WriteBatch,
+}
+
+impl DerivedBatch<'_> {
+    pub fn put_topic(&mut self, topic: &TopicConfig) {
+        self.batch.put_cf(
+            self.db.cf(CF_TOPICS),
+            topic.name.as_bytes(),
+            codec::encode(topic),
+        );
+    }
+
+    pub fn put_offset(&mut self, group: &str, topic: &str, queue_id: u32, offset: u64) {
+        self.batch.put_cf(
+            self.db.cf(CF_OFFSETS),
+            offset_key(group, topic, queue_id),
+            offset.to_be_bytes(),
+        );
+    }
+
+    pub fn put_key(&mut self, topic: &str, key: &str, hit: KeyHit) {
+        let mut k = key_prefix(topic, key);
+        k.extend_from_slice(&hit.position.to_be_bytes());
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&hit.queue_id.to_be_bytes());
+        v.extend_from_slice(&hit.queue_offset.to_be_bytes());
+        v.extend_from_slice(&hit.size.to_be_bytes());
+        self.batch.put_cf(self.db.cf(CF_KEYS), k, v);
+    }
+
+    pub fn write(self) -> Result<()> {
+        if !self.batch.is_empty() {
+            self.db.db.write_opt(self.batch, &self.db.derived_writes)?;
+        }
+        Ok(())
+    }
+}

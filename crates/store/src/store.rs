@@ -1,0 +1,653 @@
+//! The broker's store: the commit log plus everything derived from it by applying committed
+//! entries (consume queues, topics, consumer offsets, key index), checkpoints that bound replay
+//! after a crash, and retention.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use ferromq_protocol::{
+    headers::{perm, TopicConfig},
+    message::{peek_record, tag_hash},
+};
+use parking_lot::{Mutex, RwLock};
+use tracing::{info, warn};
+
+use crate::command::{self, Command};
+use crate::commit_log::{CommitLog, LogPoint, OpenReport, RECORD_HEADER_BYTES};
+use crate::consume_queue::{ConsumeQueue, CqUnit};
+use crate::error::{Result, StoreError};
+use crate::state::{Checkpoint, KeyHit, StateDb};
+
+/// Raft's entry type for ordinary entries; other types (membership changes) carry no command.
+pub const ENTRY_NORMAL: u8 = 0;
+/// Reads of message records are merged when they lie this close together in one segment.
+const MAX_MERGED_READ_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Commit-log segment size (1 GiB by default; small in tests).
+    pub segment_bytes: u64,
+    /// Units per consume-queue file (300 000 units = 6 MB, as RocketMQ).
+    pub cq_units_per_file: u64,
+    /// Whole segments older than this are deleted.
+    pub retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            segment_bytes: 1 << 30,
+            cq_units_per_file: 300_000,
+            retention: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+/// A committed entry handed to [`Store::apply`].
+#[derive(Debug, Clone)]
+pub struct CommittedEntry {
+    pub index: u64,
+    pub term: u64,
+    pub entry_type: u8,
+    /// Position of the entry's record in the commit log.
+    pub position: u64,
+    pub payload: Bytes,
+}
+
+/// What applying one entry did; the proposer of the entry gets it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Noop,
+    Appended {
+        topic: String,
+        queue_id: u32,
+        first_offset: u64,
+        count: u32,
+        store_ts_ms: u64,
+        bytes: u64,
+    },
+    OffsetsCommitted,
+    TopicCreated {
+        created: bool,
+    },
+    /// The command was refused the same way on every replica (unknown topic, bad queue).
+    Rejected(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    Found,
+    Empty,
+    /// The requested offset was outside the queue; `next_offset` is where to continue.
+    OffsetMoved,
+}
+
+/// The answer to a queue read.
+#[derive(Debug, Clone)]
+pub struct QueueRead {
+    pub status: ReadStatus,
+    /// (queue offset, record bytes)
+    pub messages: Vec<(u64, Bytes)>,
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+/// A message found through the key index.
+#[derive(Debug, Clone)]
+pub struct FoundMessage {
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub record: Bytes,
+}
+
+type QueueKey = (String, u32);
+
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
+    log: CommitLog,
+    db: StateDb,
+    topics: RwLock<BTreeMap<String, TopicConfig>>,
+    queues: RwLock<HashMap<QueueKey, Arc<ConsumeQueue>>>,
+    /// Last applied entry; also serializes apply against checkpoint snapshots.
+    applied: Mutex<LogPoint>,
+    applied_index: AtomicU64,
+    checkpointed_index: AtomicU64,
+    log_start_position: Arc<AtomicU64>,
+    checkpoint_lock: Mutex<()>,
+    open_report: OpenReport,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn queue_dir(root: &Path, topic: &str, queue_id: u32) -> PathBuf {
+    root.join("cq").join(topic).join(queue_id.to_string())
+}
+
+impl Store {
+    /// Opens the store in `dir`: cuts a torn log tail, restores derived state to the last
+    /// checkpoint. Entries after [`Store::applied`] must then be replayed through
+    /// [`Store::apply`] before serving (the Raft layer does this with the committed ones).
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
+        for sub in ["log", "cq", "state"] {
+            fs::create_dir_all(dir.join(sub)).map_err(StoreError::io(dir.join(sub)))?;
+        }
+        let log_start_position = Arc::new(AtomicU64::new(0));
+        let db = StateDb::open(&dir.join("state"), log_start_position.clone())?;
+        let start = db.log_start()?;
+        let (log, open_report) = CommitLog::open(&dir.join("log"), config.segment_bytes, start)?;
+        log_start_position.store(log.start_position(), Ordering::Release);
+
+        let checkpoint = db.checkpoint()?;
+        if checkpoint.is_none() && start.index > 0 {
+            return Err(StoreError::Inconsistent(
+                "the log was compacted but no checkpoint of derived state exists".into(),
+            ));
+        }
+        let checkpoint = checkpoint.unwrap_or(Checkpoint {
+            applied_index: start.index,
+            applied_term: start.term,
+            queues: Vec::new(),
+        });
+        if checkpoint.applied_index > log.last_index() {
+            return Err(StoreError::Inconsistent(format!(
+                "derived state was checkpointed at index {} but the log ends at {} (log data lost?)",
+                checkpoint.applied_index,
+                log.last_index()
+            )));
+        }
+
+        let mut queues = HashMap::new();
+        for (topic, queue_id, length) in &checkpoint.queues {
+            let queue = ConsumeQueue::open(
+                &queue_dir(dir, topic, *queue_id),
+                config.cq_units_per_file,
+                *length,
+            )?;
+            queue.trim_before(log.start_position())?;
+            queues.insert((topic.clone(), *queue_id), Arc::new(queue));
+        }
+        remove_unlisted_queue_dirs(&dir.join("cq"), &queues)?;
+
+        let topics = db
+            .topics()?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        let applied = LogPoint {
+            index: checkpoint.applied_index,
+            term: checkpoint.applied_term,
+        };
+        info!(
+            dir = %dir.display(),
+            applied = applied.index,
+            last = log.last_index(),
+            cut_bytes = open_report.truncated_bytes,
+            "store opened"
+        );
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            config,
+            log,
+            db,
+            topics: RwLock::new(topics),
+            queues: RwLock::new(queues),
+            applied: Mutex::new(applied),
+            applied_index: AtomicU64::new(applied.index),
+            checkpointed_index: AtomicU64::new(applied.index),
+            log_start_position,
+            checkpoint_lock: Mutex::new(()),
+            open_report,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log(&self) -> &CommitLog {
+        &self.log
+    }
+
+    pub fn state(&self) -> &StateDb {
+        &self.db
+    }
+
+    /// What opening the commit log found (torn tail cut, segments).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.open_report
+    }
+
+    /// The last applied entry.
+    pub fn applied(&self) -> LogPoint {
+        *self.applied.lock()
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Bytes of commit log on disk.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.end_position() - self.log.start_position()
+    }
+
+    fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
+        self.queues
+            .read()
+            .get(&(topic.to_string(), queue_id))
+            .cloned()
+    }
+
+    fn queue_or_create(&self, topic: &str, queue_id: u32) -> Result<Arc<ConsumeQueue>> {
+        if let Some(queue) = self.queue(topic, queue_id) {
+            return Ok(queue);
+        }
+        let queue = Arc::new(ConsumeQueue::open(
+            &queue_dir(&self.dir, topic, queue_id),
+            self.config.cq_units_per_file,
+            0,
+        )?);
+        self.queues
+            .write()
+            .insert((topic.to_string(), queue_id), queue.clone());
+        Ok(queue)
+    }
+
+    /// Applies committed entries in order. Deterministic: every replica derives the same state
+    /// and outcomes from the same entries. Entries at or below the applied index are skipped.
+    pub fn apply(&self, entries: &[CommittedEntry]) -> Result<Vec<ApplyOutcome>> {
+        let mut applied = self.applied.lock();
+        let mut batch = self.db.batch();
+        let mut pending: Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.index <= applied.index {
+                outcomes.push(ApplyOutcome::Noop);
+                continue;
+            }
+            assert_eq!(
+                entry.index,
+                applied.index + 1,
+                "entries are applied in order without gaps"
+            );
+            let outcome = if entry.entry_type != ENTRY_NORMAL {
+                ApplyOutcome::Noop
+            } else {
+                match command::decode(&entry.payload) {
+                    Ok(command) => self.apply_command(command, entry, &mut batch, &mut pending)?,
+                    Err(err) => ApplyOutcome::Rejected(err.to_string()),
+                }
+            };
+            outcomes.push(outcome);
+            *applied = LogPoint {
+                index: entry.index,
+                term: entry.term,
+            };
+        }
+        for (queue, units) in &pending {
+            queue.append(units)?;
+        }
+        batch.write()?;
+        self.applied_index.store(applied.index, Ordering::Release);
+        Ok(outcomes)
+    }
+
+    fn apply_command(
+        &self,
+        command: Command,
+        entry: &CommittedEntry,
+        batch: &mut crate::state::DerivedBatch<'_>,
+        pending: &mut Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)>,
+    ) -> Result<ApplyOutcome> {
+        Ok(match command {
+            Command::Noop => ApplyOutcome::Noop,
+            Command::CreateTopic(topic) => {
+                let mut topics = self.topics.write();
+                if topics.contains_key(&topic.name) {
+                    ApplyOutcome::TopicCreated { created: false }
+                } else {
+                    batch.put_topic(&topic);
+                    topics.insert(topic.name.clone(), topic);
+                    ApplyOutcome::TopicCreated { created: true }
+                }
+            }
+            Command::CommitOffsets(commit) => {
+                for (topic, queue_id, offset) in &commit.offsets {
+                    batch.put_offset(&commit.group, topic, *queue_id, *offset);
+                }
+                ApplyOutcome::OffsetsCommitted
+            }
+            Command::Messages {
+                topic,
+                queue_id,
+                records,
+            } => {
+                let queues = self.topics.read().get(&topic).map(|t| t.queues);
+                match queues {
+                    None => {
+                        return Ok(ApplyOutcome::Rejected(format!(
+                            "topic {topic:?} does not exist"
+                        )))
+                    }
+                    Some(queues) if queue_id >= queues => {
+                        return Ok(ApplyOutcome::Rejected(format!(
+                            "queue {queue_id} out of range: topic {topic:?} has {queues} queues"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+                let queue = self.queue_or_create(&topic, queue_id)?;
+                let slot = match pending.iter().position(|(q, _)| Arc::ptr_eq(q, &queue)) {
+                    Some(slot) => slot,
+                    None => {
+                        pending.push((queue.clone(), Vec::new()));
+                        pending.len() - 1
+                    }
+                };
+                let first_offset = queue.max_offset() + pending[slot].1.len() as u64;
+                let mut store_ts_ms = 0;
+                let mut bytes = 0u64;
+                for (i, (offset_in_payload, record)) in records.iter().enumerate() {
+                    let peek = peek_record(record).map_err(|err| StoreError::Decode {
+                        what: "message record",
+                        reason: err.to_string(),
+                    })?;
+                    store_ts_ms = peek.store_ts_ms;
+                    let position =
+                        entry.position + RECORD_HEADER_BYTES as u64 + *offset_in_payload as u64;
+                    let size = record.len() as u32;
+                    bytes += record.len() as u64;
+                    for key in &peek.keys {
+                        batch.put_key(
+                            &topic,
+                            key,
+                            KeyHit {
+                                queue_id,
+                                queue_offset: first_offset + i as u64,
+                                position,
+                                size,
+                            },
+                        );
+                    }
+                    pending[slot].1.push(CqUnit {
+                        position,
+                        size,
+                        tag_hash: tag_hash(peek.tag),
+                    });
+                }
+                ApplyOutcome::Appended {
+                    topic,
+                    queue_id,
+                    first_offset,
+                    count: records.len() as u32,
+                    store_ts_ms,
+                    bytes,
+                }
+            }
+        })
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.topics.read().get(name).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    /// (queue id, min offset, max offset) of every queue of `topic`.
+    pub fn queue_offsets(&self, topic: &str) -> Option<Vec<(u32, u64, u64)>> {
+        let queues = self.topics.read().get(topic)?.queues;
+        Some(
+            (0..queues)
+                .map(|queue_id| match self.queue(topic, queue_id) {
+                    Some(queue) => (queue_id, queue.min_offset(), queue.max_offset()),
+                    None => (queue_id, 0, 0),
+                })
+                .collect(),
+        )
+    }
+
+    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
+        self.db.consumer_offset(group, topic, queue_id)
+    }
+
+    /// Reads up to `max_messages` messages (and about `max_bytes`, at least one) of a queue
+    /// from `offset`, skipping messages whose tag hash is not in `tag_hashes` (if non-empty).
+    pub fn read_queue(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        tag_hashes: &[u64],
+    ) -> Result<QueueRead> {
+        let Some(queue) = self.queue(topic, queue_id) else {
+            return Ok(QueueRead {
+                status: if offset == 0 {
+                    ReadStatus::Empty
+                } else {
+                    ReadStatus::OffsetMoved
+                },
+                messages: Vec::new(),
+                next_offset: 0,
+                min_offset: 0,
+                max_offset: 0,
+            });
+        };
+        let (min_offset, max_offset) = (queue.min_offset(), queue.max_offset());
+        let mut read = QueueRead {
+            status: ReadStatus::Empty,
+            messages: Vec::new(),
+            next_offset: offset,
+            min_offset,
+            max_offset,
+        };
+        if offset < min_offset || offset > max_offset {
+            read.status = ReadStatus::OffsetMoved;
+            read.next_offset = offset.clamp(min_offset, max_offset);
+            return Ok(read);
+        }
+        // With a filter, scan further so a run of skipped messages does not end the read early.
+        let scan = if tag_hashes.is_empty() {
+            max_messages
+        } else {
+            (max_messages * 8).max(256)
+        };
+        let units = queue.read(offset, scan.max(1))?;
+        let mut selected: Vec<(u64, CqUnit)> = Vec::new();
+        let mut bytes = 0usize;
+        for (i, unit) in units.iter().enumerate() {
+            let at = offset + i as u64;
+            if selected.len() >= max_messages || (bytes >= max_bytes && !selected.is_empty()) {
+                break;
+            }
+            read.next_offset = at + 1;
+            if tag_hashes.is_empty() || tag_hashes.contains(&unit.tag_hash) {
+                bytes += unit.size as usize;
+                selected.push((at, *unit));
+            }
+        }
+        read.messages = self.read_records(&selected)?;
+        if !read.messages.is_empty() {
+            read.status = ReadStatus::Found;
+        }
+        Ok(read)
+    }
+
+    /// Reads the records units point to, merging neighbours into one read.
+    fn read_records(&self, units: &[(u64, CqUnit)]) -> Result<Vec<(u64, Bytes)>> {
+        let mut records = Vec::with_capacity(units.len());
+        let mut i = 0;
+        while i < units.len() {
+            let start = units[i].1.position;
+            let Some((_, segment_end)) = self.log.segment_bounds(start) else {
+                return Err(StoreError::Inconsistent(format!(
+                    "no segment holds position {start}"
+                )));
+            };
+            let mut end = start + units[i].1.size as u64;
+            let mut j = i + 1;
+            while j < units.len() {
+                let unit = units[j].1;
+                let unit_end = unit.position + unit.size as u64;
+                if unit.position < end
+                    || unit_end > segment_end
+                    || unit_end - start > MAX_MERGED_READ_BYTES
+                {
+                    break;
+                }
+                end = unit_end;
+                j += 1;
+            }
+            let span = self.log.read_at(start, (end - start) as usize)?;
+            for (offset, unit) in &units[i..j] {
+                let from = (unit.position - start) as usize;
+                records.push((*offset, span.slice(from..from + unit.size as usize)));
+            }
+            i = j;
+        }
+        Ok(records)
+    }
+
+    /// Messages of `topic` stored with `key`, oldest first.
+    pub fn find_by_key(&self, topic: &str, key: &str, limit: usize) -> Result<Vec<FoundMessage>> {
+        let start = self.log_start_position.load(Ordering::Acquire);
+        self.db
+            .find_by_key(topic, key, limit, start)?
+            .into_iter()
+            .map(|hit| {
+                Ok(FoundMessage {
+                    queue_id: hit.queue_id,
+                    queue_offset: hit.queue_offset,
+                    record: self.log.read_at(hit.position, hit.size as usize)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes derived state durable up to the current applied index, so a restart replays only
+    /// what comes after. Safe to call while apply runs.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let _one_at_a_time = self.checkpoint_lock.lock();
+        let (point, queues) = {
+            let applied = self.applied.lock();
+            let queues: Vec<(String, u32, Arc<ConsumeQueue>, u64)> = self
+                .queues
+                .read()
+                .iter()
+                .map(|((topic, queue_id), queue)| {
+                    (topic.clone(), *queue_id, queue.clone(), queue.max_offset())
+                })
+                .collect();
+            (*applied, queues)
+        };
+        for (_, _, queue, _) in &queues {
+            queue.sync()?;
+        }
+        let checkpoint = Checkpoint {
+            applied_index: point.index,
+            applied_term: point.term,
+            queues: queues
+                .into_iter()
+                .map(|(topic, queue_id, _, length)| (topic, queue_id, length))
+                .collect(),
+        };
+        self.db.save_checkpoint(&checkpoint)?;
+        self.checkpointed_index
+            .store(point.index, Ordering::Release);
+        Ok(point.index)
+    }
+
+    /// Deletes whole segments older than the retention time (and whose entries are
+    /// checkpointed), then forgets the consume-queue units and index entries pointing into them.
+    /// Returns the new log start, if anything was deleted.
+    pub fn enforce_retention(&self, now: SystemTime) -> Result<Option<LogPoint>> {
+        let limit = self.checkpointed_index.load(Ordering::Acquire);
+        let Some(cutoff) = now.checked_sub(self.config.retention) else {
+            return Ok(None);
+        };
+        let mut compact_index = None;
+        for (last_index, modified) in self.log.sealed_segments() {
+            let expired = modified.is_some_and(|m| m < cutoff);
+            if !expired || last_index > limit {
+                break;
+            }
+            compact_index = Some(last_index);
+        }
+        let Some(index) = compact_index else {
+            return Ok(None);
+        };
+        let Some(point) = self.log.compaction_point(index) else {
+            return Ok(None);
+        };
+        // Record the new start first: a crash before the files are gone finishes the job at open.
+        self.db.save_log_start(point)?;
+        self.log.compact_to(index)?;
+        let start_position = self.log.start_position();
+        self.log_start_position
+            .store(start_position, Ordering::Release);
+        let queues: Vec<Arc<ConsumeQueue>> = self.queues.read().values().cloned().collect();
+        for queue in queues {
+            queue.trim_before(start_position)?;
+        }
+        info!(
+            index = point.index,
+            start_position, "retention deleted old commit-log segments"
+        );
+        Ok(Some(point))
+    }
+}
+
+/// Queue directories without a checkpoint entry hold only units that replay rebuilds.
+fn remove_unlisted_queue_dirs(
+    cq_root: &Path,
+    queues: &HashMap<QueueKey, Arc<ConsumeQueue>>,
+) -> Result<()> {
+    for topic_dir in fs::read_dir(cq_root).map_err(StoreError::io(cq_root))? {
+        let topic_dir = topic_dir.map_err(StoreError::io(cq_root))?.path();
+        let Some(topic) = topic_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        for queue_dir in fs::read_dir(&topic_dir).map_err(StoreError::io(&topic_dir))? {
+            let queue_dir = queue_dir.map_err(StoreError::io(&topic_dir))?.path();
+            let queue_id = queue_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u32>().ok());
+            let listed = queue_id.is_some_and(|q| queues.contains_key(&(topic.clone(), q)));
+            if !listed {
+                warn!(dir = %queue_dir.display(), "removing consume queue not covered by the checkpoint; replay rebuilds it");
+                fs::remove_dir_all(&queue_dir).map_err(StoreError::io(&queue_dir))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A topic config with the defaults for auto-created topics.
+pub fn default_topic(name: &str, queues: u32) -> TopicConfig {
+    TopicConfig {
+        name: name.to_string(),
+        queues,
+        perm: perm::READ_WRITE,
+    }
+}

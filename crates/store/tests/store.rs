@@ -1,0 +1,280 @@
+//! The store through its public interface: apply, read, checkpoint, crash and replay.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use ferromq_protocol::message::{
+    decode_record, encode_record, put_length_prefixed, tag_hash, Message, MessageIdGenerator,
+};
+use ferromq_store::{
+    command::{encode_commit_offsets, encode_create_topic, encode_messages, CommitOffsets},
+    default_topic, ApplyOutcome, CommittedEntry, LogEntry, ReadStatus, Store, StoreConfig,
+    ENTRY_NORMAL,
+};
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        segment_bytes: 16 * 1024,
+        cq_units_per_file: 64,
+        retention: Duration::from_secs(3600),
+    }
+}
+
+fn send_body(messages: &[Message]) -> Bytes {
+    let ids = MessageIdGenerator::default();
+    let mut body = BytesMut::new();
+    for message in messages {
+        let mut record = BytesMut::new();
+        encode_record(ids.next_id(), 1, message, &mut record);
+        put_length_prefixed(&mut body, &record);
+    }
+    body.freeze()
+}
+
+/// Appends payloads to the log as new entries and applies them, as the Raft loop does.
+fn propose(store: &Store, payloads: Vec<Vec<u8>>) -> Vec<ApplyOutcome> {
+    let last = store.log().last_index();
+    let entries: Vec<LogEntry> = payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| LogEntry {
+            term: 1,
+            index: last + 1 + i as u64,
+            entry_type: ENTRY_NORMAL,
+            payload: Bytes::from(payload),
+        })
+        .collect();
+    let positions = store.log().append(&entries).unwrap();
+    store.log().sync().unwrap();
+    let committed: Vec<CommittedEntry> = entries
+        .into_iter()
+        .zip(positions)
+        .map(|(entry, position)| CommittedEntry {
+            index: entry.index,
+            term: entry.term,
+            entry_type: entry.entry_type,
+            position,
+            payload: entry.payload,
+        })
+        .collect();
+    store.apply(&committed).unwrap()
+}
+
+fn replay_all(store: &Store) {
+    let from = store.applied_index() + 1;
+    let to = store.log().last_index() + 1;
+    let entries: Vec<CommittedEntry> = store
+        .log()
+        .entries(from, to, None)
+        .unwrap()
+        .into_iter()
+        .map(|(position, entry)| CommittedEntry {
+            index: entry.index,
+            term: entry.term,
+            entry_type: entry.entry_type,
+            position,
+            payload: entry.payload,
+        })
+        .collect();
+    store.apply(&entries).unwrap();
+}
+
+fn messages(topic: &str, n: usize, tag: &str) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            Message::new(topic, format!("{tag}-{i}"))
+                .with_tag(tag)
+                .with_key(format!("k{i}"))
+        })
+        .collect()
+}
+
+fn bodies(store: &Store, topic: &str, queue: u32, from: u64, filter: &[u64]) -> Vec<String> {
+    let read = store
+        .read_queue(topic, queue, from, 1000, 1 << 20, filter)
+        .unwrap();
+    read.messages
+        .into_iter()
+        .map(|(_, record)| String::from_utf8(decode_record(record).unwrap().body.to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn applied_messages_get_consecutive_offsets_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let outcomes = propose(
+        &store,
+        vec![
+            encode_create_topic(&default_topic("T", 2)),
+            encode_messages("T", 1, 3, &send_body(&messages("T", 3, "A")), 10),
+            encode_messages("T", 1, 2, &send_body(&messages("T", 2, "B")), 11),
+            encode_messages(
+                "Missing",
+                0,
+                1,
+                &send_body(&messages("Missing", 1, "A")),
+                12,
+            ),
+            encode_messages("T", 5, 1, &send_body(&messages("T", 1, "A")), 13),
+        ],
+    );
+    assert_eq!(outcomes[0], ApplyOutcome::TopicCreated { created: true });
+    assert!(matches!(
+        outcomes[1],
+        ApplyOutcome::Appended {
+            first_offset: 0,
+            count: 3,
+            store_ts_ms: 10,
+            ..
+        }
+    ));
+    assert!(matches!(
+        outcomes[2],
+        ApplyOutcome::Appended {
+            first_offset: 3,
+            count: 2,
+            ..
+        }
+    ));
+    assert!(matches!(outcomes[3], ApplyOutcome::Rejected(_)));
+    assert!(matches!(outcomes[4], ApplyOutcome::Rejected(_)));
+    assert_eq!(
+        bodies(&store, "T", 1, 0, &[]),
+        ["A-0", "A-1", "A-2", "B-0", "B-1"]
+    );
+    assert_eq!(
+        bodies(&store, "T", 1, 2, &[tag_hash(Some("B"))]),
+        ["B-0", "B-1"]
+    );
+    assert_eq!(
+        store.queue_offsets("T").unwrap(),
+        vec![(0, 0, 0), (1, 0, 5)]
+    );
+    let found = store.find_by_key("T", "k1", 10).unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!((found[0].queue_id, found[0].queue_offset), (1, 1));
+}
+
+#[test]
+fn out_of_range_offsets_are_reported_with_the_valid_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(
+        &store,
+        vec![
+            encode_create_topic(&default_topic("T", 1)),
+            encode_messages("T", 0, 2, &send_body(&messages("T", 2, "A")), 1),
+        ],
+    );
+    let read = store.read_queue("T", 0, 9, 10, 1 << 20, &[]).unwrap();
+    assert_eq!(read.status, ReadStatus::OffsetMoved);
+    assert_eq!(
+        (read.next_offset, read.min_offset, read.max_offset),
+        (2, 0, 2)
+    );
+    let read = store.read_queue("T", 0, 2, 10, 1 << 20, &[]).unwrap();
+    assert_eq!(read.status, ReadStatus::Empty);
+}
+
+#[test]
+fn restart_without_checkpoint_replays_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        propose(
+            &store,
+            vec![
+                encode_create_topic(&default_topic("T", 1)),
+                encode_messages("T", 0, 50, &send_body(&messages("T", 50, "A")), 1),
+                encode_commit_offsets(&CommitOffsets {
+                    group: "g".into(),
+                    offsets: vec![("T".into(), 0, 7)],
+                }),
+            ],
+        );
+    }
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(store.applied_index(), 0);
+    replay_all(&store);
+    assert_eq!(bodies(&store, "T", 0, 0, &[]).len(), 50);
+    assert_eq!(store.consumer_offset("g", "T", 0).unwrap(), Some(7));
+}
+
+#[test]
+fn restart_after_checkpoint_cuts_queues_to_the_checkpoint_and_replays_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        propose(
+            &store,
+            vec![
+                encode_create_topic(&default_topic("T", 1)),
+                encode_messages("T", 0, 100, &send_body(&messages("T", 100, "A")), 1),
+            ],
+        );
+        assert_eq!(store.checkpoint().unwrap(), 2);
+        // Applied after the checkpoint: these units must not be doubled by replay.
+        propose(
+            &store,
+            vec![
+                encode_messages("T", 0, 30, &send_body(&messages("T", 30, "B")), 2),
+                encode_create_topic(&default_topic("U", 1)),
+                encode_messages("U", 0, 3, &send_body(&messages("U", 3, "C")), 3),
+            ],
+        );
+    }
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(store.applied_index(), 2);
+    assert_eq!(store.queue_offsets("T").unwrap(), vec![(0, 0, 100)]);
+    replay_all(&store);
+    assert_eq!(store.queue_offsets("T").unwrap(), vec![(0, 0, 130)]);
+    let all = bodies(&store, "T", 0, 0, &[]);
+    assert_eq!(all.len(), 130);
+    assert_eq!(all[100], "B-0");
+    assert_eq!(bodies(&store, "U", 0, 0, &[]), ["C-0", "C-1", "C-2"]);
+}
+
+#[test]
+fn retention_deletes_old_segments_and_moves_queue_minimums() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(&store, vec![encode_create_topic(&default_topic("T", 1))]);
+    for _ in 0..40 {
+        propose(
+            &store,
+            vec![encode_messages(
+                "T",
+                0,
+                10,
+                &send_body(&messages("T", 10, "A")),
+                1,
+            )],
+        );
+    }
+    let before = store.log_bytes();
+    // Nothing is deleted before it is checkpointed, however old.
+    let future = SystemTime::now() + Duration::from_secs(7200);
+    assert_eq!(store.enforce_retention(future).unwrap(), None);
+    store.checkpoint().unwrap();
+    assert_eq!(
+        store.enforce_retention(SystemTime::now()).unwrap(),
+        None,
+        "young segments stay"
+    );
+    let start = store
+        .enforce_retention(future)
+        .unwrap()
+        .expect("old segments deleted");
+    assert!(store.log_bytes() < before);
+    let (_, min, max) = store.queue_offsets("T").unwrap()[0];
+    assert!(min > 0 && max == 400, "min {min} max {max}");
+    let read = store.read_queue("T", 0, 0, 10, 1 << 20, &[]).unwrap();
+    assert_eq!(read.status, ReadStatus::OffsetMoved);
+    assert_eq!(read.next_offset, min);
+    assert_eq!(bodies(&store, "T", 0, min, &[]).len() as u64, 400 - min);
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(store.log().first_index(), start.index + 1);
+    assert_eq!(store.queue_offsets("T").unwrap()[0], (0, min, 400));
+}
