@@ -1,0 +1,15 @@
+//! The Raft-replicated log of a broker group: tikv `raft` driven over the store's commit-log
+//! segments. The leader is the group's master; an entry is acknowledged only after it is
+//! committed (persisted by a majority under the flush policy) and applied.
+
+mod logger;
+pub mod metrics;
+mod node;
+pub mod storage;
+
+pub use metrics::RaftMetrics;
+pub use node::{
+    FlushPolicy, NoPeers, PeerSender, ProposeError, RaftConfig, RaftError, RaftNode, RaftStatus,
+    Role, StateMachine,
+};
+pub use raft::prelude::Message as RaftMessage;

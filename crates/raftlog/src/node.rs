@@ -1,0 +1,535 @@
+//! The Raft node: one dedicated thread runs the ready loop (tick, take proposals and peer
+//! messages, persist, send, apply, answer proposers), in the shape of raft-rs's
+//! `five_mem_node` example. Proposals that arrive while a cycle persists are batched into the
+//! next cycle, so concurrent sends share one fsync (group commit).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ferromq_store::{CommittedEntry, Store, StoreError};
+use raft::prelude::{Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::metrics::RaftMetrics;
+use crate::storage::RaftStorage;
+
+/// When appended entries become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushPolicy {
+    /// fsync before an entry counts as persisted (and before any send is acknowledged).
+    Sync,
+    /// fsync on an interval; an acknowledged send can be lost in a power failure.
+    Async,
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub node_id: u64,
+    /// Voters of a brand-new group; ignored once the node has a membership.
+    pub voters: Vec<u64>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub flush: FlushPolicy,
+    /// fsync interval under [`FlushPolicy::Async`].
+    pub flush_interval: Duration,
+    /// Proposals and messages taken per cycle at most.
+    pub max_batch: usize,
+    /// Proposals and messages waiting for the loop at most; senders wait beyond that.
+    pub queue_capacity: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            node_id: 1,
+            voters: vec![1],
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            flush: FlushPolicy::Sync,
+            flush_interval: Duration::from_millis(200),
+            max_batch: 4096,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+/// Applies committed entries; called on the Raft thread, in log order, also for the replay of
+/// committed entries at startup. An error stops the node (fail-stop).
+pub trait StateMachine: Send + 'static {
+    type Output: Send + 'static;
+    fn apply(&mut self, entries: &[CommittedEntry]) -> Result<Vec<Self::Output>, StoreError>;
+}
+
+/// Delivers Raft messages to other members of the group.
+pub trait PeerSender: Send + 'static {
+    fn send(&mut self, messages: Vec<Message>);
+}
+
+/// The peer sender of a group without other members: there is never anyone to send to.
+pub struct NoPeers;
+
+impl PeerSender for NoPeers {
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            error!(to = message.to, "raft message for an unknown peer dropped");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    PreCandidate,
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Role {
+        match role {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+        }
+    }
+}
+
+/// What the node looks like from outside, updated after every cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RaftStatus {
+    pub node_id: u64,
+    pub role: Role,
+    pub term: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub voters: Vec<u64>,
+    /// Set when the node stopped on a storage error.
+    pub failed: Option<String>,
+}
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader_id:?})")]
+    NotLeader { leader_id: Option<u64> },
+    /// Leadership changed before the entry was applied; it may or may not be in the log.
+    #[error("proposal dropped by a leadership change; outcome unknown")]
+    Dropped,
+    #[error("raft node stopped")]
+    Stopped,
+}
+
+enum Event<O> {
+    Propose {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<O, ProposeError>>,
+    },
+    Step(Box<Message>),
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("cannot start raft thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running Raft node. [`RaftNode::shutdown`] stops it; dropping it stops it too.
+pub struct RaftNode<O> {
+    events: flume::Sender<Event<O>>,
+    status: watch::Receiver<RaftStatus>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<O: Send + 'static> RaftNode<O> {
+    /// Replays committed entries the state machine has not seen, then starts the loop.
+    pub fn start<SM: StateMachine<Output = O>>(
+        store: Arc<Store>,
+        config: RaftConfig,
+        mut state_machine: SM,
+        peers: Box<dyn PeerSender>,
+        metrics: RaftMetrics,
+    ) -> Result<RaftNode<O>, RaftError> {
+        let mut storage = RaftStorage::open(store.clone())?;
+        if storage.bootstrap(&config.voters)? {
+            info!(voters = ?config.voters, "bootstrapped a new raft group");
+        }
+        let commit = storage.hard_state().commit.max(store.applied_index());
+        let replayed = replay(&store, &storage, commit, &mut state_machine)?;
+        if replayed > 0 {
+            info!(
+                replayed,
+                applied = store.applied_index(),
+                "replayed committed entries"
+            );
+        }
+
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: store.applied_index(),
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        raft_config.validate()?;
+        let single_voter = storage.conf_state().voters == [config.node_id];
+        let mut raw = RawNode::new(
+            &raft_config,
+            storage,
+            &crate::logger::logger(config.node_id),
+        )?;
+        if single_voter {
+            // Alone in the group: lead at once instead of waiting for an election timeout.
+            raw.campaign()?;
+        }
+        let (events_tx, events_rx) = flume::bounded(config.queue_capacity);
+        let (status_tx, status_rx) = watch::channel(status_of(&raw, None));
+        let mut node_loop = NodeLoop {
+            raw,
+            state_machine,
+            peers,
+            waiters: VecDeque::new(),
+            config: config.clone(),
+            status: status_tx,
+            metrics,
+        };
+        node_loop.on_ready().map_err(RaftError::Store)?;
+        node_loop.publish_status(None);
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{}", config.node_id))
+            .spawn(move || node_loop.run(events_rx))
+            .map_err(RaftError::Thread)?;
+        Ok(RaftNode {
+            events: events_tx,
+            status: status_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Proposes an entry and waits until it is committed and applied; returns what applying
+    /// it produced.
+    pub async fn propose(&self, payload: Vec<u8>) -> Result<O, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send_async(Event::Propose { payload, reply })
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        answer.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Hands a message from a peer to the node.
+    pub async fn step(&self, message: Message) -> Result<(), ProposeError> {
+        self.events
+            .send_async(Event::Step(Box::new(message)))
+            .await
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the loop after the current cycle; pending proposals fail with `Stopped`.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.events.send(Event::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!("raft thread panicked");
+            }
+        }
+    }
+}
+
+impl<O> Drop for RaftNode<O> {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn replay<SM: StateMachine>(
+    store: &Store,
+    storage: &RaftStorage,
+    commit: u64,
+    state_machine: &mut SM,
+) -> Result<u64, StoreError> {
+    let mut replayed = 0;
+    while store.applied_index() < commit {
+        let from = store.applied_index() + 1;
+        let entries = store
+            .log()
+            .entries(from, commit + 1, Some(64 * 1024 * 1024))?;
+        let raft_entries: Vec<Entry> = entries
+            .into_iter()
+            .map(|(_, e)| crate::storage::to_raft_entry(e))
+            .collect::<Result<_, _>>()?;
+        if let Some(change) = raft_entries
+            .iter()
+            .find(|e| e.entry_type != EntryType::EntryNormal)
+        {
+            return Err(StoreError::Inconsistent(format!(
+                "membership change at index {} is not supported by this version",
+                change.index
+            )));
+        }
+        let committed = storage.committed(raft_entries)?;
+        replayed += committed.len() as u64;
+        state_machine.apply(&committed)?;
+    }
+    Ok(replayed)
+}
+
+fn status_of(raw: &RawNode<RaftStorage>, failed: Option<String>) -> RaftStatus {
+    let raft = &raw.raft;
+    RaftStatus {
+        node_id: raft.id,
+        role: raft.state.into(),
+        term: raft.term,
+        leader_id: raft.leader_id,
+        commit_index: raft.raft_log.committed,
+        applied_index: raft.raft_log.applied,
+        last_index: raft.raft_log.last_index(),
+        voters: raw.store().conf_state().voters.clone(),
+        failed,
+    }
+}
+
+struct Waiter<O> {
+    index: u64,
+    term: u64,
+    reply: oneshot::Sender<Result<O, ProposeError>>,
+}
+
+struct NodeLoop<SM: StateMachine> {
+    raw: RawNode<RaftStorage>,
+    state_machine: SM,
+    peers: Box<dyn PeerSender>,
+    /// Proposals waiting to be applied, in index order.
+    waiters: VecDeque<Waiter<SM::Output>>,
+    config: RaftConfig,
+    status: watch::Sender<RaftStatus>,
+    metrics: RaftMetrics,
+}
+
+impl<SM: StateMachine> NodeLoop<SM> {
+    fn run(mut self, events: flume::Receiver<Event<SM::Output>>) {
+        let mut next_tick = Instant::now() + self.config.tick;
+        let mut next_flush = Instant::now() + self.config.flush_interval;
+        let mut stopping = false;
+        while !stopping {
+            let deadline = match self.config.flush {
+                FlushPolicy::Sync => next_tick,
+                FlushPolicy::Async => next_tick.min(next_flush),
+            };
+            match events.recv_deadline(deadline) {
+                Ok(event) => {
+                    stopping = !self.handle(event);
+                    for _ in 1..self.config.max_batch {
+                        match events.try_recv() {
+                            Ok(event) if !stopping => stopping = !self.handle(event),
+                            _ => break,
+                        }
+                    }
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + self.config.tick;
+            }
+            let mut result = self.on_ready();
+            if result.is_ok()
+                && self.config.flush == FlushPolicy::Async
+                && (now >= next_flush || stopping)
+            {
+                result = self.sync_log();
+                next_flush = now + self.config.flush_interval;
+            }
+            if let Err(err) = result {
+                error!(%err, "raft node stopping on a storage error");
+                self.publish_status(Some(err.to_string()));
+                break;
+            }
+        }
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.reply.send(Err(ProposeError::Stopped));
+        }
+        for event in events.drain() {
+            if let Event::Propose { reply, .. } = event {
+                let _ = reply.send(Err(ProposeError::Stopped));
+            }
+        }
+        info!(node_id = self.config.node_id, "raft node stopped");
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, event: Event<SM::Output>) -> bool {
+        match event {
+            Event::Propose { payload, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let leader_id = Some(self.raw.raft.leader_id).filter(|id| *id != 0);
+                    let _ = reply.send(Err(ProposeError::NotLeader { leader_id }));
+                    return true;
+                }
+                match self.raw.propose(Vec::new(), payload) {
+                    Ok(()) => {
+                        self.metrics.proposals.inc();
+                        self.waiters.push_back(Waiter {
+                            index: self.raw.raft.raft_log.last_index(),
+                            term: self.raw.raft.term,
+                            reply,
+                        });
+                    }
+                    Err(err) => {
+                        warn!(%err, "proposal refused");
+                        let _ = reply.send(Err(ProposeError::Dropped));
+                    }
+                }
+                true
+            }
+            Event::Step(message) => {
+                if let Err(err) = self.raw.step(*message) {
+                    warn!(%err, "raft message refused");
+                }
+                true
+            }
+            Event::Shutdown => false,
+        }
+    }
+
+    fn sync_log(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.raw.store().store().log().sync()?;
+        self.metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn on_ready(&mut self) -> Result<(), StoreError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.peers.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            return Err(StoreError::Inconsistent(
+                "installing a raft snapshot is not supported by this version".into(),
+            ));
+        }
+        self.apply(ready.take_committed_entries())?;
+        let appended = !ready.entries().is_empty();
+        if appended {
+            self.raw.mut_store().append(ready.entries())?;
+        }
+        if let Some(hard_state) = ready.hs() {
+            let previous = self.raw.store().hard_state();
+            let sync = hard_state.term != previous.term || hard_state.vote != previous.vote;
+            let hard_state = hard_state.clone();
+            self.raw.mut_store().set_hard_state(&hard_state, sync)?;
+        }
+        if appended && self.config.flush == FlushPolicy::Sync {
+            self.sync_log()?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.peers.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.peers.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.publish_status(None);
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if let Some(change) = entries
+            .iter()
+            .find(|e| e.entry_type != EntryType::EntryNormal)
+        {
+            return Err(StoreError::Inconsistent(format!(
+                "membership change at index {} is not supported by this version",
+                change.index
+            )));
+        }
+        let committed = self.raw.store().committed(entries)?;
+        let outputs = self.state_machine.apply(&committed)?;
+        for (entry, output) in committed.iter().zip(outputs) {
+            while self.waiters.front().is_some_and(|w| w.index < entry.index) {
+                let stale = self.waiters.pop_front().expect("checked");
+                let _ = stale.reply.send(Err(ProposeError::Dropped));
+            }
+            if self.waiters.front().is_some_and(|w| w.index == entry.index) {
+                let waiter = self.waiters.pop_front().expect("checked");
+                let result = if waiter.term == entry.term {
+                    Ok(output)
+                } else {
+                    Err(ProposeError::Dropped)
+                };
+                let _ = waiter.reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_status(&mut self, failed: Option<String>) {
+        let status = status_of(&self.raw, failed);
+        self.metrics.observe(&status);
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                return false;
+            }
+            if current.leader_id != status.leader_id || current.role != status.role {
+                info!(
+                    node_id = status.node_id,
+                    term = status.term,
+                    leader_id = status.leader_id,
+                    role = ?status.role,
+                    "raft role changed"
+                );
+            }
+            *current = status;
+            true
+        });
+    }
+}

@@ -1,0 +1,328 @@
+//! `raft::Storage` over the store's commit log: the segments *are* the Raft log. Hard state and
+//! membership live in RocksDB. Recently appended entries stay in memory so applying and
+//! replicating them never reads them back from disk.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ferromq_protocol::codec;
+use ferromq_store::{CommittedEntry, LogEntry, Store, StoreError};
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use serde::{Deserialize, Serialize};
+
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_CONF_STATE: &str = "conf_state";
+/// Bytes of recent entries kept in memory.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredConfState {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    learners_next: Vec<u64>,
+    auto_leave: bool,
+}
+
+fn entry_type_code(entry_type: EntryType) -> u8 {
+    match entry_type {
+        EntryType::EntryNormal => 0,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    }
+}
+
+fn entry_type_from(code: u8) -> Result<EntryType, StoreError> {
+    match code {
+        0 => Ok(EntryType::EntryNormal),
+        1 => Ok(EntryType::EntryConfChange),
+        2 => Ok(EntryType::EntryConfChangeV2),
+        other => Err(StoreError::Decode {
+            what: "entry type",
+            reason: format!("unknown entry type {other}"),
+        }),
+    }
+}
+
+pub(crate) fn to_raft_entry(entry: LogEntry) -> Result<Entry, StoreError> {
+    Ok(Entry {
+        entry_type: entry_type_from(entry.entry_type)?,
+        term: entry.term,
+        index: entry.index,
+        data: entry.payload,
+        ..Entry::default()
+    })
+}
+
+fn store_error(err: StoreError) -> raft::Error {
+    match err {
+        StoreError::Unavailable { .. } => raft::Error::Store(StorageError::Unavailable),
+        other => raft::Error::Store(StorageError::Other(Box::new(other))),
+    }
+}
+
+pub struct RaftStorage {
+    store: Arc<Store>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Contiguous recent entries with their log positions.
+    cache: VecDeque<(Entry, u64)>,
+    cache_bytes: usize,
+}
+
+impl RaftStorage {
+    /// Loads hard state and membership. A commit index beyond the log (possible only after a
+    /// power loss with the `async` flush policy) is clamped to the last entry.
+    pub fn open(store: Arc<Store>) -> Result<RaftStorage, StoreError> {
+        let state = store.state();
+        let mut hard_state = HardState::default();
+        if let Some(bytes) = state.raft_value(KEY_HARD_STATE)? {
+            if bytes.len() != 24 {
+                return Err(StoreError::Decode {
+                    what: "hard state",
+                    reason: format!("{} bytes, expected 24", bytes.len()),
+                });
+            }
+            let field = |i: usize| {
+                u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+            };
+            hard_state.term = field(0);
+            hard_state.vote = field(1);
+            hard_state.commit = field(2);
+        }
+        let last = store.log().last_index();
+        if hard_state.commit > last {
+            tracing::warn!(
+                commit = hard_state.commit,
+                last,
+                "commit index beyond the log (async flush lost entries); clamping"
+            );
+            hard_state.commit = last;
+        }
+        let mut conf_state = ConfState::default();
+        if let Some(bytes) = state.raft_value(KEY_CONF_STATE)? {
+            let stored: StoredConfState =
+                codec::decode(&bytes).map_err(|err| StoreError::Decode {
+                    what: "conf state",
+                    reason: err.to_string(),
+                })?;
+            conf_state.voters = stored.voters;
+            conf_state.learners = stored.learners;
+            conf_state.voters_outgoing = stored.voters_outgoing;
+            conf_state.learners_next = stored.learners_next;
+            conf_state.auto_leave = stored.auto_leave;
+        }
+        Ok(RaftStorage {
+            store,
+            hard_state,
+            conf_state,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Gives a brand-new node (no membership, empty log) its initial voters.
+    pub fn bootstrap(&mut self, voters: &[u64]) -> Result<bool, StoreError> {
+        if !self.conf_state.voters.is_empty() || self.store.log().last_index() > 0 {
+            return Ok(false);
+        }
+        let conf_state = ConfState {
+            voters: voters.to_vec(),
+            ..ConfState::default()
+        };
+        self.set_conf_state(conf_state)?;
+        Ok(true)
+    }
+
+    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StoreError> {
+        let stored = StoredConfState {
+            voters: conf_state.voters.clone(),
+            learners: conf_state.learners.clone(),
+            voters_outgoing: conf_state.voters_outgoing.clone(),
+            learners_next: conf_state.learners_next.clone(),
+            auto_leave: conf_state.auto_leave,
+        };
+        self.store
+            .state()
+            .save_raft_value(KEY_CONF_STATE, &codec::encode(&stored), true)?;
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    /// Persists the hard state. `sync` is required when term or vote changed (before any
+    /// message goes out); a commit-only change may be lazy.
+    pub fn set_hard_state(&mut self, hard_state: &HardState, sync: bool) -> Result<(), StoreError> {
+        let mut bytes = Vec::with_capacity(24);
+        bytes.extend_from_slice(&hard_state.term.to_be_bytes());
+        bytes.extend_from_slice(&hard_state.vote.to_be_bytes());
+        bytes.extend_from_slice(&hard_state.commit.to_be_bytes());
+        self.store
+            .state()
+            .save_raft_value(KEY_HARD_STATE, &bytes, sync)?;
+        self.hard_state = hard_state.clone();
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = commit;
+        self.set_hard_state(&hard_state, false)
+    }
+
+    /// Appends entries from a `Ready`, replacing any conflicting suffix. Not durable until the
+    /// commit log is synced.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let log = self.store.log();
+        if first.index <= log.last_index() {
+            log.truncate_from(first.index)?;
+            while self
+                .cache
+                .back()
+                .is_some_and(|(e, _)| e.index >= first.index)
+            {
+                let (entry, _) = self.cache.pop_back().expect("checked");
+                self.cache_bytes -= entry.data.len();
+            }
+        }
+        let log_entries: Vec<LogEntry> = entries
+            .iter()
+            .map(|e| LogEntry {
+                term: e.term,
+                index: e.index,
+                entry_type: entry_type_code(e.entry_type),
+                payload: e.data.clone(),
+            })
+            .collect();
+        let positions = log.append(&log_entries)?;
+        if self
+            .cache
+            .back()
+            .is_some_and(|(e, _)| e.index + 1 != first.index)
+        {
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
+        for (entry, position) in entries.iter().zip(positions) {
+            self.cache_bytes += entry.data.len();
+            self.cache.push_back((entry.clone(), position));
+        }
+        while self.cache_bytes > CACHE_BYTES && self.cache.len() > 1 {
+            let (entry, _) = self.cache.pop_front().expect("non-empty");
+            self.cache_bytes -= entry.data.len();
+        }
+        Ok(())
+    }
+
+    /// Turns committed Raft entries into what the state machine applies.
+    pub fn committed(&self, entries: Vec<Entry>) -> Result<Vec<CommittedEntry>, StoreError> {
+        let mut committed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let position = match self.cached(entry.index) {
+                Some((_, position)) => *position,
+                None => {
+                    self.store
+                        .log()
+                        .entries(entry.index, entry.index + 1, None)?[0]
+                        .0
+                }
+            };
+            committed.push(CommittedEntry {
+                index: entry.index,
+                term: entry.term,
+                entry_type: entry_type_code(entry.entry_type),
+                position,
+                payload: entry.data,
+            });
+        }
+        Ok(committed)
+    }
+
+    fn cached(&self, index: u64) -> Option<&(Entry, u64)> {
+        let first = self.cache.front()?.0.index;
+        self.cache.get(index.checked_sub(first)? as usize)
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let log = self.store.log();
+        if low < log.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > log.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let cache_first = self.cache.front().map(|(e, _)| e.index);
+        let mut entries: Vec<Entry> = match cache_first {
+            Some(first) if first <= low => (low..high)
+                .map_while(|i| self.cached(i).map(|(e, _)| e.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if (entries.len() as u64) < high - low {
+            entries = log
+                .entries(low, high, max_size)
+                .map_err(store_error)?
+                .into_iter()
+                .map(|(_, e)| to_raft_entry(e))
+                .collect::<Result<_, _>>()
+                .map_err(store_error)?;
+        }
+        raft::util::limit_size(&mut entries, max_size);
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let log = self.store.log();
+        if index + 1 < log.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        log.term(index)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.store.log().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.store.log().last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Snapshot transfer to lagging replicas arrives with multi-replica groups.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
