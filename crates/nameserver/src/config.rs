@@ -21,7 +21,7 @@ impl Default for NameserverConfig {
     fn default() -> Self {
         NameserverConfig {
             listen: "0.0.0.0:9876".into(),
-            admin_listen: "0.0.0.0:9877".into(),
+            admin_listen: "127.0.0.1:9877".into(),
             broker_expiry_ms: 120_000,
             scan_interval_ms: 5_000,
             limits: LimitsConfig::default(),

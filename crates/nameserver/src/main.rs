@@ -19,7 +19,7 @@ struct Args {
     /// Wire address to listen on [default: 0.0.0.0:9876].
     #[arg(long)]
     listen: Option<String>,
-    /// Admin HTTP address [default: 0.0.0.0:9877].
+    /// Admin HTTP address [default: 127.0.0.1:9877].
     #[arg(long)]
     admin_listen: Option<String>,
     /// Drop a broker from routes after this many milliseconds without a heartbeat [default: 120000].

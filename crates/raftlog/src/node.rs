@@ -154,7 +154,7 @@ pub enum RaftError {
 pub struct RaftNode<O> {
     events: flume::Sender<Event<O>>,
     status: watch::Receiver<RaftStatus>,
-    thread: Option<JoinHandle<()>>,
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<O: Send + 'static> RaftNode<O> {
@@ -222,7 +222,7 @@ impl<O: Send + 'static> RaftNode<O> {
         Ok(RaftNode {
             events: events_tx,
             status: status_rx,
-            thread: Some(thread),
+            thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
 
@@ -253,14 +253,12 @@ impl<O: Send + 'static> RaftNode<O> {
         self.status.clone()
     }
 
-    /// Stops the loop after the current cycle; pending proposals fail with `Stopped`.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+    /// Stops the loop after the current cycle and waits for it; pending proposals fail with
+    /// `Stopped`. Later calls do nothing.
+    pub fn shutdown(&self) {
         let _ = self.events.send(Event::Shutdown);
-        if let Some(thread) = self.thread.take() {
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
             if thread.join().is_err() {
                 error!("raft thread panicked");
             }
@@ -271,7 +269,7 @@ impl<O: Send + 'static> RaftNode<O> {
 impl<O> Drop for RaftNode<O> {
     fn drop(&mut self) {
         let _ = self.events.send(Event::Shutdown);
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
         }
     }

@@ -1,0 +1,82 @@
+//! Request handlers, one module per request family. Each decodes and validates the header,
+//! acts (through Raft for anything that changes state), and encodes the reply.
+
+mod offsets;
+mod pull;
+mod send;
+mod topics;
+
+use std::sync::Arc;
+
+use ferromq_protocol::{headers::ErrorHeader, RequestCode, Status};
+use ferromq_raftlog::ProposeError;
+use ferromq_store::StoreError;
+use ferromq_transport::{Connection, Handler, Reply, Request};
+use tracing::error;
+
+use crate::core::BrokerCore;
+
+pub struct BrokerHandler {
+    pub core: Arc<BrokerCore>,
+}
+
+impl Handler for BrokerHandler {
+    async fn handle(&self, _connection: &Connection, request: Request) -> Reply {
+        let core = &self.core;
+        match RequestCode::from_u16(request.code) {
+            Some(RequestCode::Send) => send::handle(core, &request).await,
+            Some(RequestCode::Pull) => pull::handle(core, &request).await,
+            Some(RequestCode::CommitOffsets) => offsets::commit(core, &request).await,
+            Some(RequestCode::QueryOffset) => offsets::query(core, &request).await,
+            Some(RequestCode::GetQueueOffsets) => offsets::queue_offsets(core, &request).await,
+            Some(RequestCode::CreateTopic) => topics::create(core, &request).await,
+            _ => Reply::error(
+                Status::RequestCodeNotSupported,
+                format!("request code {} is not served by a broker", request.code),
+            ),
+        }
+    }
+}
+
+/// The reply for a proposal that did not go through.
+pub(crate) fn propose_failed(core: &BrokerCore, err: ProposeError) -> Reply {
+    match err {
+        ProposeError::NotLeader { leader_id } => Reply::error_header(
+            Status::NotLeader,
+            ErrorHeader {
+                message: format!(
+                    "broker {} of group {} is not the leader",
+                    core.config.node_id, core.config.group
+                ),
+                leader: leader_id.and_then(|id| core.member_addr(id)),
+            },
+        ),
+        ProposeError::Dropped => Reply::error(
+            Status::Timeout,
+            "leadership changed while the request was in flight; its outcome is unknown",
+        ),
+        ProposeError::Stopped => Reply::error(
+            Status::ServiceNotAvailable,
+            "broker is shutting down or failed",
+        ),
+    }
+}
+
+pub(crate) fn store_failed(err: StoreError) -> Reply {
+    error!(%err, "storage error while serving a request");
+    Reply::error(Status::SystemError, format!("storage error: {err}"))
+}
+
+/// Runs blocking store work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Reply> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(store_failed(err)),
+        Err(err) => Err(Reply::error(
+            Status::SystemError,
+            format!("storage task failed: {err}"),
+        )),
+    }
+}

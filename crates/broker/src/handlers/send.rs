@@ -1,0 +1,126 @@
+//! SEND: validate a batch of records for one queue, log it through Raft as one entry, and
+//! answer with the queue offsets it got once it is committed and applied.
+
+use ferromq_protocol::{
+    headers::{perm, SendRequest, SendResponse},
+    message::{decode_record, now_millis, split_length_prefixed, validate_topic},
+    Status,
+};
+use ferromq_store::{command::encode_messages, ApplyOutcome};
+use ferromq_transport::{Reply, Request};
+
+use super::{propose_failed, topics::topic_for_send};
+use crate::core::BrokerCore;
+
+pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
+    let send: SendRequest = match request.decode_header() {
+        Ok(send) => send,
+        Err(err) => return Reply::bad_header(&err),
+    };
+    if let Err(message) = validate_topic(&send.topic) {
+        return Reply::error(Status::ParameterError, message);
+    }
+    if let Err(reply) = validate_records(core, &send, request) {
+        return reply;
+    }
+    let topic = match topic_for_send(core, &send.topic).await {
+        Ok(topic) => topic,
+        Err(reply) => return reply,
+    };
+    if topic.perm & perm::WRITE == 0 {
+        return Reply::error(
+            Status::NoPermission,
+            format!("topic {:?} is not writable", topic.name),
+        );
+    }
+    if send.queue_id >= topic.queues {
+        return Reply::error(
+            Status::ParameterError,
+            format!(
+                "queue {} out of range: topic {:?} has {} queues",
+                send.queue_id, topic.name, topic.queues
+            ),
+        );
+    }
+    let payload = encode_messages(
+        &topic.name,
+        send.queue_id,
+        send.count,
+        &request.body,
+        now_millis(),
+    );
+    match core.propose(payload).await {
+        Ok(ApplyOutcome::Appended {
+            queue_id,
+            first_offset,
+            count,
+            store_ts_ms,
+            bytes,
+            ..
+        }) => {
+            core.metrics
+                .messages_in
+                .with_label_values(&[&topic.name])
+                .inc_by(u64::from(count));
+            core.metrics
+                .bytes_in
+                .with_label_values(&[&topic.name])
+                .inc_by(bytes);
+            Reply::ok(&SendResponse {
+                queue_id,
+                first_offset,
+                store_ts_ms,
+            })
+        }
+        Ok(ApplyOutcome::Rejected(reason)) => Reply::error(Status::ParameterError, reason),
+        Ok(other) => Reply::error(
+            Status::SystemError,
+            format!("unexpected apply outcome {other:?}"),
+        ),
+        Err(err) => propose_failed(core, err),
+    }
+}
+
+/// Every record must decode and respect the limits; the batch's bodies together may not exceed
+/// the message size limit (as RocketMQ).
+fn validate_records(core: &BrokerCore, send: &SendRequest, request: &Request) -> Result<(), Reply> {
+    if send.count == 0 {
+        return Err(Reply::error(
+            Status::ParameterError,
+            "a send carries at least one message",
+        ));
+    }
+    let records = split_length_prefixed(request.body.clone()).map_err(|err| {
+        Reply::error(
+            Status::ParameterError,
+            format!("malformed send body: {err}"),
+        )
+    })?;
+    if records.len() != send.count as usize {
+        return Err(Reply::error(
+            Status::ParameterError,
+            format!(
+                "header announces {} messages, body holds {}",
+                send.count,
+                records.len()
+            ),
+        ));
+    }
+    let max = core.config.limits.max_message_bytes;
+    let mut total = 0usize;
+    for record in records {
+        let size = record.len();
+        let decoded = decode_record(record).map_err(|err| {
+            Reply::error(Status::ParameterError, format!("malformed message: {err}"))
+        })?;
+        total += decoded.body.len();
+        core.metrics.message_size.observe(size as f64);
+    }
+    if total > max {
+        return Err(Reply::error(
+            Status::MessageTooLarge,
+            format!("message bodies of {total} bytes exceed the limit of {max} bytes"),
+        ));
+    }
+    Ok(())
+}

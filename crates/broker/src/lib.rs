@@ -1,0 +1,219 @@
+//! The FerroMQ broker: one member of a broker group (a Raft group whose log is the commit log).
+//! It serves sends, pulls with long polling, consumer offsets and topics over the wire
+//! protocol, registers with nameservers, and exposes probes and metrics over HTTP.
+
+mod admin;
+pub mod config;
+mod core;
+mod handlers;
+mod maintenance;
+mod metrics;
+mod notifier;
+mod registration;
+mod state_machine;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferromq_raftlog::{NoPeers, RaftError, RaftMetrics, RaftNode, RaftStatus};
+use ferromq_service::admin as http;
+use ferromq_service::metrics::{new_registry, Instrumented};
+use ferromq_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+pub use config::BrokerConfig;
+
+use crate::core::BrokerCore;
+use crate::handlers::BrokerHandler;
+use crate::metrics::BrokerMetrics;
+use crate::notifier::QueueNotifier;
+use crate::state_machine::BrokerStateMachine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start raft: {0}")]
+    Raft(#[from] RaftError),
+    #[error("startup task failed: {0}")]
+    Startup(String),
+}
+
+/// A running broker. Call [`Broker::shutdown`] to stop it gracefully.
+pub struct Broker {
+    core: Arc<BrokerCore>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let failed = |source| BrokerError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}
+
+/// The address clients should use: the configured one, or the bound one with a loopback host
+/// in place of an unspecified one.
+fn advertised(config: &BrokerConfig, bound: SocketAddr) -> String {
+    if !config.advertised_addr.is_empty() {
+        return config.advertised_addr.clone();
+    }
+    if bound.ip().is_unspecified() {
+        return format!("127.0.0.1:{}", bound.port());
+    }
+    bound.to_string()
+}
+
+impl Broker {
+    /// Opens the store (recovering after a crash), starts Raft, binds the listeners and
+    /// registers with the nameservers.
+    pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        config.validate().map_err(BrokerError::Config)?;
+        let (listener, addr) = bind(&config.listen).await?;
+        let (admin_listener, admin_addr) = bind(&config.admin_listen).await?;
+
+        let store_config = config.store_config();
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, store_config))
+            .await
+            .map_err(|err| BrokerError::Startup(err.to_string()))??;
+        let store = Arc::new(store);
+
+        let registry = new_registry("broker");
+        let metrics = BrokerMetrics::new(&registry);
+        let notifier = Arc::new(QueueNotifier::default());
+        let (topics_changed_tx, topics_changed) = watch::channel(0u64);
+        let state_machine = BrokerStateMachine {
+            store: store.clone(),
+            notifier: notifier.clone(),
+            topics_changed: topics_changed_tx,
+        };
+        let raft_config = config.raft_config();
+        let raft_metrics = RaftMetrics::new(&registry);
+        let raft_store = store.clone();
+        let raft = tokio::task::spawn_blocking(move || {
+            RaftNode::start(
+                raft_store,
+                raft_config,
+                state_machine,
+                Box::new(NoPeers),
+                raft_metrics,
+            )
+        })
+        .await
+        .map_err(|err| BrokerError::Startup(err.to_string()))??;
+
+        let shutdown = CancellationToken::new();
+        let core = Arc::new(BrokerCore {
+            advertised_addr: advertised(&config, addr),
+            admin_addr: admin_addr.to_string(),
+            config,
+            store,
+            raft,
+            notifier,
+            metrics,
+            topics_changed,
+            started: Instant::now(),
+            shutdown: shutdown.clone(),
+        });
+        core.metrics.topics.set(core.store.topics().len() as i64);
+        core.metrics
+            .commitlog_bytes
+            .set(core.store.log_bytes() as i64);
+
+        let tasks = TaskTracker::new();
+        let handler = Arc::new(Instrumented::new(
+            BrokerHandler { core: core.clone() },
+            &registry,
+        ));
+        tasks.spawn(ferromq_transport::serve(
+            listener,
+            format!("broker:{}:{}", core.config.group, core.config.node_id),
+            Arc::new(core.config.limits.server_transport()),
+            handler,
+            shutdown.clone(),
+        ));
+        let router = http::probes_router(Arc::new(admin::BrokerReadiness(core.clone())), registry)
+            .merge(admin::router(core.clone()));
+        tasks.spawn(http::serve_http(admin_listener, router, shutdown.clone()));
+        for nameserver in core.config.nameservers.clone() {
+            tasks.spawn(registration::run(
+                core.clone(),
+                nameserver,
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(maintenance::checkpoint_loop(core.clone(), shutdown.clone()));
+        tasks.spawn(maintenance::retention_loop(core.clone(), shutdown.clone()));
+        tasks.close();
+        info!(
+            %addr,
+            %admin_addr,
+            advertised = %core.advertised_addr,
+            group = %core.config.group,
+            node_id = core.config.node_id,
+            flush = ?core.config.storage.flush,
+            "broker started"
+        );
+        Ok(Broker {
+            core,
+            addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The address clients are given for this broker.
+    pub fn advertised_addr(&self) -> &str {
+        &self.core.advertised_addr
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        self.core.raft.status()
+    }
+
+    /// Unregisters from nameservers, stops accepting, lets requests in flight finish, stops
+    /// Raft and writes a final checkpoint so the next start replays nothing.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.wait().await;
+        let core = self.core;
+        let result = tokio::task::spawn_blocking(move || {
+            core.raft.shutdown();
+            core.store.checkpoint()
+        })
+        .await;
+        match result {
+            Ok(Ok(index)) => info!(checkpoint = index, "broker stopped"),
+            Ok(Err(err)) => error!(%err, "final checkpoint failed"),
+            Err(err) => error!(%err, "shutdown task failed"),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `ferromq-broker`: loads configuration, runs one broker until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ferromq_broker::{Broker, BrokerConfig};
+
+/// FerroMQ broker: one member of a broker group (a Raft group whose log is the commit log).
+///
+/// Configuration is layered: defaults, then the TOML file (--config or FERROMQ_CONFIG), then
+/// FERROMQ_* environment variables (FERROMQ_NODE_ID=2, FERROMQ_STORAGE__FLUSH=async, ...),
+/// then these flags. `--print-config` shows the result; docs/configuration.md lists every key.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "FERROMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (commit log, consume queues, state) [default: data/broker].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client wire address [default: 0.0.0.0:10911].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address announced to clients [default: the listen address].
+    #[arg(long)]
+    advertised_addr: Option<String>,
+    /// Admin HTTP address [default: 127.0.0.1:10913].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Nameserver addresses, comma-separated [default: 127.0.0.1:9876].
+    #[arg(long, value_delimiter = ',')]
+    nameserver: Option<Vec<String>>,
+    /// Broker group name [default: broker-a].
+    #[arg(long)]
+    group: Option<String>,
+    /// Node id within the group [default: 1].
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ferromq_service::logging::init();
+    let mut config: BrokerConfig =
+        ferromq_service::config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(advertised) = args.advertised_addr {
+        config.advertised_addr = advertised;
+    }
+    if let Some(admin_listen) = args.admin_listen {
+        config.admin_listen = admin_listen;
+    }
+    if let Some(nameservers) = args.nameserver {
+        config.nameservers = nameservers;
+    }
+    if let Some(group) = args.group {
+        config.group = group;
+    }
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if args.print_config {
+        print!("{}", ferromq_service::config::to_toml(&config));
+        return Ok(());
+    }
+    let broker = Broker::start(config).await.context("starting broker")?;
+    ferromq_service::shutdown_signal().await;
+    broker.shutdown().await;
+    Ok(())
+}

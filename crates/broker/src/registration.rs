@@ -1,0 +1,134 @@
+//! Registration with nameservers: one task per nameserver keeps a connection, registers at
+//! once, re-registers every heartbeat interval and immediately when topics or the Raft role
+//! change, and unregisters on shutdown. A lost connection is re-established with back-off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferromq_protocol::headers::{BrokerRole, RegisterBrokerRequest, UnregisterBrokerRequest};
+use ferromq_protocol::RequestCode;
+use ferromq_raftlog::Role;
+use ferromq_transport::{Connection, RejectAll, TransportConfig, TransportError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::core::BrokerCore;
+
+pub fn registration(core: &BrokerCore) -> RegisterBrokerRequest {
+    let status = core.raft.status();
+    RegisterBrokerRequest {
+        cluster: core.config.cluster.clone(),
+        group: core.config.group.clone(),
+        node_id: core.config.node_id,
+        client_addr: core.advertised_addr.clone(),
+        admin_addr: core.admin_addr.clone(),
+        role: if status.role == Role::Leader {
+            BrokerRole::Leader
+        } else {
+            BrokerRole::Follower
+        },
+        term: status.term,
+        auto_create_topics: core.config.topics.auto_create,
+        default_queues: core.config.topics.default_queues,
+        topics: core.store.topics(),
+    }
+}
+
+async fn register(core: &BrokerCore, connection: &Connection) -> Result<(), TransportError> {
+    connection
+        .request(
+            RequestCode::RegisterBroker,
+            &registration(core),
+            Bytes::new(),
+        )
+        .await?
+        .into_result()
+        .map(|_| ())
+}
+
+pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: CancellationToken) {
+    let transport = Arc::new(TransportConfig::default());
+    let client_id = format!("broker:{}:{}", core.config.group, core.config.node_id);
+    let mut topics_changed = core.topics_changed.clone();
+    let mut raft_status = core.raft.subscribe();
+    let mut backoff = Duration::from_millis(200);
+    let mut reported_failure = false;
+    loop {
+        let connect = Connection::connect(
+            &nameserver,
+            &client_id,
+            transport.clone(),
+            Arc::new(RejectAll),
+        );
+        let connection = tokio::select! {
+            connection = connect => connection,
+            _ = shutdown.cancelled() => return,
+        };
+        let connection = match connection {
+            Ok(connection) => connection,
+            Err(err) => {
+                if !reported_failure {
+                    warn!(%nameserver, %err, "cannot reach nameserver; retrying");
+                    reported_failure = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        reported_failure = false;
+        info!(%nameserver, "registering with nameserver");
+        loop {
+            if let Err(err) = register(&core, &connection).await {
+                warn!(%nameserver, %err, "registration failed");
+                if connection.is_closed() {
+                    break;
+                }
+            } else {
+                debug!(%nameserver, "registered");
+            }
+            let observed = {
+                let status = raft_status.borrow_and_update();
+                (status.role, status.term)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(core.config.heartbeat_interval_ms)) => {}
+                _ = topics_changed.changed() => {}
+                _ = role_changed(&mut raft_status, observed) => {}
+                _ = connection.closed() => break,
+                _ = shutdown.cancelled() => {
+                    let unregister = UnregisterBrokerRequest {
+                        group: core.config.group.clone(),
+                        node_id: core.config.node_id,
+                    };
+                    if let Err(err) = connection.request(RequestCode::UnregisterBroker, &unregister, Bytes::new()).await {
+                        warn!(%nameserver, %err, "unregister failed");
+                    }
+                    connection.close();
+                    return;
+                }
+            }
+        }
+        warn!(%nameserver, "connection to nameserver lost; reconnecting");
+    }
+}
+
+/// Completes when the Raft role or term differs from `observed`.
+async fn role_changed(
+    status: &mut tokio::sync::watch::Receiver<ferromq_raftlog::RaftStatus>,
+    observed: (Role, u64),
+) {
+    let changed = status
+        .wait_for(|s| (s.role, s.term) != observed)
+        .await
+        .is_ok();
+    if !changed {
+        // The Raft node is gone; nothing will change any more.
+        std::future::pending::<()>().await;
+    }
+}
