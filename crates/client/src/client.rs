@@ -1,0 +1,322 @@
+//! The `Client`: one per process, cheap to clone. It holds the connections (one per server
+//! address, shared by every producer and consumer) and the route cache.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferromq_protocol::{
+    headers::{CreateTopicRequest, GetClusterResponse, GetRouteRequest, TopicRoute},
+    message::{validate_topic, MessageIdGenerator},
+    RequestCode, Status,
+};
+use ferromq_transport::{Connection, RejectAll, TransportConfig, TransportError};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
+use crate::consumer::ConsumerBuilder;
+use crate::error::ClientError;
+use crate::producer::Producer;
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientBuilder {
+    config: ClientConfig,
+}
+
+impl ClientBuilder {
+    pub fn name_servers<I, S>(mut self, addresses: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.name_servers = addresses.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn client_id(mut self, client_id: impl Into<String>) -> ClientBuilder {
+        self.config.client_id = client_id.into();
+        self
+    }
+
+    pub fn request_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.config.request_timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+
+    pub fn route_refresh_interval(mut self, interval: Duration) -> ClientBuilder {
+        self.config.route_refresh_interval_ms = interval.as_millis() as u64;
+        self
+    }
+
+    pub fn config(mut self, config: ClientConfig) -> ClientBuilder {
+        self.config = config;
+        self
+    }
+
+    /// Validates the configuration and checks that a nameserver answers.
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        Client::connect(self.config).await
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
+    transport: Arc<TransportConfig>,
+    /// One slot per address; the async lock makes concurrent callers share one connect.
+    connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+    routes: RwLock<HashMap<String, CachedRoute>>,
+    next_nameserver: AtomicUsize,
+    pub(crate) ids: MessageIdGenerator,
+    pub(crate) shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+#[derive(Clone)]
+struct CachedRoute {
+    route: Arc<TopicRoute>,
+    fetched: Instant,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name_servers", &self.inner.config.name_servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate().map_err(ClientError::Config)?;
+        let transport = Arc::new(TransportConfig {
+            request_timeout: config.request_timeout(),
+            max_frame_bytes: config.max_frame_bytes,
+            handshake_timeout: config.request_timeout(),
+            ..TransportConfig::default()
+        });
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                transport,
+                connections: Mutex::new(HashMap::new()),
+                routes: RwLock::new(HashMap::new()),
+                next_nameserver: AtomicUsize::new(0),
+                ids: MessageIdGenerator::default(),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        client.cluster().await?;
+        let refresher = client.clone();
+        client
+            .inner
+            .tasks
+            .spawn(async move { refresher.refresh_routes_loop().await });
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A producer with default settings.
+    pub fn producer(&self) -> Producer {
+        Producer::new(self.clone(), ProducerConfig::default())
+    }
+
+    pub fn producer_with(&self, config: ProducerConfig) -> Producer {
+        Producer::new(self.clone(), config)
+    }
+
+    /// Starts building a consumer in `group`.
+    pub fn consumer(&self, group: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder::new(self.clone(), group.into(), ConsumerConfig::default())
+    }
+
+    /// The shared connection to `addr`, connecting if there is none or it closed.
+    pub async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ClientError::Shutdown);
+        }
+        let slot = self
+            .inner
+            .connections
+            .lock()
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let connection = Connection::connect(
+            addr,
+            &self.inner.config.client_id,
+            self.inner.transport.clone(),
+            Arc::new(RejectAll),
+        )
+        .await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends a request to a nameserver, trying each in turn until one answers.
+    async fn ask_nameservers<T: Serialize>(
+        &self,
+        code: RequestCode,
+        header: &T,
+    ) -> Result<ferromq_transport::Response, ClientError> {
+        let servers = &self.inner.config.name_servers;
+        let start = self.inner.next_nameserver.fetch_add(1, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..servers.len() {
+            let addr = &servers[(start + i) % servers.len()];
+            let attempt = async {
+                let connection = self.connection(addr).await?;
+                Ok::<_, ClientError>(connection.request(code, header, Bytes::new()).await?)
+            };
+            match attempt.await {
+                Ok(response) => return Ok(response),
+                Err(err) => failures.push(format!("{addr}: {err}")),
+            }
+        }
+        Err(ClientError::NoNameserver(failures.join("; ")))
+    }
+
+    /// Every broker the nameservers know.
+    pub async fn cluster(&self) -> Result<GetClusterResponse, ClientError> {
+        Ok(self
+            .ask_nameservers(RequestCode::GetCluster, &())
+            .await?
+            .decode()?)
+    }
+
+    /// The route of `topic`, from the cache if it is fresh.
+    pub async fn route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        let max_age = Duration::from_millis(self.inner.config.route_refresh_interval_ms);
+        if let Some(cached) = self.inner.routes.read().get(topic) {
+            if cached.fetched.elapsed() < max_age {
+                return Ok(cached.route.clone());
+            }
+        }
+        self.fetch_route(topic).await
+    }
+
+    /// Fetches the route of `topic` from a nameserver, bypassing the cache.
+    pub async fn fetch_route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        validate_topic(topic).map_err(ClientError::InvalidMessage)?;
+        let response = self
+            .ask_nameservers(
+                RequestCode::GetRoute,
+                &GetRouteRequest {
+                    topic: topic.to_string(),
+                },
+            )
+            .await?;
+        let route = match response.decode::<TopicRoute>() {
+            Ok(route) => Arc::new(route),
+            Err(TransportError::Remote {
+                status: Status::TopicNotExist,
+                ..
+            }) => {
+                self.inner.routes.write().remove(topic);
+                return Err(ClientError::NoRoute(topic.to_string()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.inner.routes.write().insert(
+            topic.to_string(),
+            CachedRoute {
+                route: route.clone(),
+                fetched: Instant::now(),
+            },
+        );
+        Ok(route)
+    }
+
+    /// Forgets the cached route of `topic`, so the next use fetches it again.
+    pub fn invalidate_route(&self, topic: &str) {
+        self.inner.routes.write().remove(topic);
+    }
+
+    async fn refresh_routes_loop(&self) {
+        let interval = Duration::from_millis(self.inner.config.route_refresh_interval_ms);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+            let topics: Vec<String> = self.inner.routes.read().keys().cloned().collect();
+            for topic in topics {
+                if let Err(err) = self.fetch_route(&topic).await {
+                    debug!(%topic, %err, "route refresh failed");
+                }
+            }
+        }
+    }
+
+    /// Creates `topic` with `queues` queues on every broker group that leads (an existing
+    /// topic with the same settings is fine).
+    pub async fn create_topic(&self, topic: &str, queues: u32) -> Result<(), ClientError> {
+        validate_topic(topic).map_err(ClientError::InvalidMessage)?;
+        let cluster = self.cluster().await?;
+        let leaders: Vec<String> = cluster
+            .brokers
+            .iter()
+            .filter(|b| b.role == ferromq_protocol::headers::BrokerRole::Leader)
+            .map(|b| b.client_addr.clone())
+            .collect();
+        if leaders.is_empty() {
+            return Err(ClientError::NoRoute(topic.to_string()));
+        }
+        let request = CreateTopicRequest {
+            topic: topic.to_string(),
+            queues,
+            perm: ferromq_protocol::headers::perm::READ_WRITE,
+        };
+        for leader in leaders {
+            let connection = self.connection(&leader).await?;
+            connection
+                .request(RequestCode::CreateTopic, &request, Bytes::new())
+                .await?
+                .into_result()?;
+        }
+        self.invalidate_route(topic);
+        Ok(())
+    }
+
+    /// Closes every connection and stops background work.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        let slots: Vec<_> = self
+            .inner
+            .connections
+            .lock()
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in slots {
+            if let Some(connection) = slot.lock().await.take() {
+                connection.close();
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Client configuration: a plain serde struct, so applications can embed it in their own
+//! config files, with defaults that reach a local `ferromq standalone`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Nameserver addresses (`host:port`).
+    pub name_servers: Vec<String>,
+    /// Identity shown in broker logs; defaults to `ferromq-client-<pid>`.
+    pub client_id: String,
+    /// Default wait for a broker's answer.
+    pub request_timeout_ms: u64,
+    /// How often cached routes are refreshed (they are also refreshed at once on errors).
+    pub route_refresh_interval_ms: u64,
+    /// Largest frame accepted from a server (protects the client from a corrupt length).
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            name_servers: vec!["127.0.0.1:9876".into()],
+            client_id: format!("ferromq-client-{}", std::process::id()),
+            request_timeout_ms: 3_000,
+            route_refresh_interval_ms: 30_000,
+            max_frame_bytes: ferromq_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+impl ClientConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name_servers.is_empty() {
+            return Err("at least one nameserver address is needed".into());
+        }
+        if self.request_timeout_ms == 0 || self.route_refresh_interval_ms == 0 {
+            return Err("timeouts and intervals must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Extra attempts after a retriable failure, on another broker group when there is one.
+    pub retries: u32,
+    /// Budget for one send, retries included.
+    pub send_timeout_ms: u64,
+    /// Asynchronous sends in flight at once; more wait for a slot.
+    pub max_in_flight: usize,
+    /// Largest message body sent (the broker enforces its own limit too).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            retries: 2,
+            send_timeout_ms: 3_000,
+            max_in_flight: 1024,
+            max_message_bytes: ferromq_protocol::message::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Where a group with no committed offset starts reading a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest message still stored.
+    First,
+    /// Only messages sent from now on.
+    Last,
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    pub start_from: StartFrom,
+    /// Messages per pull.
+    pub pull_batch: u32,
+    /// Bytes per pull (about; at least one message).
+    pub pull_max_bytes: u32,
+    /// How long a pull may wait at the broker for new messages.
+    pub long_poll_ms: u64,
+    /// Messages fetched but not yet handed to the application, per consumer; pulling pauses
+    /// beyond this.
+    pub max_buffered: usize,
+    /// How often consumed offsets are committed to the broker.
+    pub commit_interval_ms: u64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            start_from: StartFrom::First,
+            pull_batch: 64,
+            pull_max_bytes: 1024 * 1024,
+            long_poll_ms: 15_000,
+            max_buffered: 1000,
+            commit_interval_ms: 5_000,
+        }
+    }
+}

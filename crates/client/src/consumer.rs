@@ -1,0 +1,533 @@
+//! The consumer: reads every queue of a topic for its group (one long-polling pull task per
+//! queue), hands messages to the application in queue order as a `Stream` or through
+//! [`Consumer::run`], and commits consumed offsets to the brokers.
+//!
+//! At least once: a message counts as consumed when the application asks for the next one from
+//! the stream (or its handler returned `Success`); only consumed offsets are committed, so
+//! anything fetched but not consumed before a crash is delivered again.
+//!
+//! Clustering note: every member of a group currently reads every queue; sharing queues among
+//! the members of a group (rebalancing) is the next step for the consumer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferromq_protocol::{
+    headers::{
+        perm, CommitOffsetsRequest, GetQueueOffsetsRequest, GetQueueOffsetsResponse, OffsetCommit,
+        PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse,
+    },
+    message::{decode_pulled, validate_group, validate_topic},
+    MessageId, RequestCode, Status,
+};
+use futures::{FutureExt, Stream};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+
+use crate::client::Client;
+use crate::config::{ConsumerConfig, StartFrom};
+use crate::error::ClientError;
+use crate::filter::TagFilter;
+
+/// A message as the application receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub id: MessageId,
+    pub topic: String,
+    pub broker_group: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    pub body: Bytes,
+    pub born_ts_ms: u64,
+    pub store_ts_ms: u64,
+    pub reconsume_times: u32,
+}
+
+/// What a handler of [`Consumer::run`] decided about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeStatus {
+    Success,
+    /// Hand the same message to the handler again after the delay (1 s by default); the
+    /// queue does not move on meanwhile, so nothing is skipped.
+    RetryLater(Option<Duration>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct QueueKey {
+    broker_group: String,
+    queue_id: u32,
+}
+
+/// How far a queue is consumed. Everything below `fetched_to` was either handed to the
+/// application or filtered out; `pending` are the offsets handed out but not yet consumed.
+#[derive(Debug, Default, Clone)]
+struct QueueProgress {
+    pending: BTreeSet<u64>,
+    fetched_to: u64,
+    /// What the broker has stored for the group.
+    committed: Option<u64>,
+}
+
+impl QueueProgress {
+    /// Next offset the group has to consume: everything below it is consumed.
+    fn consumed(&self) -> u64 {
+        self.pending.first().copied().unwrap_or(self.fetched_to)
+    }
+}
+
+/// Builds a [`Consumer`].
+pub struct ConsumerBuilder {
+    client: Client,
+    group: String,
+    config: ConsumerConfig,
+    subscription: Option<(String, String)>,
+}
+
+impl ConsumerBuilder {
+    pub(crate) fn new(client: Client, group: String, config: ConsumerConfig) -> ConsumerBuilder {
+        ConsumerBuilder {
+            client,
+            group,
+            config,
+            subscription: None,
+        }
+    }
+
+    /// The topic to consume and a tag expression (`"*"`, `"A"`, `"A || B"`).
+    pub fn subscribe(
+        mut self,
+        topic: impl Into<String>,
+        tags: impl Into<String>,
+    ) -> ConsumerBuilder {
+        self.subscription = Some((topic.into(), tags.into()));
+        self
+    }
+
+    pub fn start_from(mut self, start_from: StartFrom) -> ConsumerBuilder {
+        self.config.start_from = start_from;
+        self
+    }
+
+    pub fn config(mut self, config: ConsumerConfig) -> ConsumerBuilder {
+        self.config = config;
+        self
+    }
+
+    /// Looks up the topic and starts pulling.
+    pub async fn build(self) -> Result<Consumer, ClientError> {
+        validate_group(&self.group).map_err(ClientError::InvalidMessage)?;
+        let (topic, tags) = self
+            .subscription
+            .ok_or_else(|| ClientError::InvalidMessage("subscribe to a topic first".into()))?;
+        validate_topic(&topic).map_err(ClientError::InvalidMessage)?;
+        let filter = TagFilter::parse(&tags)?;
+        let (sender, receiver) = mpsc::channel(self.config.max_buffered.max(1));
+        let shared = Arc::new(Shared {
+            client: self.client,
+            group: self.group,
+            topic,
+            filter,
+            config: self.config,
+            progress: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        });
+        let tasks = TaskTracker::new();
+        tasks.spawn(assign_queues(shared.clone(), sender, tasks.clone()));
+        tasks.spawn(commit_loop(shared.clone()));
+        Ok(Consumer {
+            shared,
+            receiver,
+            tasks,
+            last_yielded: None,
+        })
+    }
+}
+
+struct Shared {
+    client: Client,
+    group: String,
+    topic: String,
+    filter: TagFilter,
+    config: ConsumerConfig,
+    progress: Mutex<HashMap<QueueKey, QueueProgress>>,
+    shutdown: CancellationToken,
+}
+
+pub struct Consumer {
+    shared: Arc<Shared>,
+    receiver: mpsc::Receiver<ReceivedMessage>,
+    tasks: TaskTracker,
+    /// The last message handed out; consumed once the next one is asked for.
+    last_yielded: Option<(QueueKey, u64)>,
+}
+
+impl Consumer {
+    pub fn group(&self) -> &str {
+        &self.shared.group
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    fn mark_consumed(&mut self) {
+        if let Some((key, offset)) = self.last_yielded.take() {
+            if let Some(entry) = self.shared.progress.lock().get_mut(&key) {
+                entry.pending.remove(&offset);
+            }
+        }
+    }
+
+    /// The next message; the previous one counts as consumed. `None` after shutdown.
+    pub async fn recv(&mut self) -> Option<ReceivedMessage> {
+        self.mark_consumed();
+        let message = self.receiver.recv().await?;
+        self.last_yielded = Some((key_of(&message), message.queue_offset));
+        Some(message)
+    }
+
+    /// Commits consumed offsets now (they are also committed every `commit_interval_ms`).
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        self.mark_consumed();
+        commit_consumed(&self.shared).await
+    }
+
+    /// Hands every message to `handler` until `stop` is cancelled, then shuts down. Messages
+    /// of one queue are handled in order; a panicking handler counts as `RetryLater`.
+    pub async fn run<F, Fut>(
+        mut self,
+        mut handler: F,
+        stop: CancellationToken,
+    ) -> Result<(), ClientError>
+    where
+        F: FnMut(ReceivedMessage) -> Fut,
+        Fut: Future<Output = ConsumeStatus>,
+    {
+        'messages: loop {
+            let message = tokio::select! {
+                message = self.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+                _ = stop.cancelled() => break,
+            };
+            loop {
+                let outcome = AssertUnwindSafe(handler(message.clone()))
+                    .catch_unwind()
+                    .await;
+                let delay = match outcome {
+                    Ok(ConsumeStatus::Success) => break,
+                    Ok(ConsumeStatus::RetryLater(delay)) => delay,
+                    Err(_) => {
+                        error!(id = %message.id, "message handler panicked; retrying");
+                        None
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay.unwrap_or(Duration::from_secs(1))) => {}
+                    _ = stop.cancelled() => {
+                        // Not consumed: it will be delivered again.
+                        self.last_yielded = None;
+                        break 'messages;
+                    }
+                }
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// Stops pulling and commits what was consumed. The message handed out last counts as
+    /// consumed.
+    pub async fn shutdown(mut self) -> Result<(), ClientError> {
+        self.mark_consumed();
+        self.shared.shutdown.cancel();
+        self.receiver.close();
+        self.tasks.close();
+        self.tasks.wait().await;
+        commit_consumed(&self.shared).await
+    }
+}
+
+impl Stream for Consumer {
+    type Item = ReceivedMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReceivedMessage>> {
+        self.mark_consumed();
+        let polled = self.receiver.poll_recv(cx);
+        if let Poll::Ready(Some(message)) = &polled {
+            self.last_yielded = Some((key_of(message), message.queue_offset));
+        }
+        polled
+    }
+}
+
+fn key_of(message: &ReceivedMessage) -> QueueKey {
+    QueueKey {
+        broker_group: message.broker_group.clone(),
+        queue_id: message.queue_id,
+    }
+}
+
+/// Starts a pull task for every readable queue of the topic, and for queues that appear later.
+async fn assign_queues(
+    shared: Arc<Shared>,
+    sender: mpsc::Sender<ReceivedMessage>,
+    tasks: TaskTracker,
+) {
+    let mut started: HashMap<QueueKey, ()> = HashMap::new();
+    let refresh = Duration::from_millis(shared.client.config().route_refresh_interval_ms);
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        match shared.client.route(&shared.topic).await {
+            Ok(route) => {
+                for group in route.groups.iter().filter(|g| g.perm & perm::READ != 0) {
+                    for queue_id in 0..group.queues {
+                        let key = QueueKey {
+                            broker_group: group.group.clone(),
+                            queue_id,
+                        };
+                        if started.insert(key.clone(), ()).is_none() {
+                            tasks.spawn(pull_queue(shared.clone(), key, sender.clone()));
+                        }
+                    }
+                }
+                wait = refresh;
+            }
+            Err(err) => {
+                debug!(topic = %shared.topic, %err, "no route yet");
+                wait = Duration::from_secs(1);
+            }
+        }
+    }
+}
+
+/// Address of the leader of `broker_group` for the topic, from the (cached) route.
+async fn leader_of(shared: &Shared, broker_group: &str) -> Result<String, ClientError> {
+    let route = shared.client.route(&shared.topic).await?;
+    route
+        .groups
+        .iter()
+        .find(|g| g.group == broker_group)
+        .and_then(|g| g.leader.clone())
+        .ok_or_else(|| ClientError::NoRoute(shared.topic.clone()))
+}
+
+/// Where this group resumes a queue: its committed offset, or `start_from`.
+async fn start_offset(shared: &Shared, key: &QueueKey) -> Result<u64, ClientError> {
+    let leader = leader_of(shared, &key.broker_group).await?;
+    let connection = shared.client.connection(&leader).await?;
+    let committed: QueryOffsetResponse = connection
+        .request(
+            RequestCode::QueryOffset,
+            &QueryOffsetRequest {
+                group: shared.group.clone(),
+                topic: shared.topic.clone(),
+                queue_id: key.queue_id,
+            },
+            Bytes::new(),
+        )
+        .await?
+        .decode()?;
+    let offset = match committed.offset {
+        Some(offset) => offset,
+        None => {
+            let ranges: GetQueueOffsetsResponse = connection
+                .request(
+                    RequestCode::GetQueueOffsets,
+                    &GetQueueOffsetsRequest {
+                        topic: shared.topic.clone(),
+                    },
+                    Bytes::new(),
+                )
+                .await?
+                .decode()?;
+            let range = ranges.queues.iter().find(|q| q.queue_id == key.queue_id);
+            match (shared.config.start_from, range) {
+                (StartFrom::First, Some(range)) => range.min_offset,
+                (StartFrom::Last, Some(range)) => range.max_offset,
+                (_, None) => 0,
+            }
+        }
+    };
+    let mut progress = shared.progress.lock();
+    let entry = progress.entry(key.clone()).or_default();
+    entry.fetched_to = offset;
+    entry.committed = committed.offset;
+    Ok(offset)
+}
+
+async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<ReceivedMessage>) {
+    let mut offset = None;
+    let mut backoff = Duration::from_millis(100);
+    let tag_hashes = shared.filter.hashes();
+    let timeout = Duration::from_millis(shared.config.long_poll_ms)
+        + shared.client.config().request_timeout();
+    while !shared.shutdown.is_cancelled() {
+        let result = async {
+            let from = match offset {
+                Some(offset) => offset,
+                None => start_offset(&shared, &key).await?,
+            };
+            offset = Some(from);
+            let leader = leader_of(&shared, &key.broker_group).await?;
+            let connection = shared.client.connection(&leader).await?;
+            let request = PullRequest {
+                group: shared.group.clone(),
+                topic: shared.topic.clone(),
+                queue_id: key.queue_id,
+                offset: from,
+                max_messages: shared.config.pull_batch,
+                max_bytes: shared.config.pull_max_bytes,
+                max_wait_ms: shared.config.long_poll_ms as u32,
+                tag_hashes: tag_hashes.clone(),
+            };
+            let pulled = tokio::select! {
+                pulled = connection.request_with_timeout(RequestCode::Pull, &request, Bytes::new(), timeout) => pulled?,
+                _ = shared.shutdown.cancelled() => return Ok(false),
+            };
+            let (header, body): (PullResponse, Bytes) = pulled.decode_with_body()?;
+            if header.status == PullStatus::OffsetMoved {
+                warn!(topic = %shared.topic, queue = key.queue_id, from, to = header.next_offset, "offset out of range; moving");
+            }
+            let messages =
+                decode_pulled(body).map_err(|err| ClientError::InvalidMessage(err.to_string()))?;
+            for pulled in messages {
+                let record = pulled.record;
+                if !shared.filter.matches(record.tag.as_deref()) {
+                    continue;
+                }
+                let message = ReceivedMessage {
+                    id: record.id,
+                    topic: shared.topic.clone(),
+                    broker_group: key.broker_group.clone(),
+                    queue_id: key.queue_id,
+                    queue_offset: pulled.queue_offset,
+                    tag: record.tag,
+                    keys: record.keys,
+                    properties: record.properties,
+                    body: record.body,
+                    born_ts_ms: record.born_ts_ms,
+                    store_ts_ms: record.store_ts_ms,
+                    reconsume_times: record.reconsume_times,
+                };
+                if let Some(entry) = shared.progress.lock().get_mut(&key) {
+                    entry.pending.insert(message.queue_offset);
+                }
+                tokio::select! {
+                    sent = sender.send(message) => if sent.is_err() { return Ok(false) },
+                    _ = shared.shutdown.cancelled() => return Ok(false),
+                }
+            }
+            if let Some(entry) = shared.progress.lock().get_mut(&key) {
+                entry.fetched_to = header.next_offset;
+            }
+            offset = Some(header.next_offset);
+            Ok::<bool, ClientError>(true)
+        };
+        match result.await {
+            Ok(true) => backoff = Duration::from_millis(100),
+            Ok(false) => return,
+            Err(err) => {
+                if matches!(
+                    err.status(),
+                    Some(Status::TopicNotExist) | Some(Status::NotLeader)
+                ) || err.is_retriable()
+                {
+                    shared.client.invalidate_route(&shared.topic);
+                }
+                debug!(topic = %shared.topic, queue = key.queue_id, %err, "pull failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shared.shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn commit_loop(shared: Arc<Shared>) {
+    let interval = Duration::from_millis(shared.config.commit_interval_ms.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        if let Err(err) = commit_consumed(&shared).await {
+            debug!(group = %shared.group, %err, "offset commit failed; will retry");
+        }
+    }
+}
+
+/// Sends every queue's consumed offset that the broker does not have yet, one request per
+/// broker group.
+async fn commit_consumed(shared: &Shared) -> Result<(), ClientError> {
+    let mut by_group: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    for (key, progress) in shared.progress.lock().iter() {
+        let consumed = progress.consumed();
+        if progress.committed != Some(consumed) {
+            by_group
+                .entry(key.broker_group.clone())
+                .or_default()
+                .push((key.queue_id, consumed));
+        }
+    }
+    let mut first_error = None;
+    for (broker_group, offsets) in by_group {
+        let request = CommitOffsetsRequest {
+            group: shared.group.clone(),
+            offsets: offsets
+                .iter()
+                .map(|(queue_id, offset)| OffsetCommit {
+                    topic: shared.topic.clone(),
+                    queue_id: *queue_id,
+                    offset: *offset,
+                })
+                .collect(),
+        };
+        let result = async {
+            let leader = leader_of(shared, &broker_group).await?;
+            let connection = shared.client.connection(&leader).await?;
+            connection
+                .request(RequestCode::CommitOffsets, &request, Bytes::new())
+                .await?
+                .into_result()?;
+            Ok::<_, ClientError>(())
+        };
+        match result.await {
+            Ok(()) => {
+                let mut progress = shared.progress.lock();
+                for (queue_id, offset) in offsets {
+                    let key = QueueKey {
+                        broker_group: broker_group.clone(),
+                        queue_id,
+                    };
+                    if let Some(entry) = progress.get_mut(&key) {
+                        entry.committed = Some(offset);
+                    }
+                }
+            }
+            Err(err) => {
+                shared.client.invalidate_route(&shared.topic);
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

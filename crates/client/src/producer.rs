@@ -1,0 +1,333 @@
+//! The producer: sync, async (handle or callback), one-way and batch sends. Queues are chosen
+//! round-robin over every writable queue of every broker group serving the topic; a retriable
+//! failure is retried on another group when there is one, within the send timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ferromq_protocol::{
+    headers::{perm, SendRequest, SendResponse, TopicRoute},
+    message::{encode_record, now_millis, put_length_prefixed},
+    Message, MessageId, RequestCode, Status,
+};
+use ferromq_transport::TransportError;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
+use crate::config::ProducerConfig;
+use crate::error::{BatchSendError, ClientError, SendError};
+
+/// Where an acknowledged message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: MessageId,
+    pub topic: String,
+    /// The broker group that stored it.
+    pub broker_group: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub store_ts_ms: u64,
+}
+
+/// A queue a message can be sent to.
+#[derive(Debug, Clone)]
+struct Target {
+    group: String,
+    leader: String,
+    queue_id: u32,
+}
+
+fn targets(route: &TopicRoute) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for group in &route.groups {
+        let Some(leader) = &group.leader else {
+            continue;
+        };
+        if group.perm & perm::WRITE == 0 {
+            continue;
+        }
+        for queue_id in 0..group.queues {
+            targets.push(Target {
+                group: group.group.clone(),
+                leader: leader.clone(),
+                queue_id,
+            });
+        }
+    }
+    targets
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    client: Client,
+    config: Arc<ProducerConfig>,
+    next_queue: Arc<AtomicUsize>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The pending result of [`Producer::send_async`]; await it for the receipt.
+pub struct SendHandle {
+    task: JoinHandle<Result<SendReceipt, SendError>>,
+}
+
+impl Future for SendHandle {
+    type Output = Result<SendReceipt, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.task)
+            .poll(cx)
+            .map(|joined| match joined {
+                Ok(result) => result.map_err(|err| err.error),
+                Err(_) => Err(ClientError::Shutdown),
+            })
+    }
+}
+
+impl Producer {
+    pub(crate) fn new(client: Client, config: ProducerConfig) -> Producer {
+        Producer {
+            client,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            config: Arc::new(config),
+            next_queue: Arc::new(AtomicUsize::new(rand_start())),
+        }
+    }
+
+    /// Sends and waits for the broker's receipt (the message is committed and applied).
+    pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
+        match self.send_records(std::slice::from_ref(&message)).await {
+            Ok(mut receipts) => Ok(receipts.remove(0)),
+            Err(error) => Err(SendError { message, error }),
+        }
+    }
+
+    /// Starts a send without waiting for its receipt. Waits only while `max_in_flight` sends
+    /// are already under way.
+    pub async fn send_async(&self, message: Message) -> SendHandle {
+        let permit = self.in_flight.clone().acquire_owned().await;
+        let producer = self.clone();
+        SendHandle {
+            task: tokio::spawn(async move {
+                let _permit = permit;
+                producer.send(message).await
+            }),
+        }
+    }
+
+    /// Starts a send and calls `callback` with its outcome.
+    pub async fn send_with_callback<F>(&self, message: Message, callback: F)
+    where
+        F: FnOnce(Result<SendReceipt, SendError>) + Send + 'static,
+    {
+        let permit = self.in_flight.clone().acquire_owned().await;
+        let producer = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            callback(producer.send(message).await);
+        });
+    }
+
+    /// Sends without waiting for any answer: no receipt, no retry.
+    pub async fn send_oneway(&self, message: Message) -> Result<(), SendError> {
+        let result = async {
+            let (body, _ids) = self.encode(std::slice::from_ref(&message))?;
+            let route = self.client.route(&message.topic).await?;
+            let targets = targets(&route);
+            if targets.is_empty() {
+                return Err(ClientError::NoRoute(message.topic.clone()));
+            }
+            let target = &targets[self.next_queue.fetch_add(1, Ordering::Relaxed) % targets.len()];
+            let header = SendRequest {
+                topic: message.topic.clone(),
+                queue_id: target.queue_id,
+                count: 1,
+            };
+            let connection = self.client.connection(&target.leader).await?;
+            connection.one_way(RequestCode::Send, &header, body).await?;
+            Ok(())
+        };
+        result.await.map_err(|error| SendError { message, error })
+    }
+
+    /// Sends messages of one topic as one request to one queue; they get consecutive offsets.
+    pub async fn send_batch(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<Vec<SendReceipt>, BatchSendError> {
+        match self.send_records(&messages).await {
+            Ok(receipts) => Ok(receipts),
+            Err(error) => Err(BatchSendError { messages, error }),
+        }
+    }
+
+    fn encode(&self, messages: &[Message]) -> Result<(Bytes, Vec<MessageId>), ClientError> {
+        let born = now_millis();
+        let mut body = BytesMut::new();
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut record = BytesMut::new();
+        for message in messages {
+            message
+                .validate(self.config.max_message_bytes)
+                .map_err(|err| ClientError::InvalidMessage(err.to_string()))?;
+            let id = self.client.inner.ids.next_id();
+            record.clear();
+            encode_record(id, born, message, &mut record);
+            put_length_prefixed(&mut body, &record);
+            ids.push(id);
+        }
+        Ok((body.freeze(), ids))
+    }
+
+    async fn send_records(&self, messages: &[Message]) -> Result<Vec<SendReceipt>, ClientError> {
+        let Some(first) = messages.first() else {
+            return Err(ClientError::InvalidMessage(
+                "a batch needs at least one message".into(),
+            ));
+        };
+        let topic = first.topic.clone();
+        if messages.iter().any(|m| m.topic != topic) {
+            return Err(ClientError::InvalidMessage(
+                "all messages of a batch need the same topic".into(),
+            ));
+        }
+        let (body, ids) = self.encode(messages)?;
+        let deadline = Instant::now() + Duration::from_millis(self.config.send_timeout_ms);
+        let mut failed_group: Option<String> = None;
+        let mut leader_hint: Option<(String, String)> = None;
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .attempt(
+                    &topic,
+                    messages.len() as u32,
+                    &body,
+                    deadline,
+                    failed_group.as_deref(),
+                    leader_hint.take(),
+                )
+                .await;
+            let (group, error) = match result {
+                Ok((group, response)) => return Ok(receipts(&topic, &group, &ids, &response)),
+                Err(failure) => failure,
+            };
+            attempt += 1;
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            if !error.is_retriable() || attempt > self.config.retries || time_left.is_zero() {
+                return Err(error);
+            }
+            if let ClientError::Transport(TransportError::Remote {
+                status: Status::NotLeader,
+                leader: Some(leader),
+                ..
+            }) = &error
+            {
+                // Go straight to the new leader of the same group.
+                leader_hint = group.clone().map(|g| (g, leader.clone()));
+            } else {
+                failed_group = group;
+            }
+            self.client.invalidate_route(&topic);
+        }
+    }
+
+    /// One try: pick a queue (avoiding `avoid_group` if possible), send, decode the answer.
+    /// Errors carry the group that was tried.
+    async fn attempt(
+        &self,
+        topic: &str,
+        count: u32,
+        body: &Bytes,
+        deadline: Instant,
+        avoid_group: Option<&str>,
+        leader_hint: Option<(String, String)>,
+    ) -> Result<(String, SendResponse), (Option<String>, ClientError)> {
+        let route = self.client.route(topic).await.map_err(|err| (None, err))?;
+        let mut targets = targets(&route);
+        if targets.is_empty() {
+            return Err((None, ClientError::NoRoute(topic.to_string())));
+        }
+        if let Some((group, leader)) = &leader_hint {
+            for target in targets.iter_mut().filter(|t| &t.group == group) {
+                target.leader = leader.clone();
+            }
+        }
+        let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
+        let target = (0..targets.len())
+            .map(|i| &targets[(start + i) % targets.len()])
+            .find(|t| match (&leader_hint, avoid_group) {
+                (Some((group, _)), _) => &t.group == group,
+                (None, Some(avoid)) => t.group != avoid,
+                (None, None) => true,
+            })
+            .unwrap_or(&targets[start % targets.len()])
+            .clone();
+        let group = Some(target.group.clone());
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err((
+                group,
+                ClientError::Transport(TransportError::Timeout(Duration::ZERO)),
+            ));
+        }
+        let header = SendRequest {
+            topic: topic.to_string(),
+            queue_id: target.queue_id,
+            count,
+        };
+        let sent = async {
+            let connection = self.client.connection(&target.leader).await?;
+            let response = connection
+                .request_with_timeout(RequestCode::Send, &header, body.clone(), timeout)
+                .await?;
+            Ok::<_, ClientError>(response.decode::<SendResponse>()?)
+        };
+        match sent.await {
+            Ok(response) => {
+                if !route.exists {
+                    // The topic was just auto-created; fetch its real route next time.
+                    self.client.invalidate_route(topic);
+                }
+                Ok((target.group, response))
+            }
+            Err(err) => Err((group, err)),
+        }
+    }
+}
+
+fn receipts(
+    topic: &str,
+    group: &str,
+    ids: &[MessageId],
+    response: &SendResponse,
+) -> Vec<SendReceipt> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| SendReceipt {
+            message_id: *id,
+            topic: topic.to_string(),
+            broker_group: group.to_string(),
+            queue_id: response.queue_id,
+            queue_offset: response.first_offset + i as u64,
+            store_ts_ms: response.store_ts_ms,
+        })
+        .collect()
+}
+
+/// Producers in different processes should not all start on queue 0.
+fn rand_start() -> usize {
+    (now_millis() as usize).wrapping_mul(2_654_435_761) ^ std::process::id() as usize
+}
