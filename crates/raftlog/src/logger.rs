@@ -37,6 +37,7 @@ impl Drain for TracingDrain {
     }
 }
 
-pub fn logger(node_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), slog::o!("raft_id" => node_id))
+/// raft-rs adds `raft_id` to its own records, so the root logger carries no extra keys.
+pub fn logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain.fuse(), slog::o!())
 }

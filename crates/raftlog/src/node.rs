@@ -193,11 +193,7 @@ impl<O: Send + 'static> RaftNode<O> {
         };
         raft_config.validate()?;
         let single_voter = storage.conf_state().voters == [config.node_id];
-        let mut raw = RawNode::new(
-            &raft_config,
-            storage,
-            &crate::logger::logger(config.node_id),
-        )?;
+        let mut raw = RawNode::new(&raft_config, storage, &crate::logger::logger())?;
         if single_voter {
             // Alone in the group: lead at once instead of waiting for an election timeout.
             raw.campaign()?;

@@ -1,0 +1,333 @@
+//! `ferromq bench produce|consume`: load generators that report throughput and latency
+//! (HDR histogram). With `--json` they print one object:
+//! `{"messages","errors","seconds","msgs_per_sec","mib_per_sec","latency_us":{"p50","p99","p999","max"}}`
+//! where `messages` counts acknowledged sends (or consumed messages) only.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
+use ferromq_client::{Client, ConsumerConfig, Message, ProducerConfig, StartFrom};
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::duration;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Send N messages as fast as the chosen mode allows.
+    Produce(ProduceArgs),
+    /// Consume N messages with a consumer group.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Each producer waits for every receipt before the next send.
+    Sync,
+    /// Each producer keeps `--in-flight` sends outstanding.
+    Async,
+    /// Fire and forget: `messages` counts sends written, nothing is acknowledged.
+    Oneway,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    messages: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Concurrent producers (tasks sharing one client).
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Messages per send request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, value_enum, default_value_t = Mode::Sync)]
+    mode: Mode,
+    /// Outstanding sends per producer in async and oneway modes.
+    #[arg(long, default_value_t = 32)]
+    in_flight: usize,
+    /// Stop early after this many failed messages.
+    #[arg(long, default_value_t = 1000)]
+    max_errors: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    #[arg(long)]
+    messages: u64,
+    /// Stop when no message arrived for this long.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    idle_timeout: Duration,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    messages: u64,
+    errors: u64,
+    seconds: f64,
+    msgs_per_sec: f64,
+    mib_per_sec: f64,
+    latency_us: Latency,
+}
+
+impl Report {
+    fn new(
+        messages: u64,
+        errors: u64,
+        elapsed: Duration,
+        bytes_per_message: usize,
+        latency: &Histogram<u64>,
+    ) -> Report {
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        Report {
+            messages,
+            errors,
+            seconds,
+            msgs_per_sec: messages as f64 / seconds,
+            mib_per_sec: (messages as f64 * bytes_per_message as f64) / seconds / (1024.0 * 1024.0),
+            latency_us: Latency {
+                p50: latency.value_at_quantile(0.50),
+                p99: latency.value_at_quantile(0.99),
+                p999: latency.value_at_quantile(0.999),
+                max: latency.max(),
+            },
+        }
+    }
+
+    fn print(&self, json: bool, what: &str) {
+        if json {
+            println!("{}", serde_json::to_string(self).unwrap_or_default());
+        } else {
+            println!(
+                "{what}: {} messages ({} errors) in {:.2} s: {:.0} msg/s, {:.2} MiB/s; latency µs p50 {} p99 {} p99.9 {} max {}",
+                self.messages,
+                self.errors,
+                self.seconds,
+                self.msgs_per_sec,
+                self.mib_per_sec,
+                self.latency_us.p50,
+                self.latency_us.p99,
+                self.latency_us.p999,
+                self.latency_us.max
+            );
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn progress(total: u64, json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Produce(args) => produce(client, args).await,
+        BenchCommand::Consume(args) => consume(client, args).await,
+    }
+}
+
+type Pending = Pin<Box<dyn Future<Output = (Instant, u64, bool)> + Send>>;
+
+struct Shared {
+    claimed: AtomicU64,
+    acknowledged: AtomicU64,
+    errors: AtomicU64,
+    abort: AtomicBool,
+}
+
+async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.producers > 0 && args.batch > 0 && args.in_flight > 0,
+        "counts must be positive"
+    );
+    let shared = Arc::new(Shared {
+        claimed: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        abort: AtomicBool::new(false),
+    });
+    let body = Bytes::from(vec![b'x'; args.size]);
+    let bar = progress(args.messages, args.json);
+    let window = if args.mode == Mode::Sync {
+        1
+    } else {
+        args.in_flight
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.producers {
+        let producer = client.producer_with(ProducerConfig {
+            max_in_flight: window,
+            ..ProducerConfig::default()
+        });
+        let (shared, body, bar, topic) = (
+            shared.clone(),
+            body.clone(),
+            bar.clone(),
+            args.topic.clone(),
+        );
+        let (total, batch, mode, max_errors) =
+            (args.messages, args.batch as u64, args.mode, args.max_errors);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
+            loop {
+                while in_flight.len() < window && !shared.abort.load(Ordering::Relaxed) {
+                    let first = shared.claimed.fetch_add(batch, Ordering::Relaxed);
+                    if first >= total {
+                        break;
+                    }
+                    let count = batch.min(total - first);
+                    let messages: Vec<Message> = (0..count)
+                        .map(|_| Message::new(topic.clone(), body.clone()))
+                        .collect();
+                    let producer = producer.clone();
+                    in_flight.push(Box::pin(async move {
+                        let sent_at = Instant::now();
+                        let ok = match mode {
+                            Mode::Oneway => {
+                                let mut ok = true;
+                                for message in messages {
+                                    ok &= producer.send_oneway(message).await.is_ok();
+                                }
+                                ok
+                            }
+                            _ if messages.len() == 1 => {
+                                let message = messages.into_iter().next().expect("one message");
+                                producer.send(message).await.is_ok()
+                            }
+                            _ => producer.send_batch(messages).await.is_ok(),
+                        };
+                        (sent_at, count, ok)
+                    }));
+                }
+                let Some((sent_at, count, ok)) = in_flight.next().await else {
+                    break;
+                };
+                if ok {
+                    shared.acknowledged.fetch_add(count, Ordering::Relaxed);
+                    let _ = latency.record(sent_at.elapsed().as_micros().max(1) as u64);
+                    bar.inc(count);
+                } else if shared.errors.fetch_add(count, Ordering::Relaxed) + count > max_errors {
+                    shared.abort.store(true, Ordering::Relaxed);
+                }
+            }
+            latency
+        }));
+    }
+    let mut latency = histogram();
+    for task in tasks {
+        latency.add(task.await?)?;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let report = Report::new(
+        shared.acknowledged.load(Ordering::Relaxed),
+        shared.errors.load(Ordering::Relaxed),
+        elapsed,
+        args.size,
+        &latency,
+    );
+    report.print(args.json, "produce");
+    if shared.abort.load(Ordering::Relaxed) {
+        anyhow::bail!("stopped early after more than {} errors", args.max_errors);
+    }
+    Ok(())
+}
+
+async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut consumer = client
+        .consumer(&args.group)
+        .subscribe(&args.topic, "*")
+        .config(ConsumerConfig {
+            start_from: StartFrom::First,
+            pull_batch: 256,
+            pull_max_bytes: 4 * 1024 * 1024,
+            max_buffered: 16_384,
+            ..ConsumerConfig::default()
+        })
+        .build()
+        .await?;
+    let bar = progress(args.messages, args.json);
+    let mut latency = histogram();
+    let mut received = 0u64;
+    let mut bytes = 0u64;
+    while received < args.messages {
+        match tokio::time::timeout(args.idle_timeout, consumer.recv()).await {
+            Ok(Some(message)) => {
+                received += 1;
+                bytes += message.body.len() as u64;
+                let now_ms = now_ms();
+                let _ = latency.record(now_ms.saturating_sub(message.store_ts_ms).max(1) * 1000);
+                if received % 1024 == 0 {
+                    bar.set_position(received);
+                }
+            }
+            Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    consumer.shutdown().await?;
+    let size = if received == 0 {
+        0
+    } else {
+        (bytes / received) as usize
+    };
+    Report::new(received, 0, elapsed, size, &latency).print(args.json, "consume");
+    if received < args.messages {
+        anyhow::bail!(
+            "received {received} of {} messages before going idle for {:?}",
+            args.messages,
+            args.idle_timeout
+        );
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

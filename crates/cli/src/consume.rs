@@ -1,0 +1,105 @@
+//! `ferromq consume`: print messages of a topic as a consumer group receives them.
+
+use std::time::Duration;
+
+use clap::Args;
+use ferromq_client::{Client, ReceivedMessage, StartFrom};
+use serde_json::json;
+
+use crate::duration;
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    /// Tag expression: "*", "TagA" or "TagA || TagB".
+    #[arg(long, default_value = "*")]
+    tags: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop when no message arrived for this long (e.g. 500ms, 10s, 2m).
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    timeout: Duration,
+    /// Where a group without committed offsets starts: first or last.
+    #[arg(long, default_value = "first", value_parser = parse_start)]
+    from: StartFrom,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_start(text: &str) -> Result<StartFrom, String> {
+    match text {
+        "first" => Ok(StartFrom::First),
+        "last" => Ok(StartFrom::Last),
+        other => Err(format!("--from must be first or last, not {other:?}")),
+    }
+}
+
+fn print(message: &ReceivedMessage, as_json: bool) {
+    let text = std::str::from_utf8(&message.body).ok();
+    if as_json {
+        let mut line = json!({
+            "id": message.id.to_string(),
+            "topic": message.topic,
+            "broker_group": message.broker_group,
+            "queue": message.queue_id,
+            "offset": message.queue_offset,
+            "tag": message.tag,
+            "keys": message.keys,
+            "properties": message.properties,
+            "store_time_ms": message.store_ts_ms,
+            "born_time_ms": message.born_ts_ms,
+        });
+        match text {
+            Some(text) => line["body"] = json!(text),
+            None => line["body_hex"] = json!(hex::encode(&message.body)),
+        }
+        println!("{line}");
+    } else {
+        let body = text.map_or_else(|| format!("<{} bytes>", message.body.len()), str::to_string);
+        println!(
+            "{} queue={} offset={} tag={} keys={:?} {}",
+            message.id,
+            message.queue_id,
+            message.queue_offset,
+            message.tag.as_deref().unwrap_or("-"),
+            message.keys,
+            body
+        );
+    }
+}
+
+pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    let mut consumer = client
+        .consumer(&args.group)
+        .subscribe(&args.topic, &args.tags)
+        .start_from(args.from)
+        .build()
+        .await?;
+    let mut received = 0u64;
+    while args.count.is_none_or(|count| received < count) {
+        match tokio::time::timeout(args.timeout, consumer.recv()).await {
+            Ok(Some(message)) => {
+                print(&message, args.json);
+                received += 1;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!("no message for {:?}; stopping", args.timeout);
+                break;
+            }
+        }
+    }
+    consumer.shutdown().await?;
+    if args.count.is_some_and(|count| received < count) {
+        anyhow::bail!(
+            "received {received} of {} messages",
+            args.count.unwrap_or(0)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `ferromq`: run a standalone node, send and consume messages, and benchmark.
+
+mod bench;
+mod consume;
+mod duration;
+mod send;
+mod standalone;
+
+use clap::{Parser, Subcommand};
+use ferromq_client::Client;
+
+/// FerroMQ command-line tool.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Nameserver addresses, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9876",
+        env = "FERROMQ_NAMESERVER"
+    )]
+    nameserver: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a nameserver and a one-voter broker in this process (development, quick start).
+    Standalone(standalone::StandaloneArgs),
+    /// Send a message (or --count copies) and print the receipts.
+    Send(send::SendArgs),
+    /// Consume messages as a member of a consumer group and print them.
+    Consume(consume::ConsumeArgs),
+    /// Load generators for produce and consume throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ferromq_service::logging::init();
+    if let Command::Standalone(args) = cli.command {
+        return standalone::run(args).await;
+    }
+    let client = Client::builder()
+        .name_servers(cli.nameserver)
+        .connect()
+        .await?;
+    let result = match cli.command {
+        Command::Standalone(_) => unreachable!("handled above"),
+        Command::Send(args) => send::run(&client, args).await,
+        Command::Consume(args) => consume::run(&client, args).await,
+        Command::Bench(command) => bench::run(&client, command).await,
+    };
+    client.shutdown().await;
+    result
+}
