@@ -1,0 +1,277 @@
+//! Helpers to run the real binaries (`ferromq-nameserver`, `ferromq-broker`, `ferromq`) as
+//! child processes on loopback with temporary data directories. The binaries must be built
+//! first (`cargo build --workspace --bins`; `scripts/test.sh` does it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ferromq_client::Client;
+
+/// Path of a workspace binary, next to the directory of the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins, or scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that is killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command, log_dir: &Path) -> Process {
+        let log = log_dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = command
+            .stdout(Stdio::from(log_file.try_clone().unwrap()))
+            .stderr(Stdio::from(log_file))
+            .env("FERROMQ_LOG", "info,raft=warn")
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        Process {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Waits until `GET path` answers 200.
+pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((200, _)) = http_get(addr, path) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "http://{addr}{path} did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Nameserver {
+    pub process: Process,
+    pub addr: String,
+    pub admin: String,
+}
+
+/// Starts `ferromq-nameserver` with the given extra environment.
+pub fn start_nameserver(log_dir: &Path, env: &[(&str, &str)]) -> Nameserver {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut command = Command::new(binary("ferromq-nameserver"));
+    command.args(["--listen", &addr, "--admin-listen", &admin]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let process = Process::spawn("nameserver", &mut command, log_dir);
+    wait_http_ok(&admin, "/readyz", Duration::from_secs(20));
+    Nameserver {
+        process,
+        addr,
+        admin,
+    }
+}
+
+/// How to run one broker process; kept so it can be restarted on the same ports and data.
+pub struct BrokerSpec {
+    pub addr: String,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub nameserver: String,
+    pub env: Vec<(String, String)>,
+    pub log_dir: PathBuf,
+}
+
+impl BrokerSpec {
+    fn launch(&self) -> Process {
+        let mut command = Command::new(binary("ferromq-broker"));
+        command.args([
+            "--listen",
+            &self.addr,
+            "--admin-listen",
+            &self.admin,
+            "--nameserver",
+            &self.nameserver,
+        ]);
+        command.arg("--data-dir").arg(&self.data_dir);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let process = Process::spawn("broker", &mut command, &self.log_dir);
+        wait_http_ok(&self.admin, "/readyz", Duration::from_secs(30));
+        process
+    }
+}
+
+pub struct Broker {
+    pub spec: BrokerSpec,
+    pub process: Process,
+}
+
+impl Broker {
+    /// Starts `ferromq-broker` on fresh ports with `data_dir`.
+    pub fn start(
+        data_dir: &Path,
+        nameserver: &str,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Broker {
+        let spec = BrokerSpec {
+            addr: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            data_dir: data_dir.to_path_buf(),
+            nameserver: nameserver.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log_dir: log_dir.to_path_buf(),
+        };
+        let process = spec.launch();
+        Broker { spec, process }
+    }
+
+    /// Kills the process if it still runs and starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.process.kill9();
+        self.process = self.spec.launch();
+    }
+}
+
+/// A client of the given nameserver with a short request timeout.
+pub async fn client(nameserver: &str) -> Client {
+    Client::builder()
+        .name_servers([nameserver])
+        .request_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("client connects to the nameserver")
+}
+
+/// Waits until the nameserver routes `topic` (or the auto-create route) to some broker.
+pub async fn wait_for_route(client: &Client, topic: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while client.fetch_route(topic).await.is_err() {
+        assert!(Instant::now() < deadline, "no route for {topic}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the `ferromq` CLI and returns its output.
+pub fn ferromq(args: &[&str]) -> Output {
+    Command::new(binary("ferromq"))
+        .args(args)
+        .env("FERROMQ_LOG", "warn")
+        .output()
+        .expect("ferromq runs")
+}
+
+/// Awaits `future`, failing the test if it takes longer than `timeout`.
+pub async fn within<F: std::future::Future>(timeout: Duration, future: F) -> F::Output {
+    tokio::time::timeout(timeout, future)
+        .await
+        .unwrap_or_else(|_| panic!("no result within {timeout:?}"))
+}

@@ -1,0 +1,89 @@
+//! Brokers leave the routes when their heartbeats stop (after the expiry), when their
+//! connection closes, or when they shut down; and come back when they return.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use ferromq_integration_tests::{client, http_get, start_nameserver, wait_for_route, Broker};
+
+fn registered_brokers(admin: &str) -> usize {
+    let (status, body) = http_get(admin, "/v1/cluster").unwrap();
+    assert_eq!(status, 200);
+    let cluster: serde_json::Value = serde_json::from_str(&body).unwrap();
+    cluster["brokers"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits for the broker count to become `want`; returns how long that took.
+fn wait_for_brokers(admin: &str, want: usize, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    while registered_brokers(admin) != want {
+        assert!(
+            started.elapsed() < timeout,
+            "broker count did not become {want} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_expires_and_reappears_when_it_heartbeats_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // 120 s in production; shortened here.
+    let nameserver = start_nameserver(
+        dir.path(),
+        &[
+            ("FERROMQ_BROKER_EXPIRY_MS", "2000"),
+            ("FERROMQ_SCAN_INTERVAL_MS", "100"),
+        ],
+    );
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &nameserver.addr,
+        dir.path(),
+        &[("FERROMQ_HEARTBEAT_INTERVAL_MS", "200")],
+    );
+    let client = client(&nameserver.addr).await;
+    wait_for_route(&client, "t", Duration::from_secs(10)).await;
+    wait_for_brokers(&nameserver.admin, 1, Duration::from_secs(5));
+
+    // Frozen: the connection stays open but no heartbeat arrives.
+    broker.process.signal("STOP");
+    let gone_after = wait_for_brokers(&nameserver.admin, 0, Duration::from_secs(10));
+    assert!(
+        gone_after >= Duration::from_millis(1500),
+        "expired too early: {gone_after:?}"
+    );
+    assert!(client.fetch_route("t").await.is_err(), "route must be gone");
+
+    broker.process.signal("CONT");
+    wait_for_brokers(&nameserver.admin, 1, Duration::from_secs(10));
+    wait_for_route(&client, "t", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_broker_leaves_at_once_and_a_stopped_one_unregisters() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let mut broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
+    wait_for_brokers(&nameserver.admin, 1, Duration::from_secs(5));
+
+    broker.process.kill9();
+    let gone_after = wait_for_brokers(&nameserver.admin, 0, Duration::from_secs(5));
+    assert!(
+        gone_after < Duration::from_secs(5),
+        "closed connection must drop the broker, not the 120 s expiry"
+    );
+
+    broker.restart();
+    wait_for_brokers(&nameserver.admin, 1, Duration::from_secs(5));
+    let status = broker.process.terminate();
+    assert!(status.success(), "broker exit status {status}");
+    wait_for_brokers(&nameserver.admin, 0, Duration::from_secs(5));
+    assert!(
+        nameserver.process.log().contains("broker unregistered"),
+        "graceful stop unregisters: {}",
+        nameserver.process.log()
+    );
+}
