@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Usage: scripts/install-deps.sh [--bench]
+# Usage: scripts/install-deps.sh [--build | --bench]
 #
-# Installs, idempotently, everything the build and the test suite need on a Debian 12 machine:
-# the system RocksDB and libclang (for the rocksdb crate's bindgen), cargo-deny, cargo-fuzz and a
-# nightly toolchain for the fuzz smoke test. With --bench it also installs iperf3 and fio, which
-# scripts/bench.sh uses to measure the machine's limits.
+# Installs, idempotently, what FerroMQ needs on a Debian 12 machine.
+#   --build   only what building needs: Debian's RocksDB and libclang (for the rocksdb crate's
+#             bindgen) - the quick start uses this
+#   (none)    also the test tools: cargo-deny, cargo-fuzz, a nightly toolchain for fuzzing,
+#             and cargo-nextest if the machine lacks it
+#   --bench   also iperf3 and fio, which scripts/bench.sh uses to measure the machine's limits
 set -euo pipefail
 
+mode="${1:-test}"
 TOOLS_DIR="${FERROMQ_TOOLS_DIR:-$HOME/.cache/ferromq/tools}"
-APT_PACKAGES=(librocksdb-dev libclang-dev pkg-config)
-if [[ "${1:-}" == "--bench" ]]; then
-    APT_PACKAGES+=(iperf3 fio)
-fi
+APT_PACKAGES=(librocksdb-dev libclang-dev)
+[[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -24,20 +25,23 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+[[ "$mode" == "--build" ]] && exit 0
 
 # Cargo tools go to a persistent folder so later runs skip the build.
 mkdir -p "$TOOLS_DIR"
 install_tool() {
-    local crate="$1" version="$2" binary="$3" toolchain="${4:-}"
+    local crate="$1" version="$2" binary="$3"
     if [[ -x "$TOOLS_DIR/bin/$binary" ]] && "$TOOLS_DIR/bin/$binary" --version 2>/dev/null | grep -q "$version"; then
         return
     fi
     echo "installing $crate $version into $TOOLS_DIR"
-    cargo $toolchain install --locked --quiet --root "$TOOLS_DIR" "$crate" --version "$version"
+    cargo install --locked --quiet --root "$TOOLS_DIR" "$crate" --version "$version"
 }
 install_tool cargo-deny 0.20.2 cargo-deny
 install_tool cargo-fuzz 0.13.2 cargo-fuzz
-
+if ! cargo nextest --version >/dev/null 2>&1; then
+    install_tool cargo-nextest 0.9.143 cargo-nextest
+fi
 if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
 fi

@@ -309,11 +309,7 @@ async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     consumer.shutdown().await?;
-    let size = if received == 0 {
-        0
-    } else {
-        (bytes / received) as usize
-    };
+    let size = bytes.checked_div(received).unwrap_or(0) as usize;
     Report::new(received, 0, elapsed, size, &latency).print(args.json, "consume");
     if received < args.messages {
         anyhow::bail!(

@@ -1,6 +1,8 @@
 //! A one-voter group over a real store: proposals are committed, applied and answered, and a
 //! restart replays what was committed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

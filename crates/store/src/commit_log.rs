@@ -391,8 +391,7 @@ impl CommitLog {
         let mut state = self.state.write();
         let mut positions = Vec::with_capacity(entries.len());
         let mut buffer = BytesMut::new();
-        let mut expected = state.last.index + 1;
-        for entry in entries {
+        for (expected, entry) in (state.last.index + 1..).zip(entries) {
             if entry.index != expected {
                 return Err(StoreError::NotContiguous {
                     expected,
@@ -403,7 +402,6 @@ impl CommitLog {
                 entry.term >= state.last.term,
                 "terms never decrease in a Raft log"
             );
-            expected += 1;
 
             let active = state
                 .segments

@@ -1,6 +1,8 @@
 //! Property test: the commit log against an in-memory model, with crashes that lose or tear
 //! everything after the last sync and leave garbage behind.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::OpenOptions;
 use std::io::Write;
 

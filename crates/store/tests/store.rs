@@ -1,5 +1,7 @@
 //! The store through its public interface: apply, read, checkpoint, crash and replay.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};

@@ -1,5 +1,7 @@
 //! Connection behaviour over real loopback sockets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

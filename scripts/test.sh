@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Usage: scripts/test.sh
+#
+# Runs the whole test suite, exactly as CI does (.ci/run calls this): installs what it needs,
+# then format check, clippy, cargo deny, unit + property + integration tests (cargo nextest,
+# with the real binaries on loopback), doc tests, the client-dependency invariant, and a fuzz
+# smoke run of the wire decoders. Environment:
+#   FUZZ_SECONDS   length of the fuzz smoke run (default 60)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/install-deps.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo deny"
+if ! deny_output=$(cargo deny --locked check 2>&1); then
+    if grep -q "failed to fetch advisory database" <<<"$deny_output"; then
+        # The RustSec database lives on GitHub; machines that only reach package registries
+        # cannot fetch it. Check everything else, and say so loudly.
+        echo "WARNING: advisory database unreachable; checking bans, licenses and sources only"
+        cargo deny --locked check bans licenses sources
+    else
+        echo "$deny_output"
+        exit 1
+    fi
+else
+    echo "$deny_output" | tail -n 3
+fi
+
+step "build"
+cargo build --workspace --bins --locked
+
+step "tests"
+cargo nextest run --workspace --locked --profile ci
+cargo test --workspace --doc --locked
+
+step "the client SDK builds without RocksDB or raft"
+if cargo tree -p ferromq-client -e normal --locked | grep -Ei '(rocksdb|raft)'; then
+    echo "ferromq-client must not depend on RocksDB or raft"
+    exit 1
+fi
+
+step "fuzz smoke (${FUZZ_SECONDS:-60} s)"
+cargo +nightly fuzz run wire_decode -- -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 -max_len=65536 -timeout=1 2>&1 | tail -n 3
+
+printf '\nall checks passed in %d s\n' $((SECONDS - started))
