@@ -26,6 +26,20 @@ pub enum BenchCommand {
     Produce(ProduceArgs),
     /// Consume N messages with a consumer group.
     Consume(ConsumeArgs),
+    /// Round trips of an empty request to a broker: the transport's latency floor, without
+    /// storage or Raft.
+    Ping(PingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// Broker address; by default the first broker the nameserver knows.
+    #[arg(long)]
+    broker: Option<String>,
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,7 +175,33 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Produce(args) => produce(client, args).await,
         BenchCommand::Consume(args) => consume(client, args).await,
+        BenchCommand::Ping(args) => ping(client, args).await,
     }
+}
+
+async fn ping(client: &Client, args: PingArgs) -> anyhow::Result<()> {
+    let broker = match args.broker {
+        Some(broker) => broker,
+        None => client
+            .cluster()
+            .await?
+            .brokers
+            .first()
+            .map(|b| b.client_addr.clone())
+            .ok_or_else(|| anyhow::anyhow!("the nameserver knows no broker"))?,
+    };
+    let connection = client.connection(&broker).await?;
+    let mut latency = histogram();
+    let started = Instant::now();
+    for _ in 0..args.count {
+        let sent_at = Instant::now();
+        connection
+            .request(ferromq_client::RequestCode::Ping, &(), Bytes::new())
+            .await?;
+        let _ = latency.record(sent_at.elapsed().as_micros().max(1) as u64);
+    }
+    Report::new(args.count, 0, started.elapsed(), 0, &latency).print(args.json, "ping");
+    Ok(())
 }
 
 type Pending = Pin<Box<dyn Future<Output = (Instant, u64, bool)> + Send>>;

@@ -22,6 +22,10 @@ struct Cli {
         env = "FERROMQ_NAMESERVER"
     )]
     nameserver: Vec<String>,
+    /// Worker threads of this process's async runtime (default: one per core). `1` runs
+    /// everything on one thread, which suits a single sequential producer.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,10 +43,25 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ferromq_service::logging::init();
+    let runtime = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(threads) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Standalone(args) = cli.command {
         return standalone::run(args).await;
     }

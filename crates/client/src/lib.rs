@@ -36,4 +36,4 @@ pub use error::{BatchSendError, ClientError, SendError};
 pub use filter::TagFilter;
 pub use producer::{Producer, SendHandle, SendReceipt};
 
-pub use ferromq_protocol::{Message, MessageId};
+pub use ferromq_protocol::{Message, MessageId, RequestCode};

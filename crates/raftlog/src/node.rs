@@ -4,6 +4,7 @@
 //! next cycle, so concurrent sends share one fsync (group commit).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -150,10 +151,20 @@ pub enum RaftError {
     Thread(std::io::Error),
 }
 
+/// Log positions, updated every cycle without waking anyone.
+#[derive(Default)]
+struct Progress {
+    commit_index: AtomicU64,
+    applied_index: AtomicU64,
+    last_index: AtomicU64,
+}
+
 /// A running Raft node. [`RaftNode::shutdown`] stops it; dropping it stops it too.
 pub struct RaftNode<O> {
     events: flume::Sender<Event<O>>,
+    /// Sent only when role, term, leader, membership or failure change.
     status: watch::Receiver<RaftStatus>,
+    progress: Arc<Progress>,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -170,7 +181,7 @@ impl<O: Send + 'static> RaftNode<O> {
         if storage.bootstrap(&config.voters)? {
             info!(voters = ?config.voters, "bootstrapped a new raft group");
         }
-        let commit = storage.hard_state().commit.max(store.applied_index());
+        let commit = storage.hard_state().commit;
         let replayed = replay(&store, &storage, commit, &mut state_machine)?;
         if replayed > 0 {
             info!(
@@ -200,7 +211,9 @@ impl<O: Send + 'static> RaftNode<O> {
         }
         let (events_tx, events_rx) = flume::bounded(config.queue_capacity);
         let (status_tx, status_rx) = watch::channel(status_of(&raw, None));
+        let progress = Arc::new(Progress::default());
         let mut node_loop = NodeLoop {
+            progress: progress.clone(),
             raw,
             state_machine,
             peers,
@@ -218,6 +231,7 @@ impl<O: Send + 'static> RaftNode<O> {
         Ok(RaftNode {
             events: events_tx,
             status: status_rx,
+            progress,
             thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
@@ -242,9 +256,15 @@ impl<O: Send + 'static> RaftNode<O> {
     }
 
     pub fn status(&self) -> RaftStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        status.commit_index = self.progress.commit_index.load(Ordering::Acquire);
+        status.applied_index = self.progress.applied_index.load(Ordering::Acquire);
+        status.last_index = self.progress.last_index.load(Ordering::Acquire);
+        status
     }
 
+    /// A receiver woken when the role, term, leader, membership or failure state change (its
+    /// log indices may be stale; [`RaftNode::status`] has fresh ones).
     pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
     }
@@ -326,6 +346,7 @@ struct Waiter<O> {
 
 struct NodeLoop<SM: StateMachine> {
     raw: RawNode<RaftStorage>,
+    progress: Arc<Progress>,
     state_machine: SM,
     peers: Box<dyn PeerSender>,
     /// Proposals waiting to be applied, in index order.
@@ -359,17 +380,24 @@ impl<SM: StateMachine> NodeLoop<SM> {
                 Err(flume::RecvTimeoutError::Disconnected) => stopping = true,
             }
             let now = Instant::now();
+            let mut result = Ok(());
             if now >= next_tick {
                 self.raw.tick();
                 next_tick = now + self.config.tick;
+                result = self.raw.mut_store().persist_commit();
             }
-            let mut result = self.on_ready();
+            if result.is_ok() {
+                result = self.on_ready();
+            }
             if result.is_ok()
                 && self.config.flush == FlushPolicy::Async
                 && (now >= next_flush || stopping)
             {
                 result = self.sync_log();
                 next_flush = now + self.config.flush_interval;
+            }
+            if result.is_ok() && stopping {
+                result = self.raw.mut_store().persist_commit();
             }
             if let Err(err) = result {
                 error!(%err, "raft node stopping on a storage error");
@@ -451,10 +479,8 @@ impl<SM: StateMachine> NodeLoop<SM> {
             self.raw.mut_store().append(ready.entries())?;
         }
         if let Some(hard_state) = ready.hs() {
-            let previous = self.raw.store().hard_state();
-            let sync = hard_state.term != previous.term || hard_state.vote != previous.vote;
             let hard_state = hard_state.clone();
-            self.raw.mut_store().set_hard_state(&hard_state, sync)?;
+            self.raw.mut_store().set_hard_state(&hard_state)?;
         }
         if appended && self.config.flush == FlushPolicy::Sync {
             self.sync_log()?;
@@ -464,7 +490,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
+            self.raw.mut_store().set_commit(commit);
         }
         self.peers.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
@@ -509,19 +535,31 @@ impl<SM: StateMachine> NodeLoop<SM> {
     fn publish_status(&mut self, failed: Option<String>) {
         let status = status_of(&self.raw, failed);
         self.metrics.observe(&status);
+        self.progress
+            .commit_index
+            .store(status.commit_index, Ordering::Release);
+        self.progress
+            .applied_index
+            .store(status.applied_index, Ordering::Release);
+        self.progress
+            .last_index
+            .store(status.last_index, Ordering::Release);
         self.status.send_if_modified(|current| {
-            if *current == status {
+            let same = current.role == status.role
+                && current.term == status.term
+                && current.leader_id == status.leader_id
+                && current.voters == status.voters
+                && current.failed == status.failed;
+            if same {
                 return false;
             }
-            if current.leader_id != status.leader_id || current.role != status.role {
-                info!(
-                    node_id = status.node_id,
-                    term = status.term,
-                    leader_id = status.leader_id,
-                    role = ?status.role,
-                    "raft role changed"
-                );
-            }
+            info!(
+                node_id = status.node_id,
+                term = status.term,
+                leader_id = status.leader_id,
+                role = ?status.role,
+                "raft role changed"
+            );
             *current = status;
             true
         });

@@ -69,6 +69,8 @@ pub struct RaftStorage {
     /// Contiguous recent entries with their log positions.
     cache: VecDeque<(Entry, u64)>,
     cache_bytes: usize,
+    /// Commit index as last written to RocksDB.
+    persisted_commit: u64,
 }
 
 impl RaftStorage {
@@ -100,6 +102,9 @@ impl RaftStorage {
             );
             hard_state.commit = last;
         }
+        // Applied entries were committed, even if the lazily written commit index lags.
+        let persisted_commit = hard_state.commit;
+        hard_state.commit = hard_state.commit.max(store.applied_index().min(last));
         let mut conf_state = ConfState::default();
         if let Some(bytes) = state.raft_value(KEY_CONF_STATE)? {
             let stored: StoredConfState =
@@ -119,6 +124,7 @@ impl RaftStorage {
             conf_state,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            persisted_commit,
         })
     }
 
@@ -162,24 +168,42 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Persists the hard state. `sync` is required when term or vote changed (before any
-    /// message goes out); a commit-only change may be lazy.
-    pub fn set_hard_state(&mut self, hard_state: &HardState, sync: bool) -> Result<(), StoreError> {
-        let mut bytes = Vec::with_capacity(24);
-        bytes.extend_from_slice(&hard_state.term.to_be_bytes());
-        bytes.extend_from_slice(&hard_state.vote.to_be_bytes());
-        bytes.extend_from_slice(&hard_state.commit.to_be_bytes());
-        self.store
-            .state()
-            .save_raft_value(KEY_HARD_STATE, &bytes, sync)?;
+    /// Records the hard state. A new term or vote is written and synced before any message
+    /// goes out. A change of the commit index alone stays in memory until
+    /// [`RaftStorage::persist_commit`]: an entry that is in the log and was committed is
+    /// committed again after a restart, so the persisted commit index only bounds the replay.
+    pub fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StoreError> {
+        let vote_changed =
+            hard_state.term != self.hard_state.term || hard_state.vote != self.hard_state.vote;
         self.hard_state = hard_state.clone();
+        if vote_changed {
+            self.write_hard_state(true)?;
+        }
         Ok(())
     }
 
-    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
-        let mut hard_state = self.hard_state.clone();
-        hard_state.commit = commit;
-        self.set_hard_state(&hard_state, false)
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    /// Writes the commit index if it moved since the last write.
+    pub fn persist_commit(&mut self) -> Result<(), StoreError> {
+        if self.hard_state.commit != self.persisted_commit {
+            self.write_hard_state(false)?;
+        }
+        Ok(())
+    }
+
+    fn write_hard_state(&mut self, sync: bool) -> Result<(), StoreError> {
+        let mut bytes = Vec::with_capacity(24);
+        bytes.extend_from_slice(&self.hard_state.term.to_be_bytes());
+        bytes.extend_from_slice(&self.hard_state.vote.to_be_bytes());
+        bytes.extend_from_slice(&self.hard_state.commit.to_be_bytes());
+        self.store
+            .state()
+            .save_raft_value(KEY_HARD_STATE, &bytes, sync)?;
+        self.persisted_commit = self.hard_state.commit;
+        Ok(())
     }
 
     /// Appends entries from a `Ready`, replacing any conflicting suffix. Not durable until the

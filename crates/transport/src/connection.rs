@@ -1,5 +1,5 @@
 //! One connection: a reader task that routes frames (responses to waiting callers, requests to
-//! the handler) and a writer task that coalesces outgoing frames. Either side may send requests.
+//! the handler) and an [`Outbox`] for writing. Either side may send requests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,19 +19,14 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::outbox::Outbox;
 use crate::{Handler, Reply, Request, Response, TransportConfig, TransportError};
-
-/// Bodies up to this size are copied into the write buffer to coalesce small frames; larger
-/// ones are written straight from their `Bytes`.
-const COPY_BODY_MAX: usize = 16 * 1024;
-/// Flush the coalescing buffer once it holds this much.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -50,7 +45,7 @@ struct Inner {
     next_request_id: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     pending_slots: Semaphore,
-    outgoing: mpsc::Sender<Frame>,
+    outbox: Arc<Outbox>,
     closed: CancellationToken,
     config: Arc<TransportConfig>,
 }
@@ -260,7 +255,14 @@ impl Connection {
         handler: Arc<H>,
         shutdown: CancellationToken,
     ) -> Connection {
-        let (outgoing, outgoing_rx) = mpsc::channel(config.write_queue_frames);
+        let closed = CancellationToken::new();
+        let outbox = Outbox::new(
+            writer,
+            config.write_queue_frames,
+            closed.clone(),
+            config.write_timeout,
+        );
+        tokio::spawn(outbox.clone().run());
         let connection = Connection {
             inner: Arc::new(Inner {
                 id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
@@ -270,17 +272,11 @@ impl Connection {
                 next_request_id: AtomicU64::new(1),
                 pending: Mutex::new(HashMap::new()),
                 pending_slots: Semaphore::new(config.max_pending_requests),
-                outgoing,
-                closed: CancellationToken::new(),
+                outbox,
+                closed,
                 config,
             }),
         };
-        tokio::spawn(write_loop(
-            writer,
-            outgoing_rx,
-            connection.inner.closed.clone(),
-            connection.inner.config.write_timeout,
-        ));
         tokio::spawn(read_loop(
             connection.clone(),
             reader,
@@ -420,14 +416,7 @@ impl Connection {
                 },
             ));
         }
-        if self.is_closed() {
-            return Err(TransportError::Closed);
-        }
-        self.inner
-            .outgoing
-            .send(frame)
-            .await
-            .map_err(|_| TransportError::Closed)
+        self.inner.outbox.send(frame).await
     }
 }
 
@@ -639,77 +628,4 @@ fn response_frame(version: u8, request_id: u64, reply: Reply) -> Frame {
 async fn reply_now(connection: &Connection, request: &Frame, reply: Reply) {
     let frame = response_frame(connection.inner.version, request.request_id, reply);
     let _ = connection.send_frame(frame).await;
-}
-
-async fn write_loop(
-    mut writer: OwnedWriteHalf,
-    mut outgoing: mpsc::Receiver<Frame>,
-    closed: CancellationToken,
-    write_timeout: Duration,
-) {
-    let mut buffer = BytesMut::with_capacity(64 * 1024);
-    loop {
-        let frame = tokio::select! {
-            frame = outgoing.recv() => frame,
-            _ = closed.cancelled() => {
-                // Flush what is already queued (replies of finished handlers), then stop.
-                while let Ok(frame) = outgoing.try_recv() {
-                    if write_frame(&mut writer, &mut buffer, frame, write_timeout).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = tokio::time::timeout(write_timeout, flush(&mut writer, &mut buffer)).await;
-                let _ = writer.shutdown().await;
-                return;
-            }
-        };
-        let Some(frame) = frame else { return };
-        let mut result = write_frame(&mut writer, &mut buffer, frame, write_timeout).await;
-        while result.is_ok() && buffer.len() < WRITE_BATCH_BYTES {
-            match outgoing.try_recv() {
-                Ok(frame) => {
-                    result = write_frame(&mut writer, &mut buffer, frame, write_timeout).await
-                }
-                Err(_) => break,
-            }
-        }
-        if result.is_ok() {
-            result = tokio::time::timeout(write_timeout, flush(&mut writer, &mut buffer))
-                .await
-                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
-        }
-        if let Err(err) = result {
-            debug!(%err, "write failed; closing connection");
-            closed.cancel();
-            return;
-        }
-    }
-}
-
-async fn write_frame(
-    writer: &mut OwnedWriteHalf,
-    buffer: &mut BytesMut,
-    frame: Frame,
-    write_timeout: Duration,
-) -> std::io::Result<()> {
-    frame.encode_prefix(buffer);
-    if frame.body.len() <= COPY_BODY_MAX {
-        buffer.put_slice(&frame.body);
-        return Ok(());
-    }
-    let write = async {
-        flush(writer, buffer).await?;
-        writer.write_all(&frame.body).await
-    };
-    tokio::time::timeout(write_timeout, write)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-async fn flush(writer: &mut OwnedWriteHalf, buffer: &mut BytesMut) -> std::io::Result<()> {
-    if !buffer.is_empty() {
-        writer.write_all(buffer).await?;
-        buffer.clear();
-    }
-    Ok(())
 }

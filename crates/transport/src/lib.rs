@@ -6,6 +6,7 @@ mod config;
 mod connection;
 mod error;
 mod handler;
+mod outbox;
 mod request;
 mod server;
 

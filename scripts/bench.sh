@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench.sh [--quick]
+#
+# Measures, in one run on this machine, the machine's limits (loopback TCP bandwidth with
+# iperf3; fdatasync rate and sequential write bandwidth with fio) and FerroMQ standalone
+# (release build, 1 KiB messages), and prints every FerroMQ figure also as a ratio to the
+# relevant limit. Results go to $CARGO_TARGET_DIR/bench/results.json; docs/benchmarks.md records
+# a run. --quick uses 10x fewer messages (a smoke run, not a measurement).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/install-deps.sh --bench
+
+scale=1
+[[ "${1:-}" == "--quick" ]] && scale=10
+out_dir="$CARGO_TARGET_DIR/bench"
+data_root="${BENCH_DATA_DIR:-$HOME/.cache/ferromq/bench-data}"
+mkdir -p "$out_dir" "$data_root"
+results="$out_dir/results.json"
+echo "{}" >"$results"
+
+record() { # record KEY JSON
+    python3 - "$results" "$1" "$2" <<'PY'
+import json, sys
+path, key, value = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+data = json.load(open(path))
+data[key] = value
+json.dump(data, open(path, "w"), indent=2)
+PY
+}
+
+echo "==> building (release)"
+cargo build --release --locked -p ferromq-cli
+ferromq="$CARGO_TARGET_DIR/release/ferromq"
+
+echo "==> machine limits"
+iperf3 -s -1 -p 15201 >/dev/null 2>&1 &
+sleep 0.5
+loopback=$(iperf3 -c 127.0.0.1 -p 15201 -t 5 -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576)')
+record loopback_mib_per_sec "$loopback"
+fio_dir="$data_root/fio"
+mkdir -p "$fio_dir"
+fsync_iops=$(fio --name=fdatasync --directory="$fio_dir" --rw=write --bs=4k --size=32m --fdatasync=1 \
+    --runtime=10 --time_based=0 --output-format=json | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["write"]["iops"])')
+record fdatasync_per_sec "$fsync_iops"
+seq_bw=$(fio --name=seqwrite --directory="$fio_dir" --rw=write --bs=1m --size=1g --end_fsync=1 \
+    --output-format=json | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["write"]["bw"]/1024)')
+record seq_write_mib_per_sec "$seq_bw"
+rm -rf "$fio_dir"
+printf 'loopback %.0f MiB/s, fdatasync %.0f /s, sequential write %.0f MiB/s\n' "$loopback" "$fsync_iops" "$seq_bw"
+
+node=""
+stop_node() {
+    if [[ -n "$node" ]]; then
+        kill -TERM "$node" 2>/dev/null || true
+        wait "$node" 2>/dev/null || true
+        node=""
+    fi
+}
+trap stop_node EXIT
+
+start_node() { # start_node FLUSH
+    stop_node
+    rm -rf "$data_root/node"
+    "$ferromq" standalone --data-dir "$data_root/node" --flush "$1" \
+        --nameserver-listen 127.0.0.1:19876 --nameserver-admin-listen 127.0.0.1:19877 \
+        --broker-listen 127.0.0.1:20911 --broker-admin-listen 127.0.0.1:20913 >"$out_dir/node-$1.log" 2>&1 &
+    node=$!
+    for _ in $(seq 1 100); do
+        "$ferromq" --nameserver 127.0.0.1:19876 send --topic warmup --body x >/dev/null 2>&1 && return
+        sleep 0.2
+    done
+    echo "standalone did not start"; cat "$out_dir/node-$1.log"; exit 1
+}
+
+bench() { # bench KEY ARGS...
+    local key="$1"; shift
+    local json
+    json=$("$ferromq" --nameserver 127.0.0.1:19876 bench "$@" --json)
+    record "$key" "$json"
+    echo "$key: $json"
+}
+
+n_batch=$((2000000 / scale))
+n_single=$((200000 / scale))
+n_backlog=$((1000000 / scale))
+
+echo "==> sync flush"
+start_node sync
+bench produce_batch64_p4_sync_flush produce --topic b1 --messages "$n_batch" --size 1024 --producers 4 --batch 64
+bench produce_single_sync_flush produce --topic b2 --messages $((n_single / 10)) --size 1024
+
+echo "==> async flush"
+start_node async
+bench produce_batch64_p4_async_flush produce --topic b1 --messages "$n_batch" --size 1024 --producers 4 --batch 64
+bench produce_single_async_flush produce --topic b2 --messages "$n_single" --size 1024
+bench produce_backlog produce --topic backlog --messages "$n_backlog" --size 1024 --producers 4 --batch 64
+bench consume_backlog consume --topic backlog --group readers --messages "$n_backlog"
+stop_node
+
+echo "==> summary (ratios to this machine's limits)"
+python3 - "$results" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+loop, disk, fsync = r["loopback_mib_per_sec"], r["seq_write_mib_per_sec"], r["fdatasync_per_sec"]
+def line(name, key, limit_name, limit, unit="mib_per_sec"):
+    b = r[key]
+    print(f"{name:48} {b['msgs_per_sec']:>10.0f} msg/s {b['mib_per_sec']:>8.1f} MiB/s "
+          f"p99 {b['latency_us']['p99']:>7} us  = {b[unit] / limit:.2f} x {limit_name}")
+line("batched produce, batch 64 x 4 producers, sync", "produce_batch64_p4_sync_flush", "disk seq write", disk)
+line("batched produce, batch 64 x 4 producers, async", "produce_batch64_p4_async_flush", "disk seq write", disk)
+line("single producer sync sends, sync flush", "produce_single_sync_flush", "fdatasync/s", fsync, "msgs_per_sec")
+line("single producer sync sends, async flush", "produce_single_async_flush", "loopback", loop)
+line("consume 1M backlog", "consume_backlog", "loopback", loop)
+print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s")
+PY
+echo "results: $results"
