@@ -2,7 +2,8 @@
 # Usage: scripts/bench.sh [--quick]
 #
 # Measures, in one run on this machine, the machine's limits (loopback TCP bandwidth with
-# iperf3; fdatasync rate and sequential write bandwidth with fio) and FerroMQ standalone
+# iperf3; fdatasync rate and sequential write bandwidth with fio; the round trip of an empty
+# request to the broker, which no send can beat) and FerroMQ standalone
 # (release build, 1 KiB messages), and prints every FerroMQ figure also as a ratio to the
 # relevant limit. Results go to $CARGO_TARGET_DIR/bench/results.json; docs/benchmarks.md records
 # a run. --quick uses 10x fewer messages (a smoke run, not a measurement).
@@ -92,8 +93,9 @@ bench produce_single_sync_flush produce --topic b2 --messages $((n_single / 10))
 
 echo "==> async flush"
 start_node async
+bench ping_round_trip ping --count $((20000 / scale))
 bench produce_batch64_p4_async_flush produce --topic b1 --messages "$n_batch" --size 1024 --producers 4 --batch 64
-bench produce_single_async_flush produce --topic b2 --messages "$n_single" --size 1024
+bench produce_single_async_flush --threads 1 produce --topic b2 --messages "$n_single" --size 1024
 bench produce_backlog produce --topic backlog --messages "$n_backlog" --size 1024 --producers 4 --batch 64
 bench consume_backlog consume --topic backlog --group readers --messages "$n_backlog"
 stop_node
@@ -110,8 +112,10 @@ def line(name, key, limit_name, limit, unit="mib_per_sec"):
 line("batched produce, batch 64 x 4 producers, sync", "produce_batch64_p4_sync_flush", "disk seq write", disk)
 line("batched produce, batch 64 x 4 producers, async", "produce_batch64_p4_async_flush", "disk seq write", disk)
 line("single producer sync sends, sync flush", "produce_single_sync_flush", "fdatasync/s", fsync, "msgs_per_sec")
-line("single producer sync sends, async flush", "produce_single_async_flush", "loopback", loop)
+line("single producer sync sends, async flush", "produce_single_async_flush", "ping round trips/s", r["ping_round_trip"]["msgs_per_sec"], "msgs_per_sec")
 line("consume 1M backlog", "consume_backlog", "loopback", loop)
-print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s")
+ping = r["ping_round_trip"]
+print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s, "
+      f"empty request round trip p50 {ping['latency_us']['p50']} us ({ping['msgs_per_sec']:.0f}/s)")
 PY
 echo "results: $results"

@@ -87,3 +87,34 @@ async fn a_crashed_broker_leaves_at_once_and_a_stopped_one_unregisters() {
         nameserver.process.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_register_with_every_nameserver_and_clients_survive_losing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["ns1", "ns2"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    let mut first = start_nameserver(&dir.path().join("ns1"), &[]);
+    let second = start_nameserver(&dir.path().join("ns2"), &[]);
+    let both = format!("{},{}", first.addr, second.addr);
+    let _broker = Broker::start(&dir.path().join("data"), &both, dir.path(), &[]);
+    wait_for_brokers(&first.admin, 1, Duration::from_secs(5));
+    wait_for_brokers(&second.admin, 1, Duration::from_secs(5));
+
+    let client = ferromq_client::Client::builder()
+        .name_servers([first.addr.clone(), second.addr.clone()])
+        .connect()
+        .await
+        .unwrap();
+    first.process.kill9();
+    for _ in 0..3 {
+        // Every lookup tries the nameservers in turn; the dead one costs one failed connect.
+        client.fetch_route("t").await.unwrap();
+    }
+    let receipt = client
+        .producer()
+        .send(ferromq_client::Message::new("t", "still routed"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.topic, "t");
+}
