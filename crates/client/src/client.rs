@@ -290,15 +290,26 @@ impl Client {
             queues,
             perm: ferromq_protocol::headers::perm::READ_WRITE,
         };
-        for leader in leaders {
-            let connection = self.connection(&leader).await?;
+        for leader in &leaders {
+            let connection = self.connection(leader).await?;
             connection
                 .request(RequestCode::CreateTopic, &request, Bytes::new())
                 .await?
                 .into_result()?;
         }
-        self.invalidate_route(topic);
-        Ok(())
+        // Brokers tell the nameservers at once; wait until the route shows the topic, so a
+        // send right after this call uses the new queues.
+        let deadline = Instant::now() + self.inner.config.request_timeout();
+        loop {
+            match self.fetch_route(topic).await {
+                Ok(route) if route.exists && route.groups.len() >= leaders.len() => return Ok(()),
+                Ok(_) | Err(ClientError::NoRoute(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(_) => return Err(ClientError::NoRoute(topic.to_string())),
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Closes every connection and stops background work.

@@ -281,12 +281,13 @@ fn key_of(message: &ReceivedMessage) -> QueueKey {
 }
 
 /// Starts a pull task for every readable queue of the topic, and for queues that appear later.
+/// A task ends when its queue leaves the route; it is started again if the queue comes back.
 async fn assign_queues(
     shared: Arc<Shared>,
     sender: mpsc::Sender<ReceivedMessage>,
     tasks: TaskTracker,
 ) {
-    let mut started: HashMap<QueueKey, ()> = HashMap::new();
+    let mut running: HashMap<QueueKey, tokio::task::JoinHandle<()>> = HashMap::new();
     let refresh = Duration::from_millis(shared.client.config().route_refresh_interval_ms);
     let mut wait = Duration::ZERO;
     loop {
@@ -294,17 +295,15 @@ async fn assign_queues(
             _ = tokio::time::sleep(wait) => {}
             _ = shared.shutdown.cancelled() => return,
         }
+        running.retain(|_, task| !task.is_finished());
         match shared.client.route(&shared.topic).await {
+            // A route of groups that would create the topic: nothing to read yet.
+            Ok(route) if !route.exists => wait = Duration::from_secs(1),
             Ok(route) => {
-                for group in route.groups.iter().filter(|g| g.perm & perm::READ != 0) {
-                    for queue_id in 0..group.queues {
-                        let key = QueueKey {
-                            broker_group: group.group.clone(),
-                            queue_id,
-                        };
-                        if started.insert(key.clone(), ()).is_none() {
-                            tasks.spawn(pull_queue(shared.clone(), key, sender.clone()));
-                        }
+                for key in readable_queues(&route) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(key) {
+                        let key = slot.key().clone();
+                        slot.insert(tasks.spawn(pull_queue(shared.clone(), key, sender.clone())));
                     }
                 }
                 wait = refresh;
@@ -315,6 +314,20 @@ async fn assign_queues(
             }
         }
     }
+}
+
+fn readable_queues(route: &ferromq_protocol::headers::TopicRoute) -> Vec<QueueKey> {
+    route
+        .groups
+        .iter()
+        .filter(|g| g.perm & perm::READ != 0)
+        .flat_map(|g| {
+            (0..g.queues).map(|queue_id| QueueKey {
+                broker_group: g.group.clone(),
+                queue_id,
+            })
+        })
+        .collect()
 }
 
 /// Address of the leader of `broker_group` for the topic, from the (cached) route.
@@ -444,12 +457,21 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
             Ok(true) => backoff = Duration::from_millis(100),
             Ok(false) => return,
             Err(err) => {
+                if err.is_retriable() {
+                    shared.client.invalidate_route(&shared.topic);
+                }
                 if matches!(
                     err.status(),
-                    Some(Status::TopicNotExist) | Some(Status::NotLeader)
-                ) || err.is_retriable()
-                {
-                    shared.client.invalidate_route(&shared.topic);
+                    Some(Status::QueueNotExist) | Some(Status::TopicNotExist)
+                ) {
+                    let still_routed = match shared.client.route(&shared.topic).await {
+                        Ok(route) => route.exists && readable_queues(&route).contains(&key),
+                        Err(_) => false,
+                    };
+                    if !still_routed {
+                        debug!(topic = %shared.topic, queue = key.queue_id, "queue left the route; stopping its pull task");
+                        return;
+                    }
                 }
                 debug!(topic = %shared.topic, queue = key.queue_id, %err, "pull failed; retrying");
                 tokio::select! {

@@ -105,10 +105,12 @@ pub enum Status {
     Timeout = 12,
     /// A handshake was expected first, or sent twice.
     HandshakeRequired = 13,
+    /// The topic has no queue with that id: the client's route is stale; refresh and retry.
+    QueueNotExist = 14,
 }
 
 impl Status {
-    pub const ALL: [Status; 14] = [
+    pub const ALL: [Status; 15] = [
         Status::Ok,
         Status::SystemError,
         Status::SystemBusy,
@@ -123,6 +125,7 @@ impl Status {
         Status::ServiceNotAvailable,
         Status::Timeout,
         Status::HandshakeRequired,
+        Status::QueueNotExist,
     ];
 
     pub fn from_u16(value: u16) -> Option<Status> {
@@ -141,6 +144,7 @@ impl Status {
                 | Status::ServiceNotAvailable
                 | Status::Timeout
                 | Status::TopicNotExist
+                | Status::QueueNotExist
         )
     }
 
@@ -160,6 +164,7 @@ impl Status {
             Status::ServiceNotAvailable => "service_not_available",
             Status::Timeout => "timeout",
             Status::HandshakeRequired => "handshake_required",
+            Status::QueueNotExist => "queue_not_exist",
         }
     }
 }

@@ -42,7 +42,7 @@ pub async fn commit(core: &BrokerCore, request: &Request) -> Reply {
             Some(topic) if offset.queue_id < topic.queues => {}
             Some(topic) => {
                 return Reply::error(
-                    Status::ParameterError,
+                    Status::QueueNotExist,
                     format!(
                         "queue {} out of range: topic {:?} has {} queues",
                         offset.queue_id, topic.name, topic.queues

@@ -39,7 +39,7 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
     }
     if pull.queue_id >= topic.queues {
         return Reply::error(
-            Status::ParameterError,
+            Status::QueueNotExist,
             format!(
                 "queue {} out of range: topic {:?} has {} queues",
                 pull.queue_id, topic.name, topic.queues

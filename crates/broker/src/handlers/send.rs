@@ -35,7 +35,7 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
     }
     if send.queue_id >= topic.queues {
         return Reply::error(
-            Status::ParameterError,
+            Status::QueueNotExist,
             format!(
                 "queue {} out of range: topic {:?} has {} queues",
                 send.queue_id, topic.name, topic.queues
