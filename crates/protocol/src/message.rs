@@ -405,9 +405,12 @@ pub fn peek_record(bytes: &[u8]) -> Result<RecordPeek<'_>, RecordError> {
     })
 }
 
-/// Writes the broker's store timestamp into an encoded record.
+/// Writes the broker's store timestamp into an encoded record; a record too short to hold one
+/// is left alone (it fails validation anyway).
 pub fn stamp_store_ts(record: &mut [u8], store_ts_ms: u64) {
-    record[STORE_TS_OFFSET..STORE_TS_OFFSET + 8].copy_from_slice(&store_ts_ms.to_be_bytes());
+    if let Some(field) = record.get_mut(STORE_TS_OFFSET..STORE_TS_OFFSET + 8) {
+        field.copy_from_slice(&store_ts_ms.to_be_bytes());
+    }
 }
 
 /// Appends `record` with a u32 length prefix: the framing of records in a send body.

@@ -349,6 +349,19 @@ impl Store {
                     }
                     Some(_) => {}
                 }
+                // Check every record before changing anything: a bad one rejects the whole entry,
+                // the same way on every replica.
+                let mut peeks = Vec::with_capacity(records.len());
+                for (_, record) in &records {
+                    match peek_record(record) {
+                        Ok(peek) => peeks.push(peek),
+                        Err(err) => {
+                            return Ok(ApplyOutcome::Rejected(format!(
+                                "malformed message record: {err}"
+                            )))
+                        }
+                    }
+                }
                 let queue = self.queue_or_create(&topic, queue_id)?;
                 let slot = match pending.iter().position(|(q, _)| Arc::ptr_eq(q, &queue)) {
                     Some(slot) => slot,
@@ -360,11 +373,9 @@ impl Store {
                 let first_offset = queue.max_offset() + pending[slot].1.len() as u64;
                 let mut store_ts_ms = 0;
                 let mut bytes = 0u64;
-                for (i, (offset_in_payload, record)) in records.iter().enumerate() {
-                    let peek = peek_record(record).map_err(|err| StoreError::Decode {
-                        what: "message record",
-                        reason: err.to_string(),
-                    })?;
+                for (i, ((offset_in_payload, record), peek)) in
+                    records.iter().zip(&peeks).enumerate()
+                {
                     store_ts_ms = peek.store_ts_ms;
                     let position =
                         entry.position + RECORD_HEADER_BYTES as u64 + *offset_in_payload as u64;

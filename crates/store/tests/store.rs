@@ -159,6 +159,35 @@ fn applied_messages_get_consecutive_offsets_and_read_back() {
 }
 
 #[test]
+fn an_entry_with_a_malformed_record_is_rejected_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let mut body = BytesMut::from(&send_body(&messages("T", 2, "A"))[..]);
+    ferromq_protocol::message::put_length_prefixed(&mut body, b"not a record");
+    let outcomes = propose(
+        &store,
+        vec![
+            encode_create_topic(&default_topic("T", 1)),
+            encode_messages("T", 0, 3, &body, 1),
+            encode_messages("T", 0, 1, &send_body(&messages("T", 1, "B")), 2),
+        ],
+    );
+    assert!(
+        matches!(outcomes[1], ApplyOutcome::Rejected(_)),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(matches!(
+        outcomes[2],
+        ApplyOutcome::Appended {
+            first_offset: 0,
+            ..
+        }
+    ));
+    assert_eq!(bodies(&store, "T", 0, 0, &[]), ["B-0"]);
+}
+
+#[test]
 fn out_of_range_offsets_are_reported_with_the_valid_range() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config()).unwrap();
