@@ -22,6 +22,8 @@ pub const FIXED_PART_BYTES: usize = 20;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Default cap on the encoded header (64 KiB).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The receive buffer grows by at most this much per step while a frame arrives.
+const RESERVE_STEP_BYTES: usize = 64 * 1024;
 
 /// What a frame is for; decides how the receiver routes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -163,7 +165,8 @@ impl Decoder for FrameCodec {
         }
         let total = LENGTH_FIELD_BYTES + len;
         if src.len() < total {
-            src.reserve(total - src.len());
+            // Grow with the bytes that actually arrive, not with what the prefix announces.
+            src.reserve((total - src.len()).min(RESERVE_STEP_BYTES));
             return Ok(None);
         }
 
@@ -240,6 +243,16 @@ mod tests {
             buf.capacity() < 1024,
             "must not reserve the announced length"
         );
+    }
+
+    #[test]
+    fn an_announced_length_does_not_reserve_the_whole_frame() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(15u32 * 1024 * 1024).to_be_bytes());
+        buf.extend_from_slice(&MAGIC.to_be_bytes());
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() <= 128 * 1024, "reserved {}", buf.capacity());
     }
 
     #[test]

@@ -30,6 +30,9 @@ use crate::{Handler, Reply, Request, Response, TransportConfig, TransportError};
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Largest first frame (the handshake) a server accepts from a peer it does not know yet.
+const HANDSHAKE_MAX_FRAME_BYTES: usize = 64 * 1024;
+
 /// A handle to a live connection; cheap to clone. Dropping handles does not close it: call
 /// [`Connection::close`], or let the peer or a timeout close it.
 #[derive(Clone)]
@@ -158,12 +161,14 @@ impl Connection {
         stream.set_nodelay(true)?;
         let peer_addr = stream.peer_addr()?;
         let (mut reader, mut writer) = stream.into_split();
-        let mut codec = FrameCodec::new(config.max_frame_bytes, config.max_header_bytes);
+        // Before the handshake a peer is unknown: its first frame gets a small limit.
+        let mut handshake_codec =
+            FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES, HANDSHAKE_MAX_FRAME_BYTES);
         let mut buffer = BytesMut::with_capacity(8 * 1024);
 
         let first = tokio::time::timeout(
             config.handshake_timeout,
-            read_frame(&mut reader, &mut codec, &mut buffer),
+            read_frame(&mut reader, &mut handshake_codec, &mut buffer),
         )
         .await
         .map_err(|_| TransportError::Handshake("timed out".into()))??
@@ -226,6 +231,7 @@ impl Connection {
         };
         write_frame_now(&mut writer, &accepted).await;
 
+        let codec = FrameCodec::new(config.max_frame_bytes, config.max_header_bytes);
         let connection = Connection::start(
             reader,
             writer,
@@ -486,10 +492,17 @@ async fn read_loop<H: Handler>(
     let in_flight = Arc::new(Semaphore::new(inner.config.max_in_flight));
     let handlers = TaskTracker::new();
     let mut draining = false;
+    // When the first byte of the frame now arriving came in: the whole frame must follow
+    // within the frame timeout, however slowly it trickles (slowloris).
+    let mut frame_started: Option<tokio::time::Instant> = None;
     let outcome = loop {
         // Route every complete frame in the buffer before reading more.
+        if buffer.is_empty() {
+            frame_started = None;
+        }
         match codec.decode(&mut buffer) {
             Ok(Some(frame)) => {
+                frame_started = None;
                 if let Err(reason) =
                     route_frame(&connection, frame, &handler, &in_flight, &handlers).await
                 {
@@ -500,18 +513,22 @@ async fn read_loop<H: Handler>(
             Ok(None) => {}
             Err(err) => break format!("bad frame: {err}"),
         }
-        let wait = if buffer.is_empty() {
-            inner.config.idle_timeout
-        } else {
-            inner.config.frame_read_timeout
+        let deadline = match frame_started {
+            _ if buffer.is_empty() => tokio::time::Instant::now() + inner.config.idle_timeout,
+            Some(started) => started + inner.config.frame_read_timeout,
+            None => {
+                let now = tokio::time::Instant::now();
+                frame_started = Some(now);
+                now + inner.config.frame_read_timeout
+            }
         };
         tokio::select! {
-            read = tokio::time::timeout(wait, reader.read_buf(&mut buffer)) => match read {
+            read = tokio::time::timeout_at(deadline, reader.read_buf(&mut buffer)) => match read {
                 Ok(Ok(0)) => break "closed by peer".to_string(),
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => break format!("read error: {err}"),
-                Err(_) if buffer.is_empty() => break format!("idle for {wait:?}"),
-                Err(_) => break format!("incomplete frame after {wait:?}"),
+                Err(_) if buffer.is_empty() => break format!("idle for {:?}", inner.config.idle_timeout),
+                Err(_) => break format!("frame incomplete after {:?}", inner.config.frame_read_timeout),
             },
             _ = inner.closed.cancelled() => break "closed locally".to_string(),
             _ = shutdown.cancelled() => {
@@ -602,7 +619,12 @@ async fn route_frame<H: Handler>(
     let handler = handler.clone();
     handlers.spawn(async move {
         let request_id = request.request_id;
-        let reply = handler.handle(&connection, request).await;
+        // A closed connection cancels its requests: nobody is left to read the answers, and
+        // a client that reconnects must not keep work running on its old connection.
+        let reply = tokio::select! {
+            reply = handler.handle(&connection, request) => reply,
+            _ = connection.closed() => return,
+        };
         if !one_way {
             let _ = connection
                 .send_frame(response_frame(connection.inner.version, request_id, reply))

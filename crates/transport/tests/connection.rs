@@ -280,3 +280,105 @@ async fn pending_requests_fail_when_the_connection_closes() {
     ));
     shutdown.cancel();
 }
+
+/// Completes requests only after a long pause and counts the ones it finished.
+struct Slow(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handler for Slow {
+    async fn handle(&self, _connection: &Connection, _request: Request) -> Reply {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Reply::ok(&())
+    }
+}
+
+#[tokio::test]
+async fn requests_of_a_closed_connection_are_cancelled() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(serve(
+        listener,
+        "slow".into(),
+        Arc::new(TransportConfig::default()),
+        Arc::new(Slow(finished.clone())),
+        CancellationToken::new(),
+    ));
+    let connection = connect(&addr).await;
+    for _ in 0..5 {
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            connection
+                .request(RequestCode::Send, &(), Bytes::new())
+                .await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    connection.close();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        finished.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "work kept running after the close"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_trickled_byte_by_byte_is_cut_off_at_the_frame_timeout() {
+    let config = TransportConfig {
+        frame_read_timeout: Duration::from_millis(300),
+        ..TransportConfig::default()
+    };
+    let (addr, _shutdown) = start_server(config).await;
+    let mut raw = TcpStream::connect(&addr).await.unwrap();
+    let handshake = ferromq_protocol::Frame {
+        version: 1,
+        kind: ferromq_protocol::FrameKind::Request,
+        code: RequestCode::Handshake as u16,
+        flags: 0,
+        request_id: 1,
+        header: Bytes::from(codec::encode(
+            &ferromq_protocol::headers::HandshakeRequest {
+                min_version: 1,
+                max_version: 1,
+                client_id: "slowloris".into(),
+            },
+        )),
+        body: Bytes::new(),
+    };
+    let mut out = bytes::BytesMut::new();
+    handshake.encode_prefix(&mut out);
+    raw.write_all(&out).await.unwrap();
+    let mut reply = [0u8; 256];
+    let _ = raw.read(&mut reply).await.unwrap();
+    // A frame announcing 100 bytes, sent one byte every 50 ms (each byte resets no timer).
+    let started = std::time::Instant::now();
+    let mut frame = 100u32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&ferromq_protocol::MAGIC.to_be_bytes());
+    frame.resize(104, 0);
+    for byte in frame {
+        if raw.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    expect_closed(&mut raw).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "connection survived {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_large_first_frame_before_the_handshake_closes_the_connection() {
+    let (addr, _shutdown) = start_server(TransportConfig::default()).await;
+    let mut raw = TcpStream::connect(&addr).await.unwrap();
+    let mut prefix = (1024u32 * 1024).to_be_bytes().to_vec();
+    prefix.extend_from_slice(&ferromq_protocol::MAGIC.to_be_bytes());
+    raw.write_all(&prefix).await.unwrap();
+    expect_closed(&mut raw).await;
+}
