@@ -447,6 +447,9 @@ impl CommitLog {
 
     fn roll(&self, state: &mut LogState) -> Result<()> {
         let previous = &state.segments.last().expect("active segment").file;
+        // The sealed segment is complete on disk before its successor exists, so a crash can
+        // only ever leave a torn tail in the newest segment.
+        previous.sync()?;
         let base = previous.base + previous.len.load(Ordering::Acquire);
         let file = open_segment_file(self.dir.join(segment_name(base)), base)?;
         sync_dir(&self.dir)?;

@@ -64,6 +64,31 @@ pub struct ConsumeQueue {
     writer: Mutex<()>,
 }
 
+/// Creates `dir` and its missing parents, syncing each parent so the new entries survive a
+/// power loss (a checkpoint may list this queue right after).
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.exists() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    for path in missing.iter().rev() {
+        fs::create_dir(path)
+            .or_else(|err| if path.is_dir() { Ok(()) } else { Err(err) })
+            .map_err(StoreError::io(*path))?;
+        if let Some(parent) = path.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::io(parent))?;
+        }
+    }
+    Ok(())
+}
+
 fn file_name(first_offset: u64) -> String {
     format!("{first_offset:020}")
 }
@@ -88,7 +113,7 @@ impl ConsumeQueue {
     /// Opens the queue in `dir` and cuts it to `length` units: units past the last checkpoint
     /// are rebuilt by replaying the log. Fails if the files hold fewer units than `length`.
     pub fn open(dir: &Path, units_per_file: u64, length: u64) -> Result<ConsumeQueue> {
-        fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+        create_dir_durably(dir)?;
         let mut firsts: Vec<u64> = Vec::new();
         for entry in fs::read_dir(dir).map_err(StoreError::io(dir))? {
             let entry = entry.map_err(StoreError::io(dir))?;
@@ -194,9 +219,11 @@ impl ConsumeQueue {
         Ok(file)
     }
 
-    /// Up to `max_units` units from `offset`, or from the minimum offset if `offset` is older.
-    pub fn read(&self, offset: u64, max_units: usize) -> Result<Vec<CqUnit>> {
-        let mut at = offset.max(self.min_offset());
+    /// Up to `max_units` units from `offset`, or from the minimum offset if `offset` is older;
+    /// returns the offset of the first unit with them.
+    pub fn read(&self, offset: u64, max_units: usize) -> Result<(u64, Vec<CqUnit>)> {
+        let start = offset.max(self.min_offset());
+        let mut at = start;
         let end = self.max_offset().min(at.saturating_add(max_units as u64));
         let mut units = Vec::new();
         while at < end {
@@ -217,7 +244,7 @@ impl ConsumeQueue {
             units.extend(bytes.chunks_exact(UNIT_BYTES as usize).map(CqUnit::decode));
             at = file_end;
         }
-        Ok(units)
+        Ok((start, units))
     }
 
     /// Makes every appended unit durable.
@@ -225,7 +252,13 @@ impl ConsumeQueue {
         let files: Vec<Arc<CqFile>> = self.files.read().clone();
         for file in files {
             if file.dirty.swap(false, Ordering::AcqRel) {
-                file.file.sync_data().map_err(StoreError::io(&file.path))?;
+                if let Err(source) = file.file.sync_data() {
+                    file.dirty.store(true, Ordering::Release);
+                    return Err(StoreError::Io {
+                        path: file.path.clone(),
+                        source,
+                    });
+                }
             }
         }
         Ok(())
@@ -246,7 +279,7 @@ impl ConsumeQueue {
             if is_last || file_end == 0 {
                 break;
             }
-            let last_unit = self.read(file_end - 1, 1)?;
+            let (_, last_unit) = self.read(file_end - 1, 1)?;
             if last_unit.first().is_some_and(|u| u.position >= log_start) {
                 break;
             }
@@ -259,7 +292,7 @@ impl ConsumeQueue {
         let mut high = max;
         while low < high {
             let mid = low + (high - low) / 2;
-            let unit = self.read(mid, 1)?;
+            let (_, unit) = self.read(mid, 1)?;
             if unit.first().is_some_and(|u| u.position < log_start) {
                 low = mid + 1;
             } else {
@@ -291,9 +324,9 @@ mod tests {
         queue.append(&units[..5]).unwrap();
         queue.append(&units[5..]).unwrap();
         assert_eq!(queue.max_offset(), 30);
-        assert_eq!(queue.read(0, 100).unwrap(), units);
-        assert_eq!(queue.read(6, 4).unwrap(), units[6..10].to_vec());
-        assert!(queue.read(30, 4).unwrap().is_empty());
+        assert_eq!(queue.read(0, 100).unwrap(), (0, units.clone()));
+        assert_eq!(queue.read(6, 4).unwrap(), (6, units[6..10].to_vec()));
+        assert!(queue.read(30, 4).unwrap().1.is_empty());
     }
 
     #[test]
@@ -309,7 +342,7 @@ mod tests {
         let queue = ConsumeQueue::open(dir.path(), 8, 11).unwrap();
         assert_eq!(queue.max_offset(), 11);
         queue.append(&[unit(99)]).unwrap();
-        assert_eq!(queue.read(11, 5).unwrap(), vec![unit(99)]);
+        assert_eq!(queue.read(11, 5).unwrap(), (11, vec![unit(99)]));
     }
 
     #[test]
@@ -331,7 +364,7 @@ mod tests {
             .unwrap();
         assert_eq!(queue.trim_before(1750).unwrap(), 18);
         assert_eq!(queue.min_offset(), 18);
-        assert_eq!(queue.read(0, 2).unwrap(), vec![unit(18), unit(19)]);
+        assert_eq!(queue.read(0, 2).unwrap(), (18, vec![unit(18), unit(19)]));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         drop(queue);
         let reopened = ConsumeQueue::open(dir.path(), 8, 30).unwrap();

@@ -25,6 +25,10 @@ pub enum StoreError {
     Unavailable { index: u64, first: u64, last: u64 },
     #[error("log entries must be contiguous: expected index {expected}, got {got}")]
     NotContiguous { expected: u64, got: u64 },
+    /// An earlier apply failed half-way; the store must be reopened (which replays from the
+    /// last good checkpoint).
+    #[error("the store failed earlier and must be reopened")]
+    Failed,
     #[error("cannot decode stored {what}: {reason}")]
     Decode { what: &'static str, reason: String },
 }

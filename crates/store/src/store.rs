@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -122,6 +122,7 @@ pub struct Store {
     log_start_position: Arc<AtomicU64>,
     checkpoint_lock: Mutex<()>,
     open_report: OpenReport,
+    failed: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -210,6 +211,7 @@ impl Store {
             log_start_position,
             checkpoint_lock: Mutex::new(()),
             open_report,
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -269,18 +271,45 @@ impl Store {
     /// Applies committed entries in order. Deterministic: every replica derives the same state
     /// and outcomes from the same entries. Entries at or below the applied index are skipped.
     pub fn apply(&self, entries: &[CommittedEntry]) -> Result<Vec<ApplyOutcome>> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed);
+        }
         let mut applied = self.applied.lock();
+        let result = self.apply_locked(*applied, entries);
+        match result {
+            Ok((last, outcomes)) => {
+                *applied = last;
+                self.applied_index.store(last.index, Ordering::Release);
+                Ok(outcomes)
+            }
+            Err(err) => {
+                // Some derived state may be half written: no checkpoint may cover it, so the
+                // next start replays from the last good checkpoint.
+                self.failed.store(true, Ordering::Release);
+                Err(err)
+            }
+        }
+    }
+
+    /// Applies `entries` after `applied`; returns the new last applied entry. Changes nothing
+    /// visible (applied index, checkpointable state) unless every write succeeded.
+    fn apply_locked(
+        &self,
+        applied: LogPoint,
+        entries: &[CommittedEntry],
+    ) -> Result<(LogPoint, Vec<ApplyOutcome>)> {
+        let mut last = applied;
         let mut batch = self.db.batch();
         let mut pending: Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)> = Vec::new();
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
-            if entry.index <= applied.index {
+            if entry.index <= last.index {
                 outcomes.push(ApplyOutcome::Noop);
                 continue;
             }
             assert_eq!(
                 entry.index,
-                applied.index + 1,
+                last.index + 1,
                 "entries are applied in order without gaps"
             );
             let outcome = if entry.entry_type != ENTRY_NORMAL {
@@ -292,7 +321,7 @@ impl Store {
                 }
             };
             outcomes.push(outcome);
-            *applied = LogPoint {
+            last = LogPoint {
                 index: entry.index,
                 term: entry.term,
             };
@@ -301,8 +330,12 @@ impl Store {
             queue.append(units)?;
         }
         batch.write()?;
-        self.applied_index.store(applied.index, Ordering::Release);
-        Ok(outcomes)
+        Ok((last, outcomes))
+    }
+
+    /// True once an apply failed; the store then refuses to apply or checkpoint until reopened.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     fn apply_command(
@@ -479,11 +512,14 @@ impl Store {
         } else {
             (max_messages * 8).max(256)
         };
-        let units = queue.read(offset, scan.max(1))?;
+        // Retention may have moved the minimum since it was checked: number from where the
+        // read really started.
+        let (start, units) = queue.read(offset, scan.max(1))?;
+        read.next_offset = start;
         let mut selected: Vec<(u64, CqUnit)> = Vec::new();
         let mut bytes = 0usize;
         for (i, unit) in units.iter().enumerate() {
-            let at = offset + i as u64;
+            let at = start + i as u64;
             if selected.len() >= max_messages || (bytes >= max_bytes && !selected.is_empty()) {
                 break;
             }
@@ -555,6 +591,12 @@ impl Store {
     /// what comes after. Safe to call while apply runs.
     pub fn checkpoint(&self) -> Result<u64> {
         let _one_at_a_time = self.checkpoint_lock.lock();
+        if self.is_failed() {
+            return Err(StoreError::Failed);
+        }
+        // Under the async flush policy the log may lag the applied index; a checkpoint must
+        // never claim entries the log could lose.
+        self.log.sync()?;
         let (point, queues) = {
             let applied = self.applied.lock();
             let queues: Vec<(String, u32, Arc<ConsumeQueue>, u64)> = self

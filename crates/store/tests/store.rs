@@ -188,6 +188,55 @@ fn an_entry_with_a_malformed_record_is_rejected_whole() {
 }
 
 #[test]
+fn a_failed_apply_publishes_nothing_and_blocks_checkpoints_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(&store, vec![encode_create_topic(&default_topic("T", 1))]);
+    store.checkpoint().unwrap();
+    let applied = store.applied_index();
+    // The queue directory cannot be created: the next message's apply fails half-way.
+    std::fs::write(dir.path().join("cq").join("T"), b"in the way").unwrap();
+    let entry = LogEntry {
+        term: 1,
+        index: store.log().last_index() + 1,
+        entry_type: ENTRY_NORMAL,
+        payload: Bytes::from(encode_messages(
+            "T",
+            0,
+            1,
+            &send_body(&messages("T", 1, "A")),
+            1,
+        )),
+    };
+    let position = store.log().append(std::slice::from_ref(&entry)).unwrap()[0];
+    store.log().sync().unwrap();
+    let committed = CommittedEntry {
+        index: entry.index,
+        term: entry.term,
+        entry_type: entry.entry_type,
+        position,
+        payload: entry.payload,
+    };
+    assert!(store.apply(std::slice::from_ref(&committed)).is_err());
+    assert_eq!(
+        store.applied_index(),
+        applied,
+        "nothing past the failure counts as applied"
+    );
+    assert!(store.is_failed());
+    assert!(
+        store.checkpoint().is_err(),
+        "no checkpoint may cover half-written state"
+    );
+    drop(store);
+
+    std::fs::remove_file(dir.path().join("cq").join("T")).unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    replay_all(&store);
+    assert_eq!(bodies(&store, "T", 0, 0, &[]), ["A-0"]);
+}
+
+#[test]
 fn out_of_range_offsets_are_reported_with_the_valid_range() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config()).unwrap();
