@@ -146,3 +146,40 @@ async fn tag_filters_deliver_only_matching_messages_and_handlers_run_in_order() 
     );
     assert_eq!(seen[0].0, 0, "the retried message came first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_tag_is_found_behind_long_runs_of_filtered_messages_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("mixed", 1).await.unwrap();
+    let producer = client.producer();
+    for chunk in 0..20 {
+        let batch: Vec<Message> = (0..100)
+            .map(|i| Message::new("mixed", format!("noise-{chunk}-{i}")).with_tag("noise"))
+            .collect();
+        producer.send_batch(batch).await.unwrap();
+    }
+    producer
+        .send(Message::new("mixed", "needle").with_tag("rare"))
+        .await
+        .unwrap();
+    let mut consumer = client
+        .consumer("seekers")
+        .subscribe("mixed", "rare")
+        .build()
+        .await
+        .unwrap();
+    // 2000 filtered messages come first; the broker must skip them, not hold the pull each time.
+    let started = std::time::Instant::now();
+    let found = within(WAIT, consumer.recv()).await.unwrap();
+    assert_eq!(found.body, "needle");
+    assert_eq!(found.queue_offset, 2000);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    consumer.shutdown().await.unwrap();
+}

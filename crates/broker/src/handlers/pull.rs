@@ -72,7 +72,12 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
             Ok(read) => read,
             Err(reply) => return reply,
         };
+        // Answer at once when there is something to say: messages, a moved offset, or a run of
+        // filtered-out messages to skip (so the consumer advances instead of the broker
+        // re-reading them).
+        let skipped = read.next_offset > pull.offset;
         if read.status != ReadStatus::Empty
+            || skipped
             || Instant::now() >= deadline
             || core.shutdown.is_cancelled()
         {
