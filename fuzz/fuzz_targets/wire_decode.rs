@@ -31,6 +31,7 @@ fn headers(bytes: &[u8]) {
 }
 
 fn bodies(body: Bytes) {
+    let _ = codec::decode::<Vec<TopicConfig>>(&body);
     if let Ok(records) = message::split_length_prefixed(body.clone()) {
         for record in records {
             let _ = message::peek_record(&record);

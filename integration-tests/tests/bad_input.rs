@@ -129,3 +129,38 @@ async fn hostile_bytes_are_refused_and_the_servers_keep_serving() {
     );
     assert!(nameserver.process.log().contains("nameserver started"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_creation_stops_at_the_configured_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(
+        &dir.path().join("data"),
+        &nameserver.addr,
+        dir.path(),
+        &[("FERROMQ_TOPICS__MAX_TOPICS", "3")],
+    );
+    let client = client(&nameserver.addr).await;
+    wait_for_route(&client, "t0", Duration::from_secs(10)).await;
+    let producer = client.producer();
+    for i in 0..3 {
+        producer
+            .send(Message::new(format!("t{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    let err = producer.send(Message::new("t3", "x")).await.unwrap_err();
+    assert_eq!(
+        err.error.status(),
+        Some(Status::NoPermission),
+        "{}",
+        err.error
+    );
+    assert!(
+        err.error.to_string().contains("limit of 3 topics"),
+        "{}",
+        err.error
+    );
+    // Existing topics keep working.
+    producer.send(Message::new("t1", "y")).await.unwrap();
+}

@@ -118,3 +118,54 @@ async fn brokers_register_with_every_nameserver_and_clients_survive_losing_one()
         .unwrap();
     assert_eq!(receipt.topic, "t");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_with_thousands_of_topics_is_routed() {
+    use bytes::Bytes;
+    use ferromq_protocol::headers::{perm, BrokerRole, RegisterBrokerRequest, TopicConfig};
+    use ferromq_protocol::{codec, RequestCode};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    // Far more than a 64 KiB header could carry.
+    let topics: Vec<TopicConfig> = (0..5000)
+        .map(|i| TopicConfig {
+            name: format!("{}-{i}", "t".repeat(100)),
+            queues: 4,
+            perm: perm::READ_WRITE,
+        })
+        .collect();
+    let registration = RegisterBrokerRequest {
+        cluster: "c".into(),
+        group: "big".into(),
+        node_id: 1,
+        client_addr: "127.0.0.1:1".into(),
+        admin_addr: "127.0.0.1:2".into(),
+        role: BrokerRole::Leader,
+        term: 1,
+        auto_create_topics: false,
+        default_queues: 4,
+    };
+    let connection = ferromq_transport::Connection::connect(
+        &nameserver.addr,
+        "fake-broker",
+        Arc::new(ferromq_transport::TransportConfig::default()),
+        Arc::new(ferromq_transport::RejectAll),
+    )
+    .await
+    .unwrap();
+    connection
+        .request(
+            RequestCode::RegisterBroker,
+            &registration,
+            Bytes::from(codec::encode(&topics)),
+        )
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let client = client(&nameserver.addr).await;
+    let route = client.fetch_route(&topics[4999].name).await.unwrap();
+    assert_eq!(route.groups[0].leader.as_deref(), Some("127.0.0.1:1"));
+}

@@ -66,7 +66,7 @@ async fn broker(State(core): State<Arc<BrokerCore>>) -> Json<BrokerView> {
         client_addr: core.advertised_addr.clone(),
         role: core.raft.status().role,
         uptime_seconds: core.started.elapsed().as_secs(),
-        topics: core.store.topics().len(),
+        topics: core.store.topic_count(),
         commitlog_bytes: core.store.log_bytes(),
     })
 }

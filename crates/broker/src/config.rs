@@ -65,6 +65,8 @@ pub struct TopicsSection {
     pub default_queues: u32,
     /// Largest queue count a topic may have.
     pub max_queues: u32,
+    /// Most topics this broker holds; creating more (explicitly or by a send) is refused.
+    pub max_topics: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +131,7 @@ impl Default for TopicsSection {
             auto_create: true,
             default_queues: 4,
             max_queues: 1024,
+            max_topics: 10_000,
         }
     }
 }

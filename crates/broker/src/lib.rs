@@ -134,7 +134,7 @@ impl Broker {
             started: Instant::now(),
             shutdown: shutdown.clone(),
         });
-        core.metrics.topics.set(core.store.topics().len() as i64);
+        core.metrics.topics.set(core.store.topic_count() as i64);
         core.metrics
             .commitlog_bytes
             .set(core.store.log_bytes() as i64);

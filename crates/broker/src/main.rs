@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", ferromq_service::config::to_toml(&config));
         return Ok(());
     }
+    ferromq_service::raise_open_files_limit();
     let broker = Broker::start(config).await.context("starting broker")?;
     ferromq_service::shutdown_signal().await;
     broker.shutdown().await;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferromq_protocol::headers::{BrokerRole, RegisterBrokerRequest, UnregisterBrokerRequest};
-use ferromq_protocol::RequestCode;
+use ferromq_protocol::{codec, RequestCode};
+use ferromq_raftlog::RaftStatus;
 use ferromq_raftlog::Role;
 use ferromq_transport::{Connection, RejectAll, TransportConfig, TransportError};
 use tokio_util::sync::CancellationToken;
@@ -15,9 +16,9 @@ use tracing::{debug, info, warn};
 
 use crate::core::BrokerCore;
 
-pub fn registration(core: &BrokerCore) -> RegisterBrokerRequest {
-    let status = core.raft.status();
-    RegisterBrokerRequest {
+/// The registration for `status`, and its body (the topics).
+pub fn registration(core: &BrokerCore, status: &RaftStatus) -> (RegisterBrokerRequest, Bytes) {
+    let request = RegisterBrokerRequest {
         cluster: core.config.cluster.clone(),
         group: core.config.group.clone(),
         node_id: core.config.node_id,
@@ -31,17 +32,18 @@ pub fn registration(core: &BrokerCore) -> RegisterBrokerRequest {
         term: status.term,
         auto_create_topics: core.config.topics.auto_create,
         default_queues: core.config.topics.default_queues,
-        topics: core.store.topics(),
-    }
+    };
+    (request, Bytes::from(codec::encode(&core.store.topics())))
 }
 
-async fn register(core: &BrokerCore, connection: &Connection) -> Result<(), TransportError> {
+async fn register(
+    core: &BrokerCore,
+    connection: &Connection,
+    status: &RaftStatus,
+) -> Result<(), TransportError> {
+    let (request, topics) = registration(core, status);
     connection
-        .request(
-            RequestCode::RegisterBroker,
-            &registration(core),
-            Bytes::new(),
-        )
+        .request(RequestCode::RegisterBroker, &request, topics)
         .await?
         .into_result()
         .map(|_| ())
@@ -84,7 +86,11 @@ pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: Cancellati
         reported_failure = false;
         info!(%nameserver, "registering with nameserver");
         loop {
-            if let Err(err) = register(&core, &connection).await {
+            // Register what this snapshot says, and wait for a change relative to it, so a
+            // change during the request is not missed.
+            let status = raft_status.borrow_and_update().clone();
+            let observed = (status.role, status.term);
+            if let Err(err) = register(&core, &connection, &status).await {
                 warn!(%nameserver, %err, "registration failed");
                 if connection.is_closed() {
                     break;
@@ -92,10 +98,6 @@ pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: Cancellati
             } else {
                 debug!(%nameserver, "registered");
             }
-            let observed = {
-                let status = raft_status.borrow_and_update();
-                (status.role, status.term)
-            };
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(core.config.heartbeat_interval_ms)) => {}
                 _ = topics_changed.changed() => {}

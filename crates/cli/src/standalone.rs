@@ -41,6 +41,7 @@ fn parse_flush(text: &str) -> Result<FlushPolicy, String> {
 }
 
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+    ferromq_service::raise_open_files_limit();
     let nameserver = Nameserver::start(NameserverConfig {
         listen: args.nameserver_listen,
         admin_listen: args.nameserver_admin_listen,

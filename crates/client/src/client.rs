@@ -123,11 +123,14 @@ impl Client {
             }),
         };
         client.cluster().await?;
-        let refresher = client.clone();
+        // The refresher holds only a weak reference: dropping the last `Client` ends it.
+        let refresher = Arc::downgrade(&client.inner);
+        let shutdown = client.inner.shutdown.clone();
+        let interval = Duration::from_millis(client.inner.config.route_refresh_interval_ms);
         client
             .inner
             .tasks
-            .spawn(async move { refresher.refresh_routes_loop().await });
+            .spawn(refresh_routes_loop(refresher, shutdown, interval));
         Ok(client)
     }
 
@@ -255,22 +258,6 @@ impl Client {
         self.inner.routes.write().remove(topic);
     }
 
-    async fn refresh_routes_loop(&self) {
-        let interval = Duration::from_millis(self.inner.config.route_refresh_interval_ms);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = self.inner.shutdown.cancelled() => return,
-            }
-            let topics: Vec<String> = self.inner.routes.read().keys().cloned().collect();
-            for topic in topics {
-                if let Err(err) = self.fetch_route(&topic).await {
-                    debug!(%topic, %err, "route refresh failed");
-                }
-            }
-        }
-    }
-
     /// Creates `topic` with `queues` queues on every broker group that leads (an existing
     /// topic with the same settings is fine).
     pub async fn create_topic(&self, topic: &str, queues: u32) -> Result<(), ClientError> {
@@ -327,6 +314,41 @@ impl Client {
         for slot in slots {
             if let Some(connection) = slot.lock().await.take() {
                 connection.close();
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Last handle gone without `shutdown()`: stop background work and close connections.
+        self.shutdown.cancel();
+        for slot in self.connections.get_mut().values() {
+            if let Ok(slot) = slot.try_lock() {
+                if let Some(connection) = slot.as_ref() {
+                    connection.close();
+                }
+            }
+        }
+    }
+}
+
+async fn refresh_routes_loop(
+    inner: std::sync::Weak<Inner>,
+    shutdown: CancellationToken,
+    interval: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let client = Client { inner };
+        let topics: Vec<String> = client.inner.routes.read().keys().cloned().collect();
+        for topic in topics {
+            if let Err(err) = client.fetch_route(&topic).await {
+                debug!(%topic, %err, "route refresh failed");
             }
         }
     }

@@ -267,7 +267,7 @@ impl Producer {
         }
         let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
         let target = (0..targets.len())
-            .map(|i| &targets[(start + i) % targets.len()])
+            .map(|i| &targets[start.wrapping_add(i) % targets.len()])
             .find(|t| match (&leader_hint, avoid_group) {
                 (Some((group, _)), _) => &t.group == group,
                 (None, Some(avoid)) => t.group != avoid,

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferromq_protocol::{
+    codec,
     headers::{
         GetClusterResponse, GetRouteRequest, RegisterBrokerRequest, RegisterBrokerResponse,
-        UnregisterBrokerRequest,
+        TopicConfig, UnregisterBrokerRequest,
     },
     message::{validate_group, validate_topic},
     RequestCode, Status,
@@ -32,11 +33,16 @@ impl NameserverHandler {
         if let Err(message) = validate_group(&registration.group) {
             return Reply::error(Status::ParameterError, message);
         }
-        if let Some(bad) = registration
-            .topics
-            .iter()
-            .find(|t| validate_topic(&t.name).is_err())
-        {
+        let topics: Vec<TopicConfig> = match codec::decode(&request.body) {
+            Ok(topics) => topics,
+            Err(err) => {
+                return Reply::error(
+                    Status::ParameterError,
+                    format!("malformed topic list: {err}"),
+                )
+            }
+        };
+        if let Some(bad) = topics.iter().find(|t| validate_topic(&t.name).is_err()) {
             return Reply::error(
                 Status::ParameterError,
                 format!("invalid topic name {:?}", bad.name),
@@ -48,7 +54,7 @@ impl NameserverHandler {
             registration.role,
         );
         let mut registry = self.registry.lock();
-        let new = registry.register(registration, connection.id(), Instant::now());
+        let new = registry.register(registration, topics, connection.id(), Instant::now());
         let expiry_ms = registry.expiry().as_millis() as u64;
         self.metrics.brokers.set(registry.broker_count() as i64);
         drop(registry);

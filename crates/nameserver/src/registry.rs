@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use ferromq_protocol::headers::{
-    perm, BrokerInfo, BrokerRole, GroupRoute, RegisterBrokerRequest, TopicRoute,
+    perm, BrokerInfo, BrokerRole, GroupRoute, RegisterBrokerRequest, TopicConfig, TopicRoute,
 };
 
 /// Identifies one broker process: its group and its node id within the group.
@@ -18,6 +18,7 @@ pub struct BrokerKey {
 #[derive(Debug, Clone)]
 struct BrokerEntry {
     registration: RegisterBrokerRequest,
+    topics: Vec<TopicConfig>,
     last_heartbeat: Instant,
     connection_id: u64,
 }
@@ -66,6 +67,7 @@ impl RouteRegistry {
     pub fn register(
         &mut self,
         registration: RegisterBrokerRequest,
+        topics: Vec<TopicConfig>,
         connection_id: u64,
         now: Instant,
     ) -> bool {
@@ -75,6 +77,7 @@ impl RouteRegistry {
         };
         let entry = BrokerEntry {
             registration,
+            topics,
             last_heartbeat: now,
             connection_id,
         };
@@ -161,7 +164,7 @@ impl RouteRegistry {
             // Prefer the leader's view of the topic; a follower's view serves reads meanwhile.
             let topic_config = std::iter::once(authority)
                 .chain(members.iter().copied())
-                .find_map(|m| m.registration.topics.iter().find(|t| t.name == topic));
+                .find_map(|m| m.topics.iter().find(|t| t.name == topic));
             if let Some(config) = topic_config {
                 serving.push(route(config.queues, config.perm));
             } else if authority.registration.auto_create_topics {
@@ -200,7 +203,7 @@ impl RouteRegistry {
                     admin_addr: r.admin_addr.clone(),
                     role: r.role,
                     term: r.term,
-                    topics: r.topics.len() as u32,
+                    topics: entry.topics.len() as u32,
                     last_heartbeat_ms_ago: now
                         .saturating_duration_since(entry.last_heartbeat)
                         .as_millis() as u64,
@@ -215,7 +218,6 @@ impl RouteRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferromq_protocol::headers::TopicConfig;
 
     fn registration(
         group: &str,
@@ -223,8 +225,8 @@ mod tests {
         role: BrokerRole,
         term: u64,
         topics: &[&str],
-    ) -> RegisterBrokerRequest {
-        RegisterBrokerRequest {
+    ) -> (RegisterBrokerRequest, Vec<TopicConfig>) {
+        let request = RegisterBrokerRequest {
             cluster: "c".into(),
             group: group.into(),
             node_id,
@@ -234,28 +236,45 @@ mod tests {
             term,
             auto_create_topics: true,
             default_queues: 4,
-            topics: topics
-                .iter()
-                .map(|name| TopicConfig {
-                    name: name.to_string(),
-                    queues: 8,
-                    perm: perm::READ_WRITE,
-                })
-                .collect(),
-        }
+        };
+        let topics = topics
+            .iter()
+            .map(|name| TopicConfig {
+                name: name.to_string(),
+                queues: 8,
+                perm: perm::READ_WRITE,
+            })
+            .collect();
+        (request, topics)
+    }
+
+    fn register(
+        registry: &mut RouteRegistry,
+        (request, topics): (RegisterBrokerRequest, Vec<TopicConfig>),
+        connection_id: u64,
+        now: Instant,
+    ) -> bool {
+        registry.register(request, topics, connection_id, now)
     }
 
     #[test]
     fn route_lists_leader_and_followers_of_each_group() {
         let now = Instant::now();
         let mut registry = RouteRegistry::new(Duration::from_secs(120));
-        registry.register(registration("a", 1, BrokerRole::Leader, 3, &["T"]), 1, now);
-        registry.register(
+        register(
+            &mut registry,
+            registration("a", 1, BrokerRole::Leader, 3, &["T"]),
+            1,
+            now,
+        );
+        register(
+            &mut registry,
             registration("a", 2, BrokerRole::Follower, 3, &["T"]),
             2,
             now,
         );
-        registry.register(
+        register(
+            &mut registry,
             registration("b", 1, BrokerRole::Leader, 1, &["Other"]),
             3,
             now,
@@ -272,13 +291,24 @@ mod tests {
     fn a_stale_leader_claim_is_not_routed_to() {
         let now = Instant::now();
         let mut registry = RouteRegistry::new(Duration::from_secs(120));
-        registry.register(registration("a", 1, BrokerRole::Leader, 3, &["T"]), 1, now);
-        registry.register(registration("a", 2, BrokerRole::Leader, 4, &["T"]), 2, now);
+        register(
+            &mut registry,
+            registration("a", 1, BrokerRole::Leader, 3, &["T"]),
+            1,
+            now,
+        );
+        register(
+            &mut registry,
+            registration("a", 2, BrokerRole::Leader, 4, &["T"]),
+            2,
+            now,
+        );
         assert_eq!(
             registry.route("T").unwrap().groups[0].leader.as_deref(),
             Some("a-2:10911")
         );
-        registry.register(
+        register(
+            &mut registry,
             registration("a", 3, BrokerRole::Follower, 5, &["T"]),
             3,
             now,
@@ -291,7 +321,12 @@ mod tests {
         let now = Instant::now();
         let mut registry = RouteRegistry::new(Duration::from_secs(120));
         assert!(registry.route("New").is_none());
-        registry.register(registration("a", 1, BrokerRole::Leader, 1, &[]), 1, now);
+        register(
+            &mut registry,
+            registration("a", 1, BrokerRole::Leader, 1, &[]),
+            1,
+            now,
+        );
         let route = registry.route("New").unwrap();
         assert!(!route.exists);
         assert_eq!(route.groups[0].queues, 4);
@@ -301,7 +336,8 @@ mod tests {
     fn silent_brokers_expire_and_come_back_on_their_next_heartbeat() {
         let start = Instant::now();
         let mut registry = RouteRegistry::new(Duration::from_secs(120));
-        registry.register(
+        register(
+            &mut registry,
             registration("a", 1, BrokerRole::Leader, 1, &["T"]),
             1,
             start,
@@ -309,7 +345,8 @@ mod tests {
         assert!(registry.expire(start + Duration::from_secs(119)).is_empty());
         assert_eq!(registry.expire(start + Duration::from_secs(121)).len(), 1);
         assert!(registry.route("T").is_none());
-        assert!(registry.register(
+        assert!(register(
+            &mut registry,
             registration("a", 1, BrokerRole::Leader, 1, &["T"]),
             1,
             start + Duration::from_secs(122)
@@ -321,8 +358,18 @@ mod tests {
     fn closing_a_connection_drops_the_brokers_registered_over_it() {
         let now = Instant::now();
         let mut registry = RouteRegistry::new(Duration::from_secs(120));
-        registry.register(registration("a", 1, BrokerRole::Leader, 1, &["T"]), 7, now);
-        registry.register(registration("b", 1, BrokerRole::Leader, 1, &["T"]), 8, now);
+        register(
+            &mut registry,
+            registration("a", 1, BrokerRole::Leader, 1, &["T"]),
+            7,
+            now,
+        );
+        register(
+            &mut registry,
+            registration("b", 1, BrokerRole::Leader, 1, &["T"]),
+            8,
+            now,
+        );
         assert_eq!(registry.connection_closed(7).len(), 1);
         assert_eq!(registry.route("T").unwrap().groups.len(), 1);
         assert!(registry.unregister("b", 1));

@@ -52,6 +52,8 @@ pub struct TopicConfig {
     pub perm: u8,
 }
 
+/// Body: the broker's topics, a `Vec<TopicConfig>` encoded with [`crate::codec`] (in the body
+/// because it grows with the topic count, beyond what a header may hold).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterBrokerRequest {
     pub cluster: String,
@@ -67,7 +69,6 @@ pub struct RegisterBrokerRequest {
     pub term: u64,
     pub auto_create_topics: bool,
     pub default_queues: u32,
-    pub topics: Vec<TopicConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,15 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 
+/// Raises this process's open-file limit to the hard limit: a broker keeps a file open per
+/// commit-log segment and per consume-queue file.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
+}
+
 /// Completes on SIGINT or SIGTERM: what binaries wait for before shutting down gracefully.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

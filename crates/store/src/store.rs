@@ -448,6 +448,10 @@ impl Store {
         self.topics.read().get(name).cloned()
     }
 
+    pub fn topic_count(&self) -> usize {
+        self.topics.read().len()
+    }
+
     pub fn topics(&self) -> Vec<TopicConfig> {
         self.topics.read().values().cloned().collect()
     }

@@ -55,6 +55,16 @@ pub async fn ensure_topic(core: &BrokerCore, topic: TopicConfig) -> Result<Topic
     if let Some(existing) = core.store.topic(&topic.name) {
         return Ok(existing);
     }
+    let limit = core.config.topics.max_topics as usize;
+    if core.store.topic_count() >= limit {
+        return Err(Reply::error(
+            Status::NoPermission,
+            format!(
+                "cannot create topic {:?}: this broker's limit of {limit} topics is reached",
+                topic.name
+            ),
+        ));
+    }
     let name = topic.name.clone();
     match core.propose(encode_create_topic(&topic)).await {
         Ok(ApplyOutcome::TopicCreated { .. }) => {}
@@ -66,7 +76,7 @@ pub async fn ensure_topic(core: &BrokerCore, topic: TopicConfig) -> Result<Topic
         }
         Err(err) => return Err(propose_failed(core, err)),
     }
-    core.metrics.topics.set(core.store.topics().len() as i64);
+    core.metrics.topics.set(core.store.topic_count() as i64);
     core.store
         .topic(&name)
         .ok_or_else(|| Reply::error(Status::SystemError, "topic vanished after creation"))
