@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,13 +28,46 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A fresh path in `dir` for a process's `--addr-file`.
+pub fn addr_file(dir: &Path, name: &str) -> PathBuf {
+    let n = NEXT_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{name}-{}-{n}.addr.json", std::process::id()))
+}
+
+/// Waits for a process's `--addr-file` and returns it parsed. Servers bind port 0 and report
+/// what they got, so parallel tests never race for ports.
+pub fn read_addr_file(path: &Path, process: &mut Process) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(value) = serde_json::from_str(&text) {
+                return value;
+            }
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            panic!(
+                "{} exited with {status} before serving:\n{}",
+                process.name,
+                process.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not report its addresses:\n{}",
+            process.name,
+            process.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn field(value: &serde_json::Value, key: &str) -> String {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {value}"))
+        .to_string()
 }
 
 /// A child process that is killed when dropped.
@@ -157,16 +190,18 @@ pub struct Nameserver {
     pub admin: String,
 }
 
-/// Starts `ferromq-nameserver` with the given extra environment.
+/// Starts `ferromq-nameserver` on free ports with the given extra environment.
 pub fn start_nameserver(log_dir: &Path, env: &[(&str, &str)]) -> Nameserver {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
+    let file = addr_file(log_dir, "nameserver");
     let mut command = Command::new(binary("ferromq-nameserver"));
-    command.args(["--listen", &addr, "--admin-listen", &admin]);
+    command.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    command.arg("--addr-file").arg(&file);
     for (key, value) in env {
         command.env(key, value);
     }
-    let process = Process::spawn("nameserver", &mut command, log_dir);
+    let mut process = Process::spawn("nameserver", &mut command, log_dir);
+    let addresses = read_addr_file(&file, &mut process);
+    let (addr, admin) = (field(&addresses, "addr"), field(&addresses, "admin_addr"));
     wait_http_ok(&admin, "/readyz", Duration::from_secs(20));
     Nameserver {
         process,
@@ -186,23 +221,31 @@ pub struct BrokerSpec {
 }
 
 impl BrokerSpec {
+    /// Starts the broker on its known ports (a restart).
     fn launch(&self) -> Process {
+        let process = self.spawn(&self.addr, &self.admin, None);
+        wait_http_ok(&self.admin, "/readyz", Duration::from_secs(30));
+        process
+    }
+
+    fn spawn(&self, addr: &str, admin: &str, addr_file: Option<&Path>) -> Process {
         let mut command = Command::new(binary("ferromq-broker"));
         command.args([
             "--listen",
-            &self.addr,
+            addr,
             "--admin-listen",
-            &self.admin,
+            admin,
             "--nameserver",
             &self.nameserver,
         ]);
         command.arg("--data-dir").arg(&self.data_dir);
+        if let Some(file) = addr_file {
+            command.arg("--addr-file").arg(file);
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let process = Process::spawn("broker", &mut command, &self.log_dir);
-        wait_http_ok(&self.admin, "/readyz", Duration::from_secs(30));
-        process
+        Process::spawn("broker", &mut command, &self.log_dir)
     }
 }
 
@@ -212,16 +255,16 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts `ferromq-broker` on fresh ports with `data_dir`.
+    /// Starts `ferromq-broker` on free ports with `data_dir`.
     pub fn start(
         data_dir: &Path,
         nameserver: &str,
         log_dir: &Path,
         env: &[(&str, &str)],
     ) -> Broker {
-        let spec = BrokerSpec {
-            addr: format!("127.0.0.1:{}", free_port()),
-            admin: format!("127.0.0.1:{}", free_port()),
+        let mut spec = BrokerSpec {
+            addr: String::new(),
+            admin: String::new(),
             data_dir: data_dir.to_path_buf(),
             nameserver: nameserver.to_string(),
             env: env
@@ -230,7 +273,12 @@ impl Broker {
                 .collect(),
             log_dir: log_dir.to_path_buf(),
         };
-        let process = spec.launch();
+        let file = addr_file(log_dir, "broker");
+        let mut process = spec.spawn("127.0.0.1:0", "127.0.0.1:0", Some(&file));
+        let addresses = read_addr_file(&file, &mut process);
+        spec.addr = field(&addresses, "addr");
+        spec.admin = field(&addresses, "admin_addr");
+        wait_http_ok(&spec.admin, "/readyz", Duration::from_secs(30));
         Broker { spec, process }
     }
 

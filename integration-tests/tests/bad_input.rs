@@ -22,7 +22,8 @@ fn expect_closed_after(addr: &str, bytes: &[u8]) {
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    stream.write_all(bytes).unwrap();
+    // The server may close as soon as it has seen enough of the input.
+    let _ = stream.write_all(bytes);
     let started = Instant::now();
     let mut buffer = [0u8; 4096];
     loop {

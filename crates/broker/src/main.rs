@@ -38,6 +38,10 @@ struct Args {
     /// Node id within the group [default: 1].
     #[arg(long)]
     node_id: Option<u64>,
+    /// Once serving, write the bound addresses here as JSON (`{"addr", "admin_addr",
+    /// "advertised_addr"}`).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -76,6 +80,14 @@ async fn main() -> anyhow::Result<()> {
     }
     ferromq_service::raise_open_files_limit();
     let broker = Broker::start(config).await.context("starting broker")?;
+    if let Some(path) = &args.addr_file {
+        let addresses = serde_json::json!({
+            "addr": broker.addr().to_string(),
+            "admin_addr": broker.admin_addr().to_string(),
+            "advertised_addr": broker.advertised_addr(),
+        });
+        ferromq_service::write_addr_file(path, &addresses).context("writing --addr-file")?;
+    }
     ferromq_service::shutdown_signal().await;
     broker.shutdown().await;
     Ok(())

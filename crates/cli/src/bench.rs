@@ -48,7 +48,8 @@ pub enum Mode {
     Sync,
     /// Each producer keeps `--in-flight` sends outstanding.
     Async,
-    /// Fire and forget: `messages` counts sends written, nothing is acknowledged.
+    /// Fire and forget: nothing is acknowledged, so `messages` counts sends written to the
+    /// broker's connection.
     Oneway,
 }
 
@@ -72,7 +73,7 @@ pub struct ProduceArgs {
     /// Outstanding sends per producer in async and oneway modes.
     #[arg(long, default_value_t = 32)]
     in_flight: usize,
-    /// Stop early after this many failed messages.
+    /// Stop early once this many messages failed.
     #[arg(long, default_value_t = 1000)]
     max_errors: u64,
     #[arg(long)]
@@ -204,7 +205,7 @@ async fn ping(client: &Client, args: PingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Pending = Pin<Box<dyn Future<Output = (Instant, u64, bool)> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = (Instant, u64, u64)> + Send>>;
 
 struct Shared {
     claimed: AtomicU64,
@@ -262,31 +263,41 @@ async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
                     let producer = producer.clone();
                     in_flight.push(Box::pin(async move {
                         let sent_at = Instant::now();
-                        let ok = match mode {
+                        // (messages that went through, messages that failed)
+                        let (done, failed) = match mode {
                             Mode::Oneway => {
-                                let mut ok = true;
+                                let mut done = 0;
                                 for message in messages {
-                                    ok &= producer.send_oneway(message).await.is_ok();
+                                    done += u64::from(producer.send_oneway(message).await.is_ok());
                                 }
-                                ok
+                                (done, count - done)
                             }
                             _ if messages.len() == 1 => {
                                 let message = messages.into_iter().next().expect("one message");
-                                producer.send(message).await.is_ok()
+                                match producer.send(message).await {
+                                    Ok(_) => (count, 0),
+                                    Err(_) => (0, count),
+                                }
                             }
-                            _ => producer.send_batch(messages).await.is_ok(),
+                            _ => match producer.send_batch(messages).await {
+                                Ok(_) => (count, 0),
+                                Err(_) => (0, count),
+                            },
                         };
-                        (sent_at, count, ok)
+                        (sent_at, done, failed)
                     }));
                 }
-                let Some((sent_at, count, ok)) = in_flight.next().await else {
+                let Some((sent_at, done, failed)) = in_flight.next().await else {
                     break;
                 };
-                if ok {
-                    shared.acknowledged.fetch_add(count, Ordering::Relaxed);
+                if done > 0 {
+                    shared.acknowledged.fetch_add(done, Ordering::Relaxed);
                     let _ = latency.record(sent_at.elapsed().as_micros().max(1) as u64);
-                    bar.inc(count);
-                } else if shared.errors.fetch_add(count, Ordering::Relaxed) + count > max_errors {
+                    bar.inc(done);
+                }
+                if failed > 0
+                    && shared.errors.fetch_add(failed, Ordering::Relaxed) + failed >= max_errors
+                {
                     shared.abort.store(true, Ordering::Relaxed);
                 }
             }
@@ -294,8 +305,18 @@ async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
         }));
     }
     let mut latency = histogram();
+    let mut failure = None;
     for task in tasks {
-        latency.add(task.await?)?;
+        match task.await {
+            Ok(task_latency) => {
+                if let Err(err) = latency.add(task_latency) {
+                    failure.get_or_insert_with(|| anyhow::anyhow!("latency histogram: {err}"));
+                }
+            }
+            Err(err) => {
+                failure.get_or_insert_with(|| anyhow::anyhow!("producer task failed: {err}"));
+            }
+        }
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
@@ -307,8 +328,11 @@ async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
         &latency,
     );
     report.print(args.json, "produce");
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
     if shared.abort.load(Ordering::Relaxed) {
-        anyhow::bail!("stopped early after more than {} errors", args.max_errors);
+        anyhow::bail!("stopped early after {} errors", args.max_errors);
     }
     Ok(())
 }
@@ -348,9 +372,9 @@ async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    consumer.shutdown().await?;
     let size = bytes.checked_div(received).unwrap_or(0) as usize;
     Report::new(received, 0, elapsed, size, &latency).print(args.json, "consume");
+    consumer.shutdown().await?;
     if received < args.messages {
         anyhow::bail!(
             "received {received} of {} messages before going idle for {:?}",

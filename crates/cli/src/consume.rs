@@ -54,9 +54,16 @@ fn print(message: &ReceivedMessage, as_json: bool) {
             "store_time_ms": message.store_ts_ms,
             "born_time_ms": message.born_ts_ms,
         });
+        // `body` is always present: the text, or hex digits when the body is not UTF-8.
         match text {
-            Some(text) => line["body"] = json!(text),
-            None => line["body_hex"] = json!(hex::encode(&message.body)),
+            Some(text) => {
+                line["body"] = json!(text);
+                line["body_encoding"] = json!("utf8");
+            }
+            None => {
+                line["body"] = json!(hex::encode(&message.body));
+                line["body_encoding"] = json!("hex");
+            }
         }
         println!("{line}");
     } else {

@@ -13,15 +13,10 @@ use ferromq_client::Client;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Nameserver addresses, comma-separated.
-    #[arg(
-        long,
-        global = true,
-        value_delimiter = ',',
-        default_value = "127.0.0.1:9876",
-        env = "FERROMQ_NAMESERVER"
-    )]
-    nameserver: Vec<String>,
+    /// Nameserver addresses, comma-separated [default: 127.0.0.1:9876]. `standalone` runs its
+    /// own nameserver and ignores this.
+    #[arg(long, global = true, value_delimiter = ',', env = "FERROMQ_NAMESERVER")]
+    nameserver: Option<Vec<String>>,
     /// Worker threads of this process's async runtime (default: one per core). `1` runs
     /// everything on one thread, which suits a single sequential producer.
     #[arg(long, global = true)]
@@ -63,15 +58,26 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Standalone(args) = cli.command {
+        if cli.nameserver.is_some() {
+            tracing::warn!("standalone runs its own nameserver; --nameserver is ignored (see --nameserver-listen)");
+        }
         return standalone::run(args).await;
     }
+    // Read a body from stdin before any connection exists: blocking reads must not starve it.
+    let body = match &cli.command {
+        Command::Send(args) => Some(send::body(args)?),
+        _ => None,
+    };
+    let nameservers = cli
+        .nameserver
+        .unwrap_or_else(|| vec!["127.0.0.1:9876".to_string()]);
     let client = Client::builder()
-        .name_servers(cli.nameserver)
+        .name_servers(nameservers)
         .connect()
         .await?;
     let result = match cli.command {
         Command::Standalone(_) => unreachable!("handled above"),
-        Command::Send(args) => send::run(&client, args).await,
+        Command::Send(args) => send::run(&client, args, body.unwrap_or_default()).await,
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Bench(command) => bench::run(&client, command).await,
     };

@@ -34,17 +34,21 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
     }
 }
 
-pub async fn run(client: &Client, args: SendArgs) -> anyhow::Result<()> {
-    let body = match args.body {
-        Some(body) => Bytes::from(body),
+/// The body: `--body`, or everything on stdin.
+pub fn body(args: &SendArgs) -> anyhow::Result<Bytes> {
+    match &args.body {
+        Some(body) => Ok(Bytes::from(body.clone())),
         None => {
             let mut buffer = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buffer)
                 .context("reading the body from stdin")?;
-            Bytes::from(buffer)
+            Ok(Bytes::from(buffer))
         }
-    };
+    }
+}
+
+pub async fn run(client: &Client, args: SendArgs, body: Bytes) -> anyhow::Result<()> {
     let mut message = Message::new(args.topic, body);
     message.tag = args.tag;
     message.keys = args.keys;

@@ -30,6 +30,10 @@ pub struct StandaloneArgs {
     /// acknowledged messages in a power failure).
     #[arg(long, default_value = "sync", value_parser = parse_flush)]
     flush: FlushPolicy,
+    /// Once serving, write the bound addresses here as JSON (`nameserver`, `nameserver_admin`,
+    /// `broker`, `broker_admin`).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
 }
 
 fn parse_flush(text: &str) -> Result<FlushPolicy, String> {
@@ -65,6 +69,15 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             return Err(err).context("starting the broker");
         }
     };
+    if let Some(path) = &args.addr_file {
+        let addresses = serde_json::json!({
+            "nameserver": nameserver_addr,
+            "nameserver_admin": nameserver.admin_addr().to_string(),
+            "broker": broker.advertised_addr(),
+            "broker_admin": broker.admin_addr().to_string(),
+        });
+        ferromq_service::write_addr_file(path, &addresses).context("writing --addr-file")?;
+    }
     eprintln!(
         "FerroMQ standalone is running: nameserver {nameserver_addr} (admin http://{}), broker {} (admin http://{}), data in {}.\n\
          Try: ferromq send --topic hello --body 'hi' && ferromq consume --topic hello --group demo --count 1\n\

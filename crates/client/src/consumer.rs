@@ -3,8 +3,11 @@
 //! [`Consumer::run`], and commits consumed offsets to the brokers.
 //!
 //! At least once: a message counts as consumed when the application asks for the next one from
-//! the stream (or its handler returned `Success`); only consumed offsets are committed, so
-//! anything fetched but not consumed before a crash is delivered again.
+//! the stream, calls [`Consumer::commit`], or its handler returned `Success`; only consumed
+//! offsets are committed, so anything fetched but not consumed before a crash or
+//! [`Consumer::shutdown`] is delivered again. Stream adapters that read ahead (`chunks`,
+//! `buffered`, `peekable`) ask for the next message early: with them, process each message
+//! before taking more, or use [`Consumer::run`].
 //!
 //! Clustering note: every member of a group currently reads every queue; sharing queues among
 //! the members of a group (rebalancing) is the next step for the consumer.
@@ -37,6 +40,7 @@ use crate::client::Client;
 use crate::config::{ConsumerConfig, StartFrom};
 use crate::error::ClientError;
 use crate::filter::TagFilter;
+use crate::producer::MAX_ROUTE_QUEUES;
 
 /// A message as the application receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,8 +208,9 @@ impl Consumer {
         commit_consumed(&self.shared).await
     }
 
-    /// Hands every message to `handler` until `stop` is cancelled, then shuts down. Messages
-    /// of one queue are handled in order; a panicking handler counts as `RetryLater`.
+    /// Hands every message to `handler`, one at a time, until `stop` is cancelled, then shuts
+    /// down. Messages of a queue are handled in order; `RetryLater` (and a panicking handler)
+    /// hands the same message again after the delay, and nothing else is handled meanwhile.
     pub async fn run<F, Fut>(
         mut self,
         mut handler: F,
@@ -228,7 +233,10 @@ impl Consumer {
                     .catch_unwind()
                     .await;
                 let delay = match outcome {
-                    Ok(ConsumeStatus::Success) => break,
+                    Ok(ConsumeStatus::Success) => {
+                        self.mark_consumed();
+                        break;
+                    }
                     Ok(ConsumeStatus::RetryLater(delay)) => delay,
                     Err(_) => {
                         error!(id = %message.id, "message handler panicked; retrying");
@@ -248,15 +256,22 @@ impl Consumer {
         self.shutdown().await
     }
 
-    /// Stops pulling and commits what was consumed. The message handed out last counts as
-    /// consumed.
+    /// Stops pulling and commits what was consumed. The message handed out last is not counted
+    /// as consumed (call [`Consumer::commit`] first if it was): it is delivered again.
     pub async fn shutdown(mut self) -> Result<(), ClientError> {
-        self.mark_consumed();
+        self.last_yielded = None;
         self.shared.shutdown.cancel();
         self.receiver.close();
         self.tasks.close();
         self.tasks.wait().await;
         commit_consumed(&self.shared).await
+    }
+}
+
+impl Drop for Consumer {
+    /// Dropping without [`Consumer::shutdown`] stops pulling but commits nothing more.
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
     }
 }
 
@@ -320,7 +335,7 @@ fn readable_queues(route: &ferromq_protocol::headers::TopicRoute) -> Vec<QueueKe
     route
         .groups
         .iter()
-        .filter(|g| g.perm & perm::READ != 0)
+        .filter(|g| g.perm & perm::READ != 0 && g.queues <= MAX_ROUTE_QUEUES)
         .flat_map(|g| {
             (0..g.queues).map(|queue_id| QueueKey {
                 broker_group: g.group.clone(),
@@ -470,6 +485,7 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
                     };
                     if !still_routed {
                         debug!(topic = %shared.topic, queue = key.queue_id, "queue left the route; stopping its pull task");
+                        shared.progress.lock().remove(&key);
                         return;
                     }
                 }

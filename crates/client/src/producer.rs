@@ -43,13 +43,19 @@ struct Target {
     queue_id: u32,
 }
 
+/// A route claiming more queues per group is refused as corrupt (brokers allow 1024 by
+/// default); expanding it would allocate without bound.
+pub(crate) const MAX_ROUTE_QUEUES: u32 = 65_536;
+/// Pause before the n-th retry is n times this (NOT_LEADER with a known leader retries at once).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 fn targets(route: &TopicRoute) -> Vec<Target> {
     let mut targets = Vec::new();
     for group in &route.groups {
         let Some(leader) = &group.leader else {
             continue;
         };
-        if group.perm & perm::WRITE == 0 {
+        if group.perm & perm::WRITE == 0 || group.queues > MAX_ROUTE_QUEUES {
             continue;
         }
         for queue_id in 0..group.queues {
@@ -85,14 +91,22 @@ pub struct SendHandle {
 }
 
 impl Future for SendHandle {
-    type Output = Result<SendReceipt, ClientError>;
+    /// The receipt, or the error with the message given back.
+    type Output = Result<SendReceipt, SendError>;
 
+    // The error carries the message back by value, on purpose.
+    #[allow(clippy::result_large_err)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.task)
             .poll(cx)
             .map(|joined| match joined {
-                Ok(result) => result.map_err(|err| err.error),
-                Err(_) => Err(ClientError::Shutdown),
+                Ok(result) => result,
+                // The runtime is shutting down (or the send task panicked): the message is gone
+                // with the task.
+                Err(_) => Err(SendError {
+                    message: Message::default(),
+                    error: ClientError::Shutdown,
+                }),
             })
     }
 }
@@ -210,16 +224,26 @@ impl Producer {
         let mut leader_hint: Option<(String, String)> = None;
         let mut attempt = 0;
         loop {
-            let result = self
-                .attempt(
+            // Route lookup and connecting count against the deadline too.
+            let result = tokio::time::timeout_at(
+                deadline.into(),
+                self.attempt(
                     &topic,
                     messages.len() as u32,
                     &body,
                     deadline,
                     failed_group.as_deref(),
                     leader_hint.take(),
-                )
-                .await;
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                let timeout = Duration::from_millis(self.config.send_timeout_ms);
+                Err((
+                    failed_group.clone(),
+                    ClientError::Transport(TransportError::Timeout(timeout)),
+                ))
+            });
             let (group, error) = match result {
                 Ok((group, response)) => return Ok(receipts(&topic, &group, &ids, &response)),
                 Err(failure) => failure,
@@ -238,7 +262,10 @@ impl Producer {
                 // Go straight to the new leader of the same group.
                 leader_hint = group.clone().map(|g| (g, leader.clone()));
             } else {
-                failed_group = group;
+                failed_group = group.or(failed_group);
+                // Give a restarting broker or an election a moment, within the deadline.
+                let pause = RETRY_PAUSE * attempt;
+                tokio::time::sleep(pause.min(time_left / 2)).await;
             }
             self.client.invalidate_route(&topic);
         }
@@ -321,7 +348,7 @@ fn receipts(
             topic: topic.to_string(),
             broker_group: group.to_string(),
             queue_id: response.queue_id,
-            queue_offset: response.first_offset + i as u64,
+            queue_offset: response.first_offset.saturating_add(i as u64),
             store_ts_ms: response.store_ts_ms,
         })
         .collect()

@@ -25,6 +25,9 @@ struct Args {
     /// Drop a broker from routes after this many milliseconds without a heartbeat [default: 120000].
     #[arg(long)]
     broker_expiry_ms: Option<u64>,
+    /// Once serving, write the bound addresses here as JSON (`{"addr", "admin_addr"}`).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -52,6 +55,13 @@ async fn main() -> anyhow::Result<()> {
     let nameserver = Nameserver::start(config)
         .await
         .context("starting nameserver")?;
+    if let Some(path) = &args.addr_file {
+        let addresses = serde_json::json!({
+            "addr": nameserver.addr().to_string(),
+            "admin_addr": nameserver.admin_addr().to_string(),
+        });
+        ferromq_service::write_addr_file(path, &addresses).context("writing --addr-file")?;
+    }
     ferromq_service::shutdown_signal().await;
     nameserver.shutdown().await;
     Ok(())

@@ -7,6 +7,17 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 
+/// Writes the addresses a process actually bound (useful with port 0) as one JSON object, via
+/// a temporary file and a rename, so a reader never sees half a file.
+pub fn write_addr_file(
+    path: &std::path::Path,
+    addresses: &serde_json::Value,
+) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, addresses.to_string())?;
+    std::fs::rename(&temporary, path)
+}
+
 /// Raises this process's open-file limit to the hard limit: a broker keeps a file open per
 /// commit-log segment and per consume-queue file.
 pub fn raise_open_files_limit() {

@@ -257,7 +257,7 @@ async fn idle_connections_are_closed() {
 
 #[tokio::test]
 async fn pending_requests_fail_when_the_connection_closes() {
-    let (addr, shutdown) = start_server(TransportConfig::default()).await;
+    let (addr, slow) = start_slow_server().await;
     let connection = connect(&addr).await;
     let pending = {
         let connection = connection.clone();
@@ -272,38 +272,62 @@ async fn pending_requests_fail_when_the_connection_closes() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The request is at the server, waiting for its answer, when the connection closes.
+    tokio::time::timeout(Duration::from_secs(5), until_started(&slow, 1))
+        .await
+        .unwrap();
     connection.close();
     assert!(matches!(
         pending.await.unwrap(),
         Err(TransportError::Closed)
     ));
-    shutdown.cancel();
 }
 
-/// Completes requests only after a long pause and counts the ones it finished.
-struct Slow(Arc<std::sync::atomic::AtomicUsize>);
+/// Counts requests it started, and finishes each only after a long pause, counting those too.
+#[derive(Default)]
+struct Counts {
+    started: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+struct Slow(Arc<Counts>);
 
 impl Handler for Slow {
     async fn handle(&self, _connection: &Connection, _request: Request) -> Reply {
+        self.0
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(400)).await;
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Reply::ok(&())
+    }
+}
+
+async fn start_slow_server() -> (String, Arc<Counts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let counts = Arc::new(Counts::default());
+    tokio::spawn(serve(
+        listener,
+        "slow".into(),
+        Arc::new(TransportConfig::default()),
+        Arc::new(Slow(counts.clone())),
+        CancellationToken::new(),
+    ));
+    (addr, counts)
+}
+
+async fn until_started(slow: &Counts, count: usize) {
+    while slow.started.load(std::sync::atomic::Ordering::SeqCst) < count {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 #[tokio::test]
 async fn requests_of_a_closed_connection_are_cancelled() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(serve(
-        listener,
-        "slow".into(),
-        Arc::new(TransportConfig::default()),
-        Arc::new(Slow(finished.clone())),
-        CancellationToken::new(),
-    ));
+    let (addr, slow) = start_slow_server().await;
     let connection = connect(&addr).await;
     for _ in 0..5 {
         let connection = connection.clone();
@@ -313,11 +337,13 @@ async fn requests_of_a_closed_connection_are_cancelled() {
                 .await
         });
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), until_started(&slow, 5))
+        .await
+        .unwrap();
     connection.close();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        finished.load(std::sync::atomic::Ordering::SeqCst),
+        slow.finished.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "work kept running after the close"
     );
