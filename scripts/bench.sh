@@ -36,8 +36,17 @@ ferromq="$CARGO_TARGET_DIR/release/ferromq"
 
 echo "==> machine limits"
 iperf3 -s -1 -p 15201 >/dev/null 2>&1 &
-sleep 0.5
-loopback=$(iperf3 -c 127.0.0.1 -p 15201 -t 5 -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576)')
+iperf_server=$!
+loopback=""
+for _ in $(seq 1 50); do
+    if json=$(iperf3 -c 127.0.0.1 -p 15201 -t 5 -J 2>/dev/null); then
+        loopback=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576)' <<<"$json")
+        break
+    fi
+    sleep 0.1
+done
+kill "$iperf_server" 2>/dev/null || true
+[[ -n "$loopback" ]] || { echo "iperf3 failed"; exit 1; }
 record loopback_mib_per_sec "$loopback"
 fio_dir="$data_root/fio"
 mkdir -p "$fio_dir"
@@ -76,10 +85,15 @@ start_node() { # start_node FLUSH
 
 bench() { # bench KEY ARGS...
     local key="$1"; shift
-    local json
-    json=$("$ferromq" --nameserver 127.0.0.1:19876 bench "$@" --json)
-    record "$key" "$json"
+    local json status=0
+    # A run that stops early still prints its JSON; keep it, then fail.
+    json=$("$ferromq" --nameserver 127.0.0.1:19876 bench "$@" --json) || status=$?
+    [[ -n "$json" ]] && record "$key" "$json"
     echo "$key: $json"
+    if ((status != 0)); then
+        echo "bench $key failed (exit $status)"
+        exit "$status"
+    fi
 }
 
 n_batch=$((2000000 / scale))
@@ -113,7 +127,7 @@ line("batched produce, batch 64 x 4 producers, sync", "produce_batch64_p4_sync_f
 line("batched produce, batch 64 x 4 producers, async", "produce_batch64_p4_async_flush", "disk seq write", disk)
 line("single producer sync sends, sync flush", "produce_single_sync_flush", "fdatasync/s", fsync, "msgs_per_sec")
 line("single producer sync sends, async flush", "produce_single_async_flush", "ping round trips/s", r["ping_round_trip"]["msgs_per_sec"], "msgs_per_sec")
-line("consume 1M backlog", "consume_backlog", "loopback", loop)
+line(f"consume {r['consume_backlog']['messages']:,}-message backlog", "consume_backlog", "loopback", loop)
 ping = r["ping_round_trip"]
 print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s, "
       f"empty request round trip p50 {ping['latency_us']['p50']} us ({ping['msgs_per_sec']:.0f}/s)")

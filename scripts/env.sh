@@ -2,6 +2,6 @@
 # same machine builds incrementally, and the system RocksDB (Debian's librocksdb-dev) instead of
 # an 11-minute C++ build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferromq/target}"
-export ROCKSDB_LIB_DIR="${ROCKSDB_LIB_DIR:-/usr/lib/x86_64-linux-gnu}"
+export ROCKSDB_LIB_DIR="${ROCKSDB_LIB_DIR:-/usr/lib/$(uname -m)-linux-gnu}"
 export ROCKSDB_INCLUDE_DIR="${ROCKSDB_INCLUDE_DIR:-/usr/include}"
 export PATH="${FERROMQ_TOOLS_DIR:-$HOME/.cache/ferromq/tools}/bin:$PATH"

@@ -2,17 +2,18 @@
 # Usage: scripts/install-deps.sh [--build | --bench]
 #
 # Installs, idempotently, what FerroMQ needs on a Debian 12 machine.
-#   --build   only what building needs: Debian's RocksDB and libclang (for the rocksdb crate's
-#             bindgen) - the quick start uses this
+#   --build   only what building needs: a C toolchain, Debian's RocksDB and libclang (for the
+#             rocksdb crate's bindgen) - the quick start uses this
 #   (none)    also the test tools: cargo-deny, cargo-fuzz, a nightly toolchain for fuzzing,
 #             and cargo-nextest if the machine lacks it
-#   --bench   also iperf3 and fio, which scripts/bench.sh uses to measure the machine's limits
+#   --bench   also iperf3 and fio (the machine's limits), python3 (the report) and perf
+#             (profiles), which scripts/bench.sh uses
 set -euo pipefail
 
 mode="${1:-test}"
 TOOLS_DIR="${FERROMQ_TOOLS_DIR:-$HOME/.cache/ferromq/tools}"
-APT_PACKAGES=(librocksdb-dev libclang-dev)
-[[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio)
+APT_PACKAGES=(build-essential librocksdb-dev libclang-dev)
+[[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio python3 linux-perf)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -38,11 +39,13 @@ install_tool() {
     cargo install --locked --quiet --root "$TOOLS_DIR" "$crate" --version "$version"
 }
 install_tool cargo-deny 0.20.2 cargo-deny
-install_tool cargo-fuzz 0.13.2 cargo-fuzz
 if ! cargo nextest --version >/dev/null 2>&1; then
     install_tool cargo-nextest 0.9.143 cargo-nextest
 fi
 if ! rustup toolchain list | grep -q '^nightly'; then
     # Only the fuzz smoke run needs nightly; scripts/test.sh skips it (loudly) without one.
     rustup toolchain install nightly --profile minimal || echo "WARNING: no nightly toolchain; fuzzing will be skipped"
+fi
+if rustup toolchain list | grep -q '^nightly'; then
+    install_tool cargo-fuzz 0.13.2 cargo-fuzz
 fi

@@ -20,11 +20,13 @@ trap 'kill -TERM $node 2>/dev/null || true; wait $node 2>/dev/null || true' EXIT
 
 echo "==> sending a message"
 for _ in $(seq 1 100); do
+    # A node that failed to start (a port taken by another node) must not be mistaken for
+    # one that answers.
+    kill -0 $node 2>/dev/null || { echo "standalone node exited (is something else on its ports?)"; exit 1; }
     if "$ferromq" send --topic quickstart --tag demo --key greeting --body "hello from FerroMQ at $(date +%T)" 2>/dev/null; then
         sent=1
         break
     fi
-    kill -0 $node 2>/dev/null || { echo "standalone node exited"; exit 1; }
     sleep 0.2
 done
 [[ -n "${sent:-}" ]] || { echo "could not send a message"; exit 1; }
