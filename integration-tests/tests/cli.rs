@@ -143,6 +143,40 @@ fn send_and_consume_commands_round_trip_messages_with_tags_keys_and_properties()
         );
     }
 
+    // What a consume printed is committed: the same group gets only what came after it.
+    let sent = ferromq(&[
+        "--nameserver",
+        ns,
+        "send",
+        "--topic",
+        "greetings",
+        "--body",
+        "fourth",
+    ]);
+    assert!(sent.status.success());
+    let next = ferromq(&[
+        "--nameserver",
+        ns,
+        "consume",
+        "--topic",
+        "greetings",
+        "--group",
+        "readers",
+        "--count",
+        "2",
+        "--json",
+        "--timeout",
+        "2s",
+    ]);
+    assert!(!next.status.success(), "only one new message exists");
+    let lines: Vec<serde_json::Value> = String::from_utf8(next.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["body"], "fourth");
+
     let bad = ferromq(&[
         "--nameserver",
         ns,

@@ -374,6 +374,8 @@ async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let size = bytes.checked_div(received).unwrap_or(0) as usize;
     Report::new(received, 0, elapsed, size, &latency).print(args.json, "consume");
+    // Everything received was printed (or counted): commit all of it, the last one included.
+    consumer.commit().await?;
     consumer.shutdown().await?;
     if received < args.messages {
         anyhow::bail!(

@@ -101,6 +101,8 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // Everything received was printed (or counted): commit all of it, the last one included.
+    consumer.commit().await?;
     consumer.shutdown().await?;
     if args.count.is_some_and(|count| received < count) {
         anyhow::bail!(
