@@ -202,3 +202,84 @@ async fn a_rare_tag_is_found_behind_long_runs_of_filtered_messages_without_waiti
     assert_eq!(found.queue_offset, 2000);
     consumer.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_move_to_another_broker_group_when_one_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _a = Broker::start(&dir.path().join("a"), &nameserver.addr, dir.path(), &[]);
+    let mut b = Broker::start(
+        &dir.path().join("b"),
+        &nameserver.addr,
+        dir.path(),
+        &[("FERROMQ_GROUP", "broker-b")],
+    );
+    let client = client(&nameserver.addr).await;
+    client.create_topic("spread", 2).await.unwrap();
+    let producer = client.producer();
+    let mut groups = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let receipt = producer
+            .send(Message::new("spread", format!("m{i}")))
+            .await
+            .unwrap();
+        groups.insert(receipt.broker_group);
+    }
+    assert_eq!(groups.len(), 2, "round-robin over both groups: {groups:?}");
+
+    b.process.kill9();
+    for i in 0..40 {
+        let receipt = producer
+            .send(Message::new("spread", format!("after-{i}")))
+            .await
+            .expect("a retriable failure is retried on the other group");
+        assert_eq!(receipt.broker_group, "broker-a");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_and_callback_sends_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("fire", 2).await.unwrap();
+    let producer = client.producer();
+    for i in 0..10 {
+        producer
+            .send_oneway(Message::new("fire", format!("oneway-{i}")))
+            .await
+            .unwrap();
+    }
+    let (done, mut receipts) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..10 {
+        let done = done.clone();
+        producer
+            .send_with_callback(
+                Message::new("fire", format!("callback-{i}")),
+                move |result| {
+                    let _ = done.send(result.map(|r| r.message_id));
+                },
+            )
+            .await;
+    }
+    for _ in 0..10 {
+        within(WAIT, receipts.recv())
+            .await
+            .unwrap()
+            .expect("callback reports success");
+    }
+    let mut consumer = client
+        .consumer("fire-readers")
+        .subscribe("fire", "*")
+        .build()
+        .await
+        .unwrap();
+    let mut bodies = std::collections::BTreeSet::new();
+    while bodies.len() < 20 {
+        let message = within(WAIT, consumer.recv()).await.unwrap();
+        bodies.insert(String::from_utf8(message.body.to_vec()).unwrap());
+    }
+    assert!(bodies.contains("oneway-9") && bodies.contains("callback-9"));
+    consumer.shutdown().await.unwrap();
+}
