@@ -130,7 +130,8 @@ impl Producer {
     }
 
     /// Starts a send without waiting for its receipt. Waits only while `max_in_flight` sends
-    /// are already under way.
+    /// are already under way. The send runs on its own task: it finishes (or fails) even if the
+    /// handle is dropped, so await the handle to learn its outcome.
     pub async fn send_async(&self, message: Message) -> SendHandle {
         let permit = self.in_flight.clone().acquire_owned().await;
         let producer = self.clone();
