@@ -28,6 +28,7 @@ fn headers(bytes: &[u8]) {
     let _ = codec::decode::<CreateTopicRequest>(bytes);
     let _ = codec::decode::<GetQueueOffsetsRequest>(bytes);
     let _ = codec::decode::<GetQueueOffsetsResponse>(bytes);
+    let _ = codec::decode::<RaftMessagesHeader>(bytes);
 }
 
 fn bodies(body: Bytes) {

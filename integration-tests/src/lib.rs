@@ -28,6 +28,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A port nobody listens on right now. Only for addresses that must be known before a process
+/// starts (the members of a Raft group must know each other's); everything else binds port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A fresh path in `dir` for a process's `--addr-file`.
@@ -75,6 +84,7 @@ pub struct Process {
     pub child: Child,
     pub name: String,
     log: PathBuf,
+    exited: bool,
 }
 
 impl Process {
@@ -95,7 +105,13 @@ impl Process {
             child,
             name: name.to_string(),
             log,
+            exited: false,
         }
+    }
+
+    /// True once the process has exited (killed or stopped).
+    pub fn has_exited(&self) -> bool {
+        self.exited
     }
 
     pub fn pid(&self) -> u32 {
@@ -106,6 +122,7 @@ impl Process {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.exited = true;
     }
 
     /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
@@ -124,6 +141,7 @@ impl Process {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.exited = true;
                 return status;
             }
             assert!(
@@ -245,7 +263,10 @@ impl BrokerSpec {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        Process::spawn("broker", &mut command, &self.log_dir)
+        let name = self.data_dir.file_name().map_or("broker".to_string(), |n| {
+            format!("broker-{}", n.to_string_lossy())
+        });
+        Process::spawn(&name, &mut command, &self.log_dir)
     }
 }
 
@@ -287,6 +308,66 @@ impl Broker {
         self.process.kill9();
         self.process = self.spec.launch();
     }
+}
+
+/// Starts `size` brokers as one Raft group named `group`, each with its own data directory
+/// under `root`, and waits until every member is ready (which needs a leader, so all start at
+/// once).
+pub fn start_group(
+    group: &str,
+    size: u64,
+    root: &Path,
+    nameserver: &str,
+    env: &[(&str, &str)],
+) -> Vec<Broker> {
+    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, raft))| {
+            format!(r#"{{ id = {}, raft_addr = "127.0.0.1:{raft}", client_addr = "127.0.0.1:{client}" }}"#, i + 1)
+        })
+        .collect();
+    let peers = format!("[{}]", peers.join(", "));
+    let mut members = Vec::new();
+    for (i, (client, raft)) in ports.iter().enumerate() {
+        let node_id = (i + 1).to_string();
+        let raft_listen = format!("127.0.0.1:{raft}");
+        let mut member_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        member_env.extend([
+            ("FERROMQ_GROUP".to_string(), group.to_string()),
+            ("FERROMQ_NODE_ID".to_string(), node_id),
+            ("FERROMQ_RAFT__LISTEN".to_string(), raft_listen),
+            ("FERROMQ_RAFT__PEERS".to_string(), peers.clone()),
+        ]);
+        let mut spec = BrokerSpec {
+            addr: format!("127.0.0.1:{client}"),
+            admin: String::new(),
+            data_dir: root.join(format!("{group}-{}", i + 1)),
+            nameserver: nameserver.to_string(),
+            env: member_env,
+            log_dir: root.to_path_buf(),
+        };
+        let file = addr_file(root, "member");
+        let mut process = spec.spawn(&spec.addr, "127.0.0.1:0", Some(&file));
+        let addresses = read_addr_file(&file, &mut process);
+        spec.admin = field(&addresses, "admin_addr");
+        members.push(Broker { spec, process });
+    }
+    for member in &members {
+        wait_http_ok(&member.spec.admin, "/readyz", Duration::from_secs(30));
+    }
+    members
+}
+
+/// `/v1/raft` of a broker, parsed.
+pub fn raft_status(broker: &Broker) -> serde_json::Value {
+    let (status, body) = http_get(&broker.spec.admin, "/v1/raft").expect("admin endpoint answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
 }
 
 /// A client of the given nameserver with a short request timeout.

@@ -2,10 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, routing::get, Json, Router};
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
 use ferromq_protocol::headers::TopicConfig;
-use ferromq_raftlog::{RaftStatus, Role};
-use ferromq_service::admin::Readiness;
+use ferromq_raftlog::{PeerProgress, RaftStatus, Role};
+use ferromq_service::admin::{ApiError, Readiness};
 use serde::Serialize;
 
 use crate::core::BrokerCore;
@@ -53,6 +60,7 @@ pub fn router(core: Arc<BrokerCore>) -> Router {
     Router::new()
         .route("/v1/broker", get(broker))
         .route("/v1/raft", get(raft))
+        .route("/v1/raft:transfer-leader", post(transfer_leader))
         .route("/v1/topics", get(topics))
         .with_state(core)
 }
@@ -71,8 +79,99 @@ async fn broker(State(core): State<Arc<BrokerCore>>) -> Json<BrokerView> {
     })
 }
 
-async fn raft(State(core): State<Arc<BrokerCore>>) -> Json<RaftStatus> {
-    Json(core.raft.status())
+#[derive(Serialize)]
+struct PeerView {
+    #[serde(flatten)]
+    progress: PeerProgress,
+    /// Entries the member is behind the leader's log.
+    lag: u64,
+}
+
+#[derive(Serialize)]
+struct RaftView {
+    #[serde(flatten)]
+    status: RaftStatus,
+    /// Replication progress of every member (only on the leader).
+    peers: Vec<PeerView>,
+}
+
+async fn raft(State(core): State<Arc<BrokerCore>>) -> Json<RaftView> {
+    let status = core.raft.status();
+    let peers = core
+        .raft
+        .peer_progress()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|progress| PeerView {
+            lag: status.last_index.saturating_sub(progress.match_index),
+            progress,
+        })
+        .collect();
+    Json(RaftView { status, peers })
+}
+
+#[derive(Serialize)]
+struct Transferred {
+    leader_id: u64,
+}
+
+async fn transfer_leader(
+    State(core): State<Arc<BrokerCore>>,
+) -> Result<Json<Transferred>, ApiError> {
+    match hand_over_leadership(&core, None).await {
+        Ok(leader_id) => Ok(Json(Transferred { leader_id })),
+        Err(message) => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_transferred",
+            message,
+            retriable: true,
+        }),
+    }
+}
+
+/// Moves leadership to `to` or, by default, to the most caught-up follower, and waits (up to
+/// two election timeouts) until this broker is no longer the leader. Returns the new leader.
+pub async fn hand_over_leadership(core: &BrokerCore, to: Option<u64>) -> Result<u64, String> {
+    if !core.has_peers() {
+        return Err("this broker is alone in its group".into());
+    }
+    if core.raft.status().role != Role::Leader {
+        return Err("this broker is not the leader".into());
+    }
+    let progress = core
+        .raft
+        .peer_progress()
+        .await
+        .map_err(|err| err.to_string())?;
+    let target = match to {
+        Some(to) => to,
+        None => progress
+            .iter()
+            .filter(|p| p.id != core.config.node_id)
+            .max_by_key(|p| p.match_index)
+            .map(|p| p.id)
+            .ok_or("no follower to hand over to")?,
+    };
+    core.raft
+        .transfer_leader(target)
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut status = core.raft.subscribe();
+    let patience = Duration::from_millis(
+        core.config.raft.tick_ms * core.config.raft.election_ticks as u64 * 2,
+    );
+    let moved = tokio::time::timeout(
+        patience,
+        status.wait_for(|s| s.role != Role::Leader && s.leader_id != 0),
+    )
+    .await;
+    match moved {
+        Ok(Ok(status)) => Ok(status.leader_id),
+        _ => Err(format!(
+            "leadership did not move to {target} within {patience:?}"
+        )),
+    }
 }
 
 async fn topics(State(core): State<Arc<BrokerCore>>) -> Json<Vec<TopicConfig>> {

@@ -88,6 +88,21 @@ pub struct RaftSection {
     pub election_ticks: usize,
     /// Leader heartbeat interval in ticks.
     pub heartbeat_ticks: usize,
+    /// Peer address for Raft messages from the other members (only bound when there are any).
+    pub listen: String,
+    /// Every member of the group, this broker included. Empty: a group of one.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One member of a broker group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    /// Where the member listens for Raft messages.
+    pub raft_addr: String,
+    /// Where clients reach the member (told to clients in `NOT_LEADER` answers).
+    pub client_addr: String,
 }
 
 impl Default for BrokerConfig {
@@ -152,6 +167,8 @@ impl Default for RaftSection {
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 2,
+            listen: "0.0.0.0:10912".into(),
+            peers: Vec::new(),
         }
     }
 }
@@ -182,6 +199,7 @@ impl BrokerConfig {
         if self.pull.max_messages == 0 || self.pull.max_bytes == 0 {
             return Err("pull.max_messages and pull.max_bytes must be positive".into());
         }
+        self.validate_peers()?;
         if self.raft.tick_ms == 0
             || self.raft.heartbeat_ticks == 0
             || self.raft.election_ticks <= self.raft.heartbeat_ticks
@@ -189,6 +207,41 @@ impl BrokerConfig {
             return Err("raft: tick_ms > 0 and election_ticks > heartbeat_ticks > 0".into());
         }
         self.limits.validate()
+    }
+
+    fn validate_peers(&self) -> Result<(), String> {
+        let peers = &self.raft.peers;
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<u64> = peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != peers.len() || ids.contains(&0) {
+            return Err("raft.peers: ids must be unique and positive".into());
+        }
+        if !ids.contains(&self.node_id) {
+            return Err(format!(
+                "raft.peers must include this broker (node_id {})",
+                self.node_id
+            ));
+        }
+        if peers.len() % 2 == 0 {
+            return Err(format!(
+                "raft.peers lists {} members; use an odd number (1, 3, 5): an even one tolerates no more failures",
+                peers.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ids of the group's voters.
+    pub fn voters(&self) -> Vec<u64> {
+        if self.raft.peers.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.raft.peers.iter().map(|p| p.id).collect()
+        }
     }
 
     pub fn store_config(&self) -> StoreConfig {
@@ -202,7 +255,7 @@ impl BrokerConfig {
     pub fn raft_config(&self) -> RaftConfig {
         RaftConfig {
             node_id: self.node_id,
-            voters: vec![self.node_id],
+            voters: self.voters(),
             tick: Duration::from_millis(self.raft.tick_ms),
             election_ticks: self.raft.election_ticks,
             heartbeat_ticks: self.raft.heartbeat_ticks,
@@ -231,6 +284,41 @@ mod tests {
         let path = dir.path().join("broker.toml");
         std::fs::write(&path, text).unwrap();
         ferromq_service::config::load(Some(&path), Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn peers_must_be_an_odd_set_that_includes_this_broker() {
+        let peer = |id: u64| PeerConfig {
+            id,
+            raft_addr: format!("b{id}:10912"),
+            client_addr: format!("b{id}:10911"),
+        };
+        let mut config = BrokerConfig::default();
+        config.raft.peers = vec![peer(1), peer(2), peer(3)];
+        config.validate().unwrap();
+        assert_eq!(config.voters(), vec![1, 2, 3]);
+        config.raft.peers = vec![peer(1), peer(2)];
+        assert!(config.validate().unwrap_err().contains("odd"));
+        config.raft.peers = vec![peer(2), peer(3), peer(4)];
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("include this broker"));
+        config.raft.peers = vec![peer(1), peer(1), peer(3)];
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn peers_can_come_from_the_environment() {
+        let config: BrokerConfig = ferromq_service::config::load(
+            None,
+            vec![(
+                "FERROMQ_RAFT__PEERS".to_string(),
+                r#"[{id = 1, raft_addr = "a:1", client_addr = "a:2"}]"#.to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(config.raft.peers[0].raft_addr, "a:1");
     }
 
     #[test]

@@ -33,9 +33,21 @@ impl BrokerCore {
         self.raft.propose(payload).await
     }
 
-    /// Client address of the group member with this Raft id, if known. Only this broker's
-    /// own address is known until groups have several members.
+    /// Client address of the group member with this Raft id, if known.
     pub fn member_addr(&self, node_id: u64) -> Option<String> {
-        (node_id == self.config.node_id).then(|| self.advertised_addr.clone())
+        if node_id == self.config.node_id {
+            return Some(self.advertised_addr.clone());
+        }
+        self.config
+            .raft
+            .peers
+            .iter()
+            .find(|p| p.id == node_id)
+            .map(|p| p.client_addr.clone())
+    }
+
+    /// True when the group has members besides this broker.
+    pub fn has_peers(&self) -> bool {
+        self.config.raft.peers.len() > 1
     }
 }

@@ -9,6 +9,7 @@ mod handlers;
 mod maintenance;
 mod metrics;
 mod notifier;
+mod peers;
 mod registration;
 mod state_machine;
 
@@ -16,7 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferromq_raftlog::{NoPeers, RaftError, RaftMetrics, RaftNode, RaftStatus};
+use ferromq_raftlog::peer::{PeerAddress, PeerNetwork};
+use ferromq_raftlog::{NoPeers, PeerSender, RaftError, RaftMetrics, RaftNode, RaftStatus};
 use ferromq_service::admin as http;
 use ferromq_service::metrics::{new_registry, Instrumented};
 use ferromq_store::{Store, StoreError};
@@ -76,6 +78,9 @@ fn advertised(config: &BrokerConfig, bound: SocketAddr) -> String {
     if !config.advertised_addr.is_empty() {
         return config.advertised_addr.clone();
     }
+    if let Some(me) = config.raft.peers.iter().find(|p| p.id == config.node_id) {
+        return me.client_addr.clone();
+    }
     if bound.ip().is_unspecified() {
         return format!("127.0.0.1:{}", bound.port());
     }
@@ -106,6 +111,35 @@ impl Broker {
             notifier: notifier.clone(),
             topics_changed: topics_changed_tx,
         };
+        let shutdown = CancellationToken::new();
+        let peer_transport = Arc::new(config.limits.server_transport());
+        let (peer_listener, peer_sender): (Option<TcpListener>, Box<dyn PeerSender>) =
+            if config.raft.peers.len() > 1 {
+                let (listener, _) = bind(&config.raft.listen).await?;
+                let peers: Vec<PeerAddress> = config
+                    .raft
+                    .peers
+                    .iter()
+                    .map(|p| PeerAddress {
+                        id: p.id,
+                        raft_addr: p.raft_addr.clone(),
+                    })
+                    .collect();
+                let client_side = Arc::new(ferromq_transport::TransportConfig {
+                    keepalive_interval: Some(std::time::Duration::from_secs(30)),
+                    ..(*peer_transport).clone()
+                });
+                let network = PeerNetwork::start(
+                    &config.group,
+                    config.node_id,
+                    &peers,
+                    client_side,
+                    shutdown.clone(),
+                );
+                (Some(listener), Box::new(network))
+            } else {
+                (None, Box::new(NoPeers))
+            };
         let raft_config = config.raft_config();
         let raft_metrics = RaftMetrics::new(&registry);
         let raft_store = store.clone();
@@ -114,14 +148,13 @@ impl Broker {
                 raft_store,
                 raft_config,
                 state_machine,
-                Box::new(NoPeers),
+                peer_sender,
                 raft_metrics,
             )
         })
         .await
         .map_err(|err| BrokerError::Startup(err.to_string()))??;
 
-        let shutdown = CancellationToken::new();
         let core = Arc::new(BrokerCore {
             advertised_addr: advertised(&config, addr),
             admin_addr: admin_addr.to_string(),
@@ -158,6 +191,15 @@ impl Broker {
             tasks.spawn(registration::run(
                 core.clone(),
                 nameserver,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(listener) = peer_listener {
+            tasks.spawn(ferromq_transport::serve(
+                listener,
+                format!("raft:{}:{}", core.config.group, core.config.node_id),
+                peer_transport,
+                Arc::new(peers::PeerHandler { core: core.clone() }),
                 shutdown.clone(),
             ));
         }
@@ -199,9 +241,14 @@ impl Broker {
         self.core.raft.status()
     }
 
-    /// Unregisters from nameservers, stops accepting, lets requests in flight finish, stops
+    /// Hands Raft leadership to the most caught-up follower (if it leads a group of several),
+    /// unregisters from nameservers, stops accepting, lets requests in flight finish, stops
     /// Raft and writes a final checkpoint so the next start replays nothing.
     pub async fn shutdown(self) {
+        // Hand leadership over first, so the group does not wait out an election timeout.
+        if let Err(reason) = admin::hand_over_leadership(&self.core, None).await {
+            tracing::debug!(%reason, "no leadership hand-over");
+        }
         self.shutdown.cancel();
         self.tasks.wait().await;
         let core = self.core;

@@ -25,10 +25,13 @@ pub enum RequestCode {
     QueryOffset = 203,
     CreateTopic = 204,
     GetQueueOffsets = 205,
+
+    // Between the members of a broker group, on the peer port only.
+    RaftMessages = 300,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 12] = [
+    pub const ALL: [RequestCode; 13] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -41,6 +44,7 @@ impl RequestCode {
         RequestCode::QueryOffset,
         RequestCode::CreateTopic,
         RequestCode::GetQueueOffsets,
+        RequestCode::RaftMessages,
     ];
 
     pub fn from_u16(value: u16) -> Option<RequestCode> {
@@ -64,6 +68,7 @@ impl RequestCode {
             RequestCode::QueryOffset => "query_offset",
             RequestCode::CreateTopic => "create_topic",
             RequestCode::GetQueueOffsets => "get_queue_offsets",
+            RequestCode::RaftMessages => "raft_messages",
         }
     }
 }

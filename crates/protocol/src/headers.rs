@@ -228,3 +228,11 @@ pub struct QueueOffsets {
 pub struct GetQueueOffsetsResponse {
     pub queues: Vec<QueueOffsets>,
 }
+
+/// One-way frame between members of a broker group. Body: the Raft messages (see
+/// `ferromq_raftlog::peer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMessagesHeader {
+    pub group: String,
+    pub from: u64,
+}

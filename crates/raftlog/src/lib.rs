@@ -5,11 +5,12 @@
 mod logger;
 pub mod metrics;
 mod node;
+pub mod peer;
 pub mod storage;
 
 pub use metrics::RaftMetrics;
 pub use node::{
-    FlushPolicy, NoPeers, PeerSender, ProposeError, RaftConfig, RaftError, RaftNode, RaftStatus,
-    Role, StateMachine,
+    FlushPolicy, NoPeers, PeerProgress, PeerSender, ProposeError, RaftConfig, RaftError, RaftNode,
+    RaftStatus, Role, StateMachine,
 };
 pub use raft::prelude::Message as RaftMessage;

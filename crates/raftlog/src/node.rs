@@ -14,7 +14,7 @@ use raft::prelude::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::RaftMetrics;
 use crate::storage::RaftStorage;
@@ -138,7 +138,20 @@ enum Event<O> {
         reply: oneshot::Sender<Result<O, ProposeError>>,
     },
     Step(Box<Message>),
+    Progress(oneshot::Sender<Vec<PeerProgress>>),
+    TransferLeader(u64),
     Shutdown,
+}
+
+/// Replication progress of one member, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerProgress {
+    pub id: u64,
+    /// Highest index known to be in the member's log.
+    pub match_index: u64,
+    pub next_index: u64,
+    /// `Probe`, `Replicate` or `Snapshot`.
+    pub state: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +258,25 @@ impl<O: Send + 'static> RaftNode<O> {
             .await
             .map_err(|_| ProposeError::Stopped)?;
         answer.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Each member's replication progress; empty unless this node leads.
+    pub async fn peer_progress(&self) -> Result<Vec<PeerProgress>, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send_async(Event::Progress(reply))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        answer.await.map_err(|_| ProposeError::Stopped)
+    }
+
+    /// Asks the leader to hand leadership to `to` (which should be caught up); follow
+    /// [`RaftNode::subscribe`] to see it happen.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.events
+            .send_async(Event::TransferLeader(to))
+            .await
+            .map_err(|_| ProposeError::Stopped)
     }
 
     /// Hands a message from a peer to the node.
@@ -443,8 +475,35 @@ impl<SM: StateMachine> NodeLoop<SM> {
             }
             Event::Step(message) => {
                 if let Err(err) = self.raw.step(*message) {
-                    warn!(%err, "raft message refused");
+                    debug!(%err, "raft message refused");
                 }
+                true
+            }
+            Event::Progress(reply) => {
+                let progress = if self.raw.raft.state == StateRole::Leader {
+                    let mut peers: Vec<PeerProgress> = self
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .map(|(id, progress)| PeerProgress {
+                            id: *id,
+                            match_index: progress.matched,
+                            next_index: progress.next_idx,
+                            state: format!("{:?}", progress.state),
+                        })
+                        .collect();
+                    peers.sort_by_key(|p| p.id);
+                    peers
+                } else {
+                    Vec::new()
+                };
+                let _ = reply.send(progress);
+                true
+            }
+            Event::TransferLeader(to) => {
+                info!(to, "transferring leadership");
+                self.raw.transfer_leader(to);
                 true
             }
             Event::Shutdown => false,

@@ -1,0 +1,235 @@
+//! Raft messages between the members of a group, over the project's transport on the peer
+//! port (10912), never on the client port.
+//!
+//! The Raft thread hands messages to [`PeerNetwork::send`], which never blocks: each peer has a
+//! bounded queue and a task that keeps a connection and writes the queued messages as one-way
+//! `RAFT_MESSAGES` frames. A full queue or a broken connection drops messages; Raft resends
+//! what matters.
+//!
+//! Frame body: `count u32 | count × (u32 len + protobuf-encoded raft Message)`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ferromq_protocol::{headers::RaftMessagesHeader, RequestCode};
+use ferromq_transport::{Connection, RejectAll, TransportConfig};
+use protobuf::Message as _;
+use raft::prelude::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::node::PeerSender;
+
+/// Batches of messages waiting per peer.
+const PEER_QUEUE_BATCHES: usize = 1024;
+/// Most messages in one decoded frame.
+pub const MAX_MESSAGES_PER_FRAME: usize = 4096;
+
+/// A member of the group as its peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddress {
+    pub id: u64,
+    pub raft_addr: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed raft messages: {0}")]
+pub struct DecodeError(String);
+
+/// Encodes messages for one frame body.
+pub fn encode_messages(messages: &[Message]) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_u32(messages.len() as u32);
+    for message in messages {
+        match message.write_to_bytes() {
+            Ok(bytes) => {
+                body.put_u32(bytes.len() as u32);
+                body.put_slice(&bytes);
+            }
+            Err(err) => warn!(%err, "raft message not encodable; dropped"),
+        }
+    }
+    body.freeze()
+}
+
+/// Decodes a frame body. Only ever called on the peer port.
+pub fn decode_messages(mut body: Bytes) -> Result<Vec<Message>, DecodeError> {
+    if body.remaining() < 4 {
+        return Err(DecodeError("truncated count".into()));
+    }
+    let count = body.get_u32() as usize;
+    if count > MAX_MESSAGES_PER_FRAME {
+        return Err(DecodeError(format!("{count} messages in one frame")));
+    }
+    let mut messages = Vec::with_capacity(count);
+    for _ in 0..count {
+        if body.remaining() < 4 {
+            return Err(DecodeError("truncated length".into()));
+        }
+        let len = body.get_u32() as usize;
+        if body.remaining() < len {
+            return Err(DecodeError("truncated message".into()));
+        }
+        let bytes = body.split_to(len);
+        messages
+            .push(Message::parse_from_bytes(&bytes).map_err(|err| DecodeError(err.to_string()))?);
+    }
+    Ok(messages)
+}
+
+/// The real peer transport of a multi-member group.
+pub struct PeerNetwork {
+    queues: HashMap<u64, mpsc::Sender<Vec<Message>>>,
+}
+
+impl PeerNetwork {
+    /// Starts one sending task per peer (other than `self_id`) on the current runtime.
+    pub fn start(
+        group: &str,
+        self_id: u64,
+        peers: &[PeerAddress],
+        transport: Arc<TransportConfig>,
+        shutdown: CancellationToken,
+    ) -> PeerNetwork {
+        let mut queues = HashMap::new();
+        for peer in peers.iter().filter(|p| p.id != self_id) {
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_BATCHES);
+            queues.insert(peer.id, sender);
+            tokio::spawn(peer_loop(
+                group.to_string(),
+                self_id,
+                peer.clone(),
+                receiver,
+                transport.clone(),
+                shutdown.clone(),
+            ));
+        }
+        PeerNetwork { queues }
+    }
+}
+
+impl PeerSender for PeerNetwork {
+    fn send(&mut self, messages: Vec<Message>) {
+        let mut by_peer: HashMap<u64, Vec<Message>> = HashMap::new();
+        for message in messages {
+            by_peer.entry(message.to).or_default().push(message);
+        }
+        for (to, batch) in by_peer {
+            match self.queues.get(&to) {
+                Some(queue) => {
+                    if queue.try_send(batch).is_err() {
+                        debug!(to, "peer queue full or closed; raft messages dropped");
+                    }
+                }
+                None => warn!(to, "raft message for a node that is not a configured peer"),
+            }
+        }
+    }
+}
+
+async fn peer_loop(
+    group: String,
+    self_id: u64,
+    peer: PeerAddress,
+    mut queue: mpsc::Receiver<Vec<Message>>,
+    transport: Arc<TransportConfig>,
+    shutdown: CancellationToken,
+) {
+    let client_id = format!("raft:{group}:{self_id}");
+    let mut connection: Option<Connection> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let batch = tokio::select! {
+            batch = queue.recv() => match batch {
+                Some(batch) => batch,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        // Coalesce whatever else is waiting into the same frame.
+        let mut messages = batch;
+        while messages.len() < MAX_MESSAGES_PER_FRAME {
+            match queue.try_recv() {
+                Ok(more) => messages.extend(more),
+                Err(_) => break,
+            }
+        }
+        if connection.as_ref().is_none_or(Connection::is_closed) {
+            match Connection::connect(
+                &peer.raft_addr,
+                &client_id,
+                transport.clone(),
+                Arc::new(RejectAll),
+            )
+            .await
+            {
+                Ok(connected) => {
+                    connection = Some(connected);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(err) => {
+                    debug!(peer = peer.id, addr = %peer.raft_addr, %err, "peer unreachable; raft messages dropped");
+                    // Raft resends; do not spin on a dead peer.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        let Some(open) = &connection else { continue };
+        let header = RaftMessagesHeader {
+            group: group.clone(),
+            from: self_id,
+        };
+        if let Err(err) = open
+            .one_way(
+                RequestCode::RaftMessages,
+                &header,
+                encode_messages(&messages),
+            )
+            .await
+        {
+            debug!(peer = peer.id, %err, "sending raft messages failed");
+            open.close();
+            connection = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::{Entry, MessageType};
+
+    #[test]
+    fn messages_round_trip() {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppend);
+        message.to = 2;
+        message.from = 1;
+        message.term = 7;
+        message.entries = vec![Entry {
+            index: 5,
+            term: 7,
+            data: Bytes::from_static(b"payload"),
+            ..Entry::default()
+        }]
+        .into();
+        let decoded =
+            decode_messages(encode_messages(&[message.clone(), message.clone()])).unwrap();
+        assert_eq!(decoded, vec![message.clone(), message]);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_messages(Bytes::from_static(&[0, 0, 0, 1, 0, 0, 0, 9, 1, 2])).is_err());
+        assert!(decode_messages(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])).is_err());
+        assert!(decode_messages(Bytes::new()).is_err());
+    }
+}
