@@ -31,18 +31,19 @@ PY
 }
 
 echo "==> building (release)"
-cargo build --release --locked -p ferromq-cli
+cargo build --release --locked -p ferromq-cli -p ferromq-broker -p ferromq-nameserver
 ferromq="$CARGO_TARGET_DIR/release/ferromq"
+release="$CARGO_TARGET_DIR/release"
 
 echo "==> machine limits"
 iperf3 -s -1 -p 15201 >/dev/null 2>&1 &
 iperf_server=$!
 loopback=""
 for _ in $(seq 1 50); do
-    if json=$(iperf3 -c 127.0.0.1 -p 15201 -t 5 -J 2>/dev/null); then
-        loopback=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576)' <<<"$json")
-        break
-    fi
+    json=$(iperf3 -c 127.0.0.1 -p 15201 -t 5 -J 2>/dev/null || true)
+    loopback=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576)' \
+        <<<"$json" 2>/dev/null || true)
+    [[ -n "$loopback" ]] && break
     sleep 0.1
 done
 kill "$iperf_server" 2>/dev/null || true
@@ -114,6 +115,52 @@ bench produce_backlog produce --topic backlog --messages "$n_backlog" --size 102
 bench consume_backlog consume --topic backlog --group readers --messages "$n_backlog"
 stop_node
 
+echo "==> three-member group, sync flush (all on this one machine)"
+group_pids=()
+stop_group() {
+    for pid in "${group_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${group_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    group_pids=()
+}
+trap 'stop_node; stop_group' EXIT
+rm -rf "$data_root/group"
+mkdir -p "$data_root/group"
+"$release/ferromq-nameserver" --listen 127.0.0.1:19876 --admin-listen 127.0.0.1:19877 >"$out_dir/group-ns.log" 2>&1 &
+group_pids+=($!)
+peers='[{id = 1, raft_addr = "127.0.0.1:21912", client_addr = "127.0.0.1:21911"}, {id = 2, raft_addr = "127.0.0.1:22912", client_addr = "127.0.0.1:22911"}, {id = 3, raft_addr = "127.0.0.1:23912", client_addr = "127.0.0.1:23911"}]'
+for id in 1 2 3; do
+    FERROMQ_NODE_ID=$id FERROMQ_RAFT__LISTEN="127.0.0.1:2${id}912" FERROMQ_RAFT__PEERS="$peers" \
+        "$release/ferromq-broker" --data-dir "$data_root/group/b$id" --listen "127.0.0.1:2${id}911" \
+        --admin-listen "127.0.0.1:2${id}913" --nameserver 127.0.0.1:19876 >"$out_dir/group-b$id.log" 2>&1 &
+    group_pids+=($!)
+done
+for _ in $(seq 1 150); do
+    "$ferromq" --nameserver 127.0.0.1:19876 send --topic warmup --body x >/dev/null 2>&1 && break
+    sleep 0.2
+done
+bench group_produce_batch64_p4_sync_flush produce --topic g1 --messages "$n_batch" --size 1024 --producers 4 --batch 64
+half_rate=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["group_produce_batch64_p4_sync_flush"]["msgs_per_sec"] / 2)' "$results")
+bench group_produce_half_load_sync_flush produce --topic g2 --messages $((n_batch / 4)) --size 1024 --producers 4 --batch 64 --rate "$half_rate"
+
+# Failover: a sequential producer runs while the leader is killed; its worst latency and its
+# errors show what the outage cost.
+leader_pid=""
+for id in 1 2 3; do
+    if python3 -c 'import json,sys,urllib.request; sys.exit(0 if json.load(urllib.request.urlopen(sys.argv[1]))["role"] == "Leader" else 1)' \
+        "http://127.0.0.1:2${id}913/v1/raft" 2>/dev/null; then
+        leader_pid=${group_pids[$id]}
+    fi
+done
+"$ferromq" --nameserver 127.0.0.1:19876 bench produce --topic g3 --messages $((40000 / scale)) --size 1024 --json \
+    >"$out_dir/failover.json" 2>/dev/null &
+failover_bench=$!
+sleep 2
+[[ -n "$leader_pid" ]] && kill -9 "$leader_pid"
+wait "$failover_bench" || true
+record failover_sequential_producer "$(cat "$out_dir/failover.json")"
+echo "failover_sequential_producer: $(cat "$out_dir/failover.json")"
+stop_group
+
 echo "==> summary (ratios to this machine's limits)"
 python3 - "$results" <<'PY'
 import json, sys
@@ -128,6 +175,15 @@ line("batched produce, batch 64 x 4 producers, async", "produce_batch64_p4_async
 line("single producer sync sends, sync flush", "produce_single_sync_flush", "fdatasync/s", fsync, "msgs_per_sec")
 line("single producer sync sends, async flush", "produce_single_async_flush", "ping round trips/s", r["ping_round_trip"]["msgs_per_sec"], "msgs_per_sec")
 line(f"consume {r['consume_backlog']['messages']:,}-message backlog", "consume_backlog", "loopback", loop)
+single, group = r["produce_batch64_p4_sync_flush"], r["group_produce_batch64_p4_sync_flush"]
+print(f"{'3-member group, batch 64 x 4 producers, sync':48} {group['msgs_per_sec']:>10.0f} msg/s {group['mib_per_sec']:>8.1f} MiB/s "
+      f"p99 {group['latency_us']['p99']:>7} us  = {group['msgs_per_sec'] / single['msgs_per_sec']:.2f} x single-member group")
+half = r["group_produce_half_load_sync_flush"]
+print(f"{'3-member group at half of its peak, sync sends':48} {half['msgs_per_sec']:>10.0f} msg/s p99 {half['latency_us']['p99']} us")
+failover = r.get("failover_sequential_producer")
+if failover:
+    print(f"{'leader killed under a sequential producer':48} worst send {failover['latency_us']['max'] / 1000:.0f} ms, "
+          f"{failover['errors']} failed sends, {failover['messages']} acknowledged")
 ping = r["ping_round_trip"]
 print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s, "
       f"empty request round trip p50 {ping['latency_us']['p50']} us ({ping['msgs_per_sec']:.0f}/s)")

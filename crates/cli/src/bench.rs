@@ -76,6 +76,10 @@ pub struct ProduceArgs {
     /// Stop early once this many messages failed.
     #[arg(long, default_value_t = 1000)]
     max_errors: u64,
+    /// Pace the run at about this many messages per second in total (default: as fast as
+    /// possible), e.g. to measure latency at a fraction of peak load.
+    #[arg(long)]
+    rate: Option<f64>,
     #[arg(long)]
     json: bool,
 }
@@ -245,8 +249,13 @@ async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
             bar.clone(),
             args.topic.clone(),
         );
-        let (total, batch, mode, max_errors) =
-            (args.messages, args.batch as u64, args.mode, args.max_errors);
+        let (total, batch, mode, max_errors, rate) = (
+            args.messages,
+            args.batch as u64,
+            args.mode,
+            args.max_errors,
+            args.rate.filter(|r| *r > 0.0),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
             let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -257,6 +266,11 @@ async fn produce(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
                         break;
                     }
                     let count = batch.min(total - first);
+                    if let Some(rate) = rate {
+                        // Message `first` is due `first / rate` seconds into the run.
+                        let due = started + Duration::from_secs_f64(first as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                     let messages: Vec<Message> = (0..count)
                         .map(|_| Message::new(topic.clone(), body.clone()))
                         .collect();

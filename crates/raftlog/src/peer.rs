@@ -43,11 +43,13 @@ pub struct DecodeError(String);
 pub fn encode_messages(messages: &[Message]) -> Bytes {
     let mut body = BytesMut::new();
     body.put_u32(messages.len() as u32);
+    let mut encoded = Vec::new();
     for message in messages {
-        match message.write_to_bytes() {
-            Ok(bytes) => {
-                body.put_u32(bytes.len() as u32);
-                body.put_slice(&bytes);
+        encoded.clear();
+        match message.write_to_vec(&mut encoded) {
+            Ok(()) => {
+                body.put_u32(encoded.len() as u32);
+                body.put_slice(&encoded);
             }
             Err(err) => warn!(%err, "raft message not encodable; dropped"),
         }
