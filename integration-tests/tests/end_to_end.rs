@@ -283,3 +283,83 @@ async fn one_way_and_callback_sends_arrive() {
     assert!(bodies.contains("oneway-9") && bodies.contains("callback-9"));
     consumer.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
+    use bytes::{Bytes, BytesMut};
+    use ferromq_protocol::headers::{SendRequest, SendResponse};
+    use ferromq_protocol::message::{encode_record, put_length_prefixed, MessageIdGenerator};
+    use ferromq_protocol::RequestCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let mut broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("once", 2).await.unwrap();
+
+    // What a producer sends, and sends again when the first answer was lost.
+    let ids = MessageIdGenerator::default();
+    let mut body = BytesMut::new();
+    for i in 0..3 {
+        let mut record = BytesMut::new();
+        encode_record(
+            ids.next_id(),
+            1,
+            &Message::new("once", format!("m{i}")),
+            &mut record,
+        );
+        put_length_prefixed(&mut body, &record);
+    }
+    let body = body.freeze();
+    let send = |queue_id: u32, body: Bytes, addr: String| async move {
+        let connection = ferromq_transport::Connection::connect(
+            &addr,
+            "retrying-producer",
+            std::sync::Arc::new(ferromq_transport::TransportConfig::default()),
+            std::sync::Arc::new(ferromq_transport::RejectAll),
+        )
+        .await
+        .unwrap();
+        let header = SendRequest {
+            topic: "once".into(),
+            queue_id,
+            count: 3,
+        };
+        let response: SendResponse = connection
+            .request(RequestCode::Send, &header, body)
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
+        connection.close();
+        response
+    };
+    let first = send(1, body.clone(), broker.spec.addr.clone()).await;
+    let retry = send(1, body.clone(), broker.spec.addr.clone()).await;
+    assert_eq!(
+        retry, first,
+        "the retry is answered with the original offsets"
+    );
+    // The window survives a restart of the broker.
+    broker.restart();
+    let after_restart = send(1, body, broker.spec.addr.clone()).await;
+    assert_eq!(after_restart, first);
+
+    let mut consumer = client
+        .consumer("counting")
+        .subscribe("once", "*")
+        .build()
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        bodies.push(within(WAIT, consumer.recv()).await.unwrap().body);
+    }
+    assert_eq!(bodies, ["m0", "m1", "m2"]);
+    let (_, metrics) = ferromq_integration_tests::http_get(&broker.spec.admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"mq_messages_deduplicated_total{topic="once"} 3"#),
+        "the restarted broker counted the retry it recognised"
+    );
+    consumer.shutdown().await.unwrap();
+}

@@ -13,6 +13,7 @@ const SIZE_BUCKETS: &[f64] = &[
 pub struct BrokerMetrics {
     pub messages_in: IntCounterVec,
     pub bytes_in: IntCounterVec,
+    pub messages_deduplicated: IntCounterVec,
     pub messages_out: IntCounterVec,
     pub bytes_out: IntCounterVec,
     pub message_size: Histogram,
@@ -40,6 +41,12 @@ impl BrokerMetrics {
                 registry,
                 "mq_messages_in_bytes_total",
                 "Bytes of message records stored",
+                &["topic"],
+            ),
+            messages_deduplicated: counter(
+                registry,
+                "mq_messages_deduplicated_total",
+                "Messages of retried sends recognised as already stored (not stored again)",
                 &["topic"],
             ),
             messages_out: counter(

@@ -221,32 +221,26 @@ impl Producer {
         }
         let (body, ids) = self.encode(messages)?;
         let deadline = Instant::now() + Duration::from_millis(self.config.send_timeout_ms);
-        let mut failed_group: Option<String> = None;
-        let mut leader_hint: Option<(String, String)> = None;
+        let mut prefer = Prefer::Any;
         let mut attempt = 0;
         loop {
             // Route lookup and connecting count against the deadline too.
             let result = tokio::time::timeout_at(
                 deadline.into(),
-                self.attempt(
-                    &topic,
-                    messages.len() as u32,
-                    &body,
-                    deadline,
-                    failed_group.as_deref(),
-                    leader_hint.take(),
-                ),
+                self.attempt(&topic, messages.len() as u32, &body, deadline, &prefer),
             )
             .await
             .unwrap_or_else(|_| {
                 let timeout = Duration::from_millis(self.config.send_timeout_ms);
                 Err((
-                    failed_group.clone(),
+                    None,
                     ClientError::Transport(TransportError::Timeout(timeout)),
                 ))
             });
-            let (group, error) = match result {
-                Ok((group, response)) => return Ok(receipts(&topic, &group, &ids, &response)),
+            let (tried, error) = match result {
+                Ok((target, response)) => {
+                    return Ok(receipts(&topic, &target.group, &ids, &response))
+                }
                 Err(failure) => failure,
             };
             attempt += 1;
@@ -254,16 +248,32 @@ impl Producer {
             if !error.is_retriable() || attempt > self.config.retries || time_left.is_zero() {
                 return Err(error);
             }
-            if let ClientError::Transport(TransportError::Remote {
-                status: Status::NotLeader,
-                leader: Some(leader),
-                ..
-            }) = &error
-            {
-                // Go straight to the new leader of the same group.
-                leader_hint = group.clone().map(|g| (g, leader.clone()));
-            } else {
-                failed_group = group.or(failed_group);
+            let leader_hint = match &error {
+                ClientError::Transport(TransportError::Remote {
+                    status: Status::NotLeader,
+                    leader,
+                    ..
+                }) => Some(leader.clone()),
+                _ => None,
+            };
+            prefer = match (tried, leader_hint) {
+                // Not stored; go straight to the leader the follower named.
+                (Some(target), Some(leader)) => Prefer::Same { target, leader },
+                // Maybe stored: retry the same queue so the broker recognises the retry.
+                (Some(target), None) if error.outcome_unknown() => Prefer::Same {
+                    target,
+                    leader: None,
+                },
+                (Some(target), None) => Prefer::OtherGroup(target.group),
+                (None, _) => prefer,
+            };
+            if !matches!(
+                prefer,
+                Prefer::Same {
+                    leader: Some(_),
+                    ..
+                }
+            ) {
                 // Give a restarting broker or an election a moment, within the deadline.
                 let pause = RETRY_PAUSE * attempt;
                 tokio::time::sleep(pause.min(time_left / 2)).await;
@@ -272,42 +282,48 @@ impl Producer {
         }
     }
 
-    /// One try: pick a queue (avoiding `avoid_group` if possible), send, decode the answer.
-    /// Errors carry the group that was tried.
+    /// One try: pick a queue as `prefer` says, send, decode the answer. Errors carry the
+    /// queue that was tried.
     async fn attempt(
         &self,
         topic: &str,
         count: u32,
         body: &Bytes,
         deadline: Instant,
-        avoid_group: Option<&str>,
-        leader_hint: Option<(String, String)>,
-    ) -> Result<(String, SendResponse), (Option<String>, ClientError)> {
+        prefer: &Prefer,
+    ) -> Result<(Target, SendResponse), (Option<Target>, ClientError)> {
         let route = self.client.route(topic).await.map_err(|err| (None, err))?;
         let mut targets = targets(&route);
         if targets.is_empty() {
             return Err((None, ClientError::NoRoute(topic.to_string())));
         }
-        if let Some((group, leader)) = &leader_hint {
-            for target in targets.iter_mut().filter(|t| &t.group == group) {
-                target.leader = leader.clone();
+        if let Prefer::Same {
+            target,
+            leader: Some(leader),
+        } = prefer
+        {
+            for candidate in targets.iter_mut().filter(|t| t.group == target.group) {
+                candidate.leader = leader.clone();
             }
         }
         let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
-        let target = (0..targets.len())
-            .map(|i| &targets[start.wrapping_add(i) % targets.len()])
-            .find(|t| match (&leader_hint, avoid_group) {
-                (Some((group, _)), _) => &t.group == group,
-                (None, Some(avoid)) => t.group != avoid,
-                (None, None) => true,
-            })
-            .unwrap_or(&targets[start % targets.len()])
+        let round_robin =
+            (0..targets.len()).map(|i| &targets[start.wrapping_add(i) % targets.len()]);
+        let chosen = match prefer {
+            Prefer::Any => None,
+            Prefer::OtherGroup(avoid) => round_robin.clone().find(|t| &t.group != avoid),
+            Prefer::Same { target, .. } => round_robin
+                .clone()
+                .find(|t| t.group == target.group && t.queue_id == target.queue_id),
+        };
+        let target = chosen
+            .or_else(|| round_robin.clone().next())
+            .expect("targets is not empty")
             .clone();
-        let group = Some(target.group.clone());
         let timeout = deadline.saturating_duration_since(Instant::now());
         if timeout.is_zero() {
             return Err((
-                group,
+                Some(target),
                 ClientError::Transport(TransportError::Timeout(Duration::ZERO)),
             ));
         }
@@ -329,11 +345,25 @@ impl Producer {
                     // The topic was just auto-created; fetch its real route next time.
                     self.client.invalidate_route(topic);
                 }
-                Ok((target.group, response))
+                Ok((target, response))
             }
-            Err(err) => Err((group, err)),
+            Err(err) => Err((Some(target), err)),
         }
     }
+}
+
+/// Where a retry should go.
+enum Prefer {
+    Any,
+    /// Another broker group than the one that failed.
+    OtherGroup(String),
+    /// The same group and queue: after an unknown outcome, so the broker can recognise the
+    /// retry (it answers with the original offsets); or after `NOT_LEADER`, at the leader it
+    /// named.
+    Same {
+        target: Target,
+        leader: Option<String>,
+    },
 }
 
 fn receipts(

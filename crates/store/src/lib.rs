@@ -10,6 +10,7 @@
 pub mod command;
 pub mod commit_log;
 pub mod consume_queue;
+pub mod dedup;
 pub mod error;
 pub mod state;
 mod store;

@@ -37,6 +37,8 @@ pub struct Checkpoint {
     pub applied_term: u64,
     /// (topic, queue id, number of units) of every consume queue at `applied_index`.
     pub queues: Vec<(String, u32, u64)>,
+    /// The idempotent-producer window at `applied_index`.
+    pub recent_sends: Vec<crate::dedup::StoredSend>,
 }
 
 /// Where a message with a given key is: its queue and offset, and its record in the log.

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::command::{self, Command};
 use crate::commit_log::{CommitLog, LogPoint, OpenReport, RECORD_HEADER_BYTES};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
+use crate::dedup::{DedupWindow, StoredSend};
 use crate::error::{Result, StoreError};
 use crate::state::{Checkpoint, KeyHit, StateDb};
 
@@ -70,6 +71,14 @@ pub enum ApplyOutcome {
         count: u32,
         store_ts_ms: u64,
         bytes: u64,
+    },
+    /// A send retried after an unknown outcome: nothing stored again; where the original went.
+    Duplicate {
+        topic: String,
+        queue_id: u32,
+        first_offset: u64,
+        count: u32,
+        store_ts_ms: u64,
     },
     OffsetsCommitted,
     TopicCreated {
@@ -123,6 +132,8 @@ pub struct Store {
     checkpoint_lock: Mutex<()>,
     open_report: OpenReport,
     failed: AtomicBool,
+    /// Recent sends, to drop retried duplicates (see `dedup`).
+    dedup: Mutex<DedupWindow>,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,6 +172,7 @@ impl Store {
             applied_index: start.index,
             applied_term: start.term,
             queues: Vec::new(),
+            recent_sends: Vec::new(),
         });
         if checkpoint.applied_index > log.last_index() {
             return Err(StoreError::Inconsistent(format!(
@@ -191,6 +203,7 @@ impl Store {
             index: checkpoint.applied_index,
             term: checkpoint.applied_term,
         };
+        let dedup = DedupWindow::restore(checkpoint.recent_sends);
         info!(
             dir = %dir.display(),
             applied = applied.index,
@@ -212,6 +225,7 @@ impl Store {
             checkpoint_lock: Mutex::new(()),
             open_report,
             failed: AtomicBool::new(false),
+            dedup: Mutex::new(dedup),
         })
     }
 
@@ -300,6 +314,7 @@ impl Store {
     ) -> Result<(LogPoint, Vec<ApplyOutcome>)> {
         let mut last = applied;
         let mut batch = self.db.batch();
+        let mut dedup = self.dedup.lock();
         let mut pending: Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)> = Vec::new();
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -316,7 +331,9 @@ impl Store {
                 ApplyOutcome::Noop
             } else {
                 match command::decode(&entry.payload) {
-                    Ok(command) => self.apply_command(command, entry, &mut batch, &mut pending)?,
+                    Ok(command) => {
+                        self.apply_command(command, entry, &mut batch, &mut pending, &mut dedup)?
+                    }
                     Err(err) => ApplyOutcome::Rejected(err.to_string()),
                 }
             };
@@ -344,6 +361,7 @@ impl Store {
         entry: &CommittedEntry,
         batch: &mut crate::state::DerivedBatch<'_>,
         pending: &mut Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)>,
+        dedup: &mut DedupWindow,
     ) -> Result<ApplyOutcome> {
         Ok(match command {
             Command::Noop => ApplyOutcome::Noop,
@@ -395,6 +413,17 @@ impl Store {
                         }
                     }
                 }
+                let first_id = peeks_first_id(&records);
+                let now_ms = peeks.first().map_or(0, |p| p.store_ts_ms);
+                if let Some(original) = first_id.and_then(|id| dedup.lookup(&id, now_ms)) {
+                    return Ok(ApplyOutcome::Duplicate {
+                        topic,
+                        queue_id: original.queue_id,
+                        first_offset: original.first_offset,
+                        count: original.count,
+                        store_ts_ms: original.store_ts_ms,
+                    });
+                }
                 let queue = self.queue_or_create(&topic, queue_id)?;
                 let slot = match pending.iter().position(|(q, _)| Arc::ptr_eq(q, &queue)) {
                     Some(slot) => slot,
@@ -430,6 +459,15 @@ impl Store {
                         position,
                         size,
                         tag_hash: tag_hash(peek.tag),
+                    });
+                }
+                if let Some(first_id) = first_id {
+                    dedup.insert(StoredSend {
+                        first_id,
+                        queue_id,
+                        first_offset,
+                        count: records.len() as u32,
+                        store_ts_ms,
                     });
                 }
                 ApplyOutcome::Appended {
@@ -601,7 +639,7 @@ impl Store {
         // Under the async flush policy the log may lag the applied index; a checkpoint must
         // never claim entries the log could lose.
         self.log.sync()?;
-        let (point, queues) = {
+        let (point, queues, recent_sends) = {
             let applied = self.applied.lock();
             let queues: Vec<(String, u32, Arc<ConsumeQueue>, u64)> = self
                 .queues
@@ -611,7 +649,7 @@ impl Store {
                     (topic.clone(), *queue_id, queue.clone(), queue.max_offset())
                 })
                 .collect();
-            (*applied, queues)
+            (*applied, queues, self.dedup.lock().snapshot())
         };
         for (_, _, queue, _) in &queues {
             queue.sync()?;
@@ -623,6 +661,7 @@ impl Store {
                 .into_iter()
                 .map(|(topic, queue_id, _, length)| (topic, queue_id, length))
                 .collect(),
+            recent_sends,
         };
         self.db.save_checkpoint(&checkpoint)?;
         self.checkpointed_index
@@ -668,6 +707,11 @@ impl Store {
         );
         Ok(Some(point))
     }
+}
+
+fn peeks_first_id(records: &[(usize, Bytes)]) -> Option<[u8; 16]> {
+    let (_, record) = records.first()?;
+    record.get(2..18)?.try_into().ok()
 }
 
 /// Queue directories without a checkpoint entry hold only units that replay rebuilds.

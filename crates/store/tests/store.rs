@@ -237,6 +237,79 @@ fn a_failed_apply_publishes_nothing_and_blocks_checkpoints_until_reopened() {
 }
 
 #[test]
+fn a_retried_send_is_recognised_and_answered_with_the_original_offsets_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = send_body(&messages("T", 3, "A"));
+    let window = ferromq_store::dedup::DEDUP_WINDOW_MS;
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        let outcomes = propose(
+            &store,
+            vec![
+                encode_create_topic(&default_topic("T", 2)),
+                encode_messages("T", 1, 3, &body, 1_000),
+                encode_messages("T", 0, 3, &body, 2_000),
+            ],
+        );
+        assert!(matches!(
+            outcomes[1],
+            ApplyOutcome::Appended {
+                queue_id: 1,
+                first_offset: 0,
+                ..
+            }
+        ));
+        assert_eq!(
+            outcomes[2],
+            ApplyOutcome::Duplicate {
+                topic: "T".into(),
+                queue_id: 1,
+                first_offset: 0,
+                count: 3,
+                store_ts_ms: 1_000
+            },
+            "a retry, even to another queue, is not stored again"
+        );
+        store.checkpoint().unwrap();
+    }
+    let store = Store::open(dir.path(), config()).unwrap();
+    replay_all(&store);
+    let outcomes = propose(
+        &store,
+        vec![
+            encode_messages("T", 1, 3, &body, 3_000),
+            encode_messages("T", 1, 3, &body, 1_001 + window),
+        ],
+    );
+    assert!(
+        matches!(
+            outcomes[0],
+            ApplyOutcome::Duplicate {
+                first_offset: 0,
+                ..
+            }
+        ),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(
+            outcomes[1],
+            ApplyOutcome::Appended {
+                first_offset: 3,
+                ..
+            }
+        ),
+        "after the window a send is new again: {:?}",
+        outcomes[1]
+    );
+    assert_eq!(
+        store.queue_offsets("T").unwrap(),
+        vec![(0, 0, 0), (1, 0, 6)]
+    );
+}
+
+#[test]
 fn out_of_range_offsets_are_reported_with_the_valid_range() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config()).unwrap();

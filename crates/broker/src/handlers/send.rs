@@ -72,6 +72,24 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
                 store_ts_ms,
             })
         }
+        Ok(ApplyOutcome::Duplicate {
+            queue_id,
+            first_offset,
+            count,
+            store_ts_ms,
+            ..
+        }) => {
+            // A retry of a send that was stored: answer as the original was answered.
+            core.metrics
+                .messages_deduplicated
+                .with_label_values(&[&topic.name])
+                .inc_by(u64::from(count));
+            Reply::ok(&SendResponse {
+                queue_id,
+                first_offset,
+                store_ts_ms,
+            })
+        }
         Ok(ApplyOutcome::Rejected(reason)) => Reply::error(Status::ParameterError, reason),
         Ok(other) => Reply::error(
             Status::SystemError,
