@@ -262,3 +262,63 @@ async fn a_graceful_stop_hands_leadership_over() {
         .log()
         .contains("transferring leadership"));
 }
+
+fn messages_out(broker: &Broker) -> u64 {
+    let (_, metrics) = ferromq_integration_tests::http_get(&broker.spec.admin, "/metrics").unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mq_messages_out_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_can_read_from_followers_and_commit_to_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let group = start_group("readers", 3, dir.path(), &nameserver.addr, &[]);
+    let leader = wait_for_leader(&group, WAIT);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("spread-reads", 2).await.unwrap();
+    let producer = client.producer();
+    for i in 0..50 {
+        producer
+            .send(Message::new("spread-reads", format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let mut consumer = client
+        .consumer("slave-readers")
+        .subscribe("spread-reads", "*")
+        .read_from_followers(true)
+        .build()
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 50 {
+        seen.insert(within(WAIT, consumer.recv()).await.unwrap().id);
+    }
+    consumer.commit().await.unwrap();
+    consumer.shutdown().await.unwrap();
+    assert_eq!(
+        messages_out(&group[leader]),
+        0,
+        "the leader served no reads"
+    );
+    let follower_reads: u64 = group.iter().map(messages_out).sum();
+    assert_eq!(follower_reads, 50);
+
+    // The offsets went to the leader (through Raft): a leader-reading member continues after them.
+    producer
+        .send(Message::new("spread-reads", "next"))
+        .await
+        .unwrap();
+    let mut consumer = client
+        .consumer("slave-readers")
+        .subscribe("spread-reads", "*")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(within(WAIT, consumer.recv()).await.unwrap().body, "next");
+    consumer.shutdown().await.unwrap();
+}

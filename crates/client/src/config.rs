@@ -99,6 +99,10 @@ pub struct ConsumerConfig {
     pub max_buffered: usize,
     /// How often consumed offsets are committed to the broker.
     pub commit_interval_ms: u64,
+    /// Pull from a follower of each broker group instead of the leader (slave read): spreads
+    /// read load. Consumers also fall back to a follower for a while when the leader cannot be
+    /// reached. Offsets are always committed to the leader.
+    pub read_from_followers: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -110,6 +114,7 @@ impl Default for ConsumerConfig {
             long_poll_ms: 15_000,
             max_buffered: 1000,
             commit_interval_ms: 5_000,
+            read_from_followers: false,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferromq_protocol::{
@@ -68,6 +68,9 @@ pub enum ConsumeStatus {
     RetryLater(Option<Duration>),
 }
 
+/// After a failed read from the leader, reads go to a follower for this long.
+const FOLLOWER_READ_AFTER_FAILURE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct QueueKey {
     broker_group: String,
@@ -116,6 +119,13 @@ impl ConsumerBuilder {
         tags: impl Into<String>,
     ) -> ConsumerBuilder {
         self.subscription = Some((topic.into(), tags.into()));
+        self
+    }
+
+    /// Pull from followers instead of leaders (slave read); see
+    /// [`ConsumerConfig::read_from_followers`].
+    pub fn read_from_followers(mut self, enabled: bool) -> ConsumerBuilder {
+        self.config.read_from_followers = enabled;
         self
     }
 
@@ -356,10 +366,36 @@ async fn leader_of(shared: &Shared, broker_group: &str) -> Result<String, Client
         .ok_or_else(|| ClientError::NoRoute(shared.topic.clone()))
 }
 
+/// Where to read a queue of `broker_group`: the leader, or a follower when the consumer reads
+/// from followers or the leader just failed (followers hold every committed message too).
+async fn read_addr(
+    shared: &Shared,
+    broker_group: &str,
+    from_follower: bool,
+) -> Result<String, ClientError> {
+    let route = shared.client.route(&shared.topic).await?;
+    let group = route
+        .groups
+        .iter()
+        .find(|g| g.group == broker_group)
+        .ok_or_else(|| ClientError::NoRoute(shared.topic.clone()))?;
+    let follower = group.followers.first();
+    match (from_follower, follower, &group.leader) {
+        (true, Some(follower), _) => Ok(follower.clone()),
+        (_, _, Some(leader)) => Ok(leader.clone()),
+        (_, Some(follower), None) => Ok(follower.clone()),
+        (_, None, None) => Err(ClientError::NoRoute(shared.topic.clone())),
+    }
+}
+
 /// Where this group resumes a queue: its committed offset, or `start_from`.
-async fn start_offset(shared: &Shared, key: &QueueKey) -> Result<u64, ClientError> {
-    let leader = leader_of(shared, &key.broker_group).await?;
-    let connection = shared.client.connection(&leader).await?;
+async fn start_offset(
+    shared: &Shared,
+    key: &QueueKey,
+    from_follower: bool,
+) -> Result<u64, ClientError> {
+    let addr = read_addr(shared, &key.broker_group, from_follower).await?;
+    let connection = shared.client.connection(&addr).await?;
     let committed: QueryOffsetResponse = connection
         .request(
             RequestCode::QueryOffset,
@@ -406,15 +442,19 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
     let tag_hashes = shared.filter.hashes();
     let timeout = Duration::from_millis(shared.config.long_poll_ms)
         + shared.client.config().request_timeout();
+    // Until when reads go to a follower because the leader failed.
+    let mut leader_failed_until: Option<Instant> = None;
     while !shared.shutdown.is_cancelled() {
+        let from_follower = shared.config.read_from_followers
+            || leader_failed_until.is_some_and(|until| Instant::now() < until);
         let result = async {
             let from = match offset {
                 Some(offset) => offset,
-                None => start_offset(&shared, &key).await?,
+                None => start_offset(&shared, &key, from_follower).await?,
             };
             offset = Some(from);
-            let leader = leader_of(&shared, &key.broker_group).await?;
-            let connection = shared.client.connection(&leader).await?;
+            let addr = read_addr(&shared, &key.broker_group, from_follower).await?;
+            let connection = shared.client.connection(&addr).await?;
             let request = PullRequest {
                 group: shared.group.clone(),
                 topic: shared.topic.clone(),
@@ -474,6 +514,10 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
             Err(err) => {
                 if err.is_retriable() {
                     shared.client.invalidate_route(&shared.topic);
+                }
+                // An unreachable leader: read from a follower for a while instead of waiting.
+                if !from_follower && err.status().is_none() {
+                    leader_failed_until = Some(Instant::now() + FOLLOWER_READ_AFTER_FAILURE);
                 }
                 if matches!(
                     err.status(),
