@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chaos;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -12,20 +14,24 @@ use std::time::{Duration, Instant};
 
 use ferromq_client::Client;
 
-/// Path of a workspace binary, next to the directory of the running test executable.
+/// Path of a workspace binary: next to the running executable (a binary of this crate, e.g.
+/// `ferromq-chaos`) or one directory up (a test executable in `deps/`).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build the binaries first (cargo build --workspace --bins, or scripts/test.sh)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [
+        dir.join(name),
+        dir.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ];
+    candidates
+        .into_iter()
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found next to {}: build the binaries first (cargo build --workspace --bins, or scripts/test.sh)",
+                exe.display()
+            )
+        })
 }
 
 /// A port nobody listens on right now. Only for addresses that must be known before a process
@@ -246,6 +252,12 @@ impl BrokerSpec {
         process
     }
 
+    /// Starts the broker on its known ports without waiting for it to be ready (members of a
+    /// group that all went down must start together).
+    pub fn spawn_only(&self) -> Process {
+        self.spawn(&self.addr, &self.admin, None)
+    }
+
     fn spawn(&self, addr: &str, admin: &str, addr_file: Option<&Path>) -> Process {
         let mut command = Command::new(binary("ferromq-broker"));
         command.args([
@@ -361,6 +373,14 @@ pub fn start_group(
         wait_http_ok(&member.spec.admin, "/readyz", Duration::from_secs(30));
     }
     members
+}
+
+/// `/v1/raft` of a broker, or `None` if it does not answer (down, starting, paused).
+pub fn try_raft_status(broker: &Broker) -> Option<serde_json::Value> {
+    let (status, body) = http_get(&broker.spec.admin, "/v1/raft").ok()?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
 }
 
 /// `/v1/raft` of a broker, parsed.

@@ -366,12 +366,14 @@ async fn leader_of(shared: &Shared, broker_group: &str) -> Result<String, Client
         .ok_or_else(|| ClientError::NoRoute(shared.topic.clone()))
 }
 
-/// Where to read a queue of `broker_group`: the leader, or a follower when the consumer reads
-/// from followers or the leader just failed (followers hold every committed message too).
+/// Where to read a queue of `broker_group`. Followers hold every committed message too, so
+/// reads may go to any member: the leader first, or the followers first when the consumer reads
+/// from followers or the leader just failed; `rotation` moves past members that failed.
 async fn read_addr(
     shared: &Shared,
     broker_group: &str,
-    from_follower: bool,
+    followers_first: bool,
+    rotation: usize,
 ) -> Result<String, ClientError> {
     let route = shared.client.route(&shared.topic).await?;
     let group = route
@@ -379,22 +381,28 @@ async fn read_addr(
         .iter()
         .find(|g| g.group == broker_group)
         .ok_or_else(|| ClientError::NoRoute(shared.topic.clone()))?;
-    let follower = group.followers.first();
-    match (from_follower, follower, &group.leader) {
-        (true, Some(follower), _) => Ok(follower.clone()),
-        (_, _, Some(leader)) => Ok(leader.clone()),
-        (_, Some(follower), None) => Ok(follower.clone()),
-        (_, None, None) => Err(ClientError::NoRoute(shared.topic.clone())),
+    let mut candidates: Vec<&String> = Vec::with_capacity(group.followers.len() + 1);
+    if !followers_first {
+        candidates.extend(&group.leader);
     }
+    candidates.extend(&group.followers);
+    if followers_first {
+        candidates.extend(&group.leader);
+    }
+    if candidates.is_empty() {
+        return Err(ClientError::NoRoute(shared.topic.clone()));
+    }
+    Ok(candidates[rotation % candidates.len()].clone())
 }
 
 /// Where this group resumes a queue: its committed offset, or `start_from`.
 async fn start_offset(
     shared: &Shared,
     key: &QueueKey,
-    from_follower: bool,
+    followers_first: bool,
+    rotation: usize,
 ) -> Result<u64, ClientError> {
-    let addr = read_addr(shared, &key.broker_group, from_follower).await?;
+    let addr = read_addr(shared, &key.broker_group, followers_first, rotation).await?;
     let connection = shared.client.connection(&addr).await?;
     let committed: QueryOffsetResponse = connection
         .request(
@@ -444,16 +452,23 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
         + shared.client.config().request_timeout();
     // Until when reads go to a follower because the leader failed.
     let mut leader_failed_until: Option<Instant> = None;
+    // Counts reads that failed to reach a member, to move on to the next one.
+    let mut rotation = 0usize;
     while !shared.shutdown.is_cancelled() {
-        let from_follower = shared.config.read_from_followers
-            || leader_failed_until.is_some_and(|until| Instant::now() < until);
+        let leader_failed = leader_failed_until.is_some_and(|until| Instant::now() < until);
+        if leader_failed_until.is_some() && !leader_failed {
+            // Time to try the leader again.
+            leader_failed_until = None;
+            rotation = 0;
+        }
+        let followers_first = shared.config.read_from_followers || leader_failed;
         let result = async {
             let from = match offset {
                 Some(offset) => offset,
-                None => start_offset(&shared, &key, from_follower).await?,
+                None => start_offset(&shared, &key, followers_first, rotation).await?,
             };
             offset = Some(from);
-            let addr = read_addr(&shared, &key.broker_group, from_follower).await?;
+            let addr = read_addr(&shared, &key.broker_group, followers_first, rotation).await?;
             let connection = shared.client.connection(&addr).await?;
             let request = PullRequest {
                 group: shared.group.clone(),
@@ -515,9 +530,13 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
                 if err.is_retriable() {
                     shared.client.invalidate_route(&shared.topic);
                 }
-                // An unreachable leader: read from a follower for a while instead of waiting.
-                if !from_follower && err.status().is_none() {
-                    leader_failed_until = Some(Instant::now() + FOLLOWER_READ_AFTER_FAILURE);
+                // An unreachable member: read from the next one; after the leader failed, from
+                // followers for a while instead of waiting for a new leader.
+                if err.status().is_none() {
+                    rotation += 1;
+                    if !followers_first {
+                        leader_failed_until = Some(Instant::now() + FOLLOWER_READ_AFTER_FAILURE);
+                    }
                 }
                 if matches!(
                     err.status(),
