@@ -46,6 +46,8 @@ struct Target {
 /// A route claiming more queues per group is refused as corrupt (brokers allow 1024 by
 /// default); expanding it would allocate without bound.
 pub(crate) const MAX_ROUTE_QUEUES: u32 = 65_536;
+/// Extra time the outer limit of an attempt allows beyond the attempt's own deadline.
+const OUTER_GRACE: Duration = Duration::from_millis(50);
 /// Pause before the n-th retry is n times this (NOT_LEADER with a known leader retries at once).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -224,14 +226,30 @@ impl Producer {
         let mut prefer = Prefer::Any;
         let mut attempt = 0;
         loop {
-            // Route lookup and connecting count against the deadline too.
+            // An attempt that may be retried gets half of the time left, so a broker that stopped
+            // answering (paused, partitioned) leaves time to retry at the new leader; the last
+            // attempt gets all of it. Route lookup and connecting count against it too.
+            let now = Instant::now();
+            let attempt_deadline = if attempt < self.config.retries {
+                now + deadline.saturating_duration_since(now) / 2
+            } else {
+                deadline
+            };
+            // The attempt's own request times out first and names the queue it tried (so a
+            // retry goes to the same one); this outer limit catches a hung route lookup.
             let result = tokio::time::timeout_at(
-                deadline.into(),
-                self.attempt(&topic, messages.len() as u32, &body, deadline, &prefer),
+                (attempt_deadline + OUTER_GRACE).into(),
+                self.attempt(
+                    &topic,
+                    messages.len() as u32,
+                    &body,
+                    attempt_deadline,
+                    &prefer,
+                ),
             )
             .await
             .unwrap_or_else(|_| {
-                let timeout = Duration::from_millis(self.config.send_timeout_ms);
+                let timeout = attempt_deadline.saturating_duration_since(now);
                 Err((
                     None,
                     ClientError::Transport(TransportError::Timeout(timeout)),
@@ -246,6 +264,10 @@ impl Producer {
             attempt += 1;
             let time_left = deadline.saturating_duration_since(Instant::now());
             if !error.is_retriable() || attempt > self.config.retries || time_left.is_zero() {
+                if error.is_retriable() {
+                    // The next send should not trust this route either.
+                    self.client.invalidate_route(&topic);
+                }
                 return Err(error);
             }
             let leader_hint = match &error {
