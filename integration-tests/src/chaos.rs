@@ -72,6 +72,12 @@ pub struct ChaosReport {
     pub order_violations: usize,
     pub divergence: usize,
     pub failover_ms: Vec<u64>,
+    /// Leader losses after which no send was acknowledged again.
+    pub unrecovered: usize,
+    /// Faults that found no leader to act on, and a group left without a leader after healing.
+    pub unavailable: usize,
+    /// Messages stored twice (a retried send the broker did not recognise).
+    pub stored_duplicates: usize,
     /// From a kill of all members to the next acknowledged send.
     pub recovery_ms: Vec<u64>,
     pub samples: Vec<String>,
@@ -93,6 +99,9 @@ impl ChaosReport {
             && self.divergence == 0
             && self.unexpected == 0
             && self.inconsistent_offsets == 0
+            && self.stored_duplicates == 0
+            && self.unrecovered == 0
+            && self.unavailable == 0
     }
 
     /// The one-line summary `scripts/chaos.sh` ends with.
@@ -124,6 +133,9 @@ impl fmt::Display for ChaosReport {
         writeln!(f, "inconsistent offsets   {}", self.inconsistent_offsets)?;
         writeln!(f, "order violations       {}", self.order_violations)?;
         writeln!(f, "replica divergence     {}", self.divergence)?;
+        writeln!(f, "stored duplicates      {}", self.stored_duplicates)?;
+        writeln!(f, "unrecovered failovers  {}", self.unrecovered)?;
+        writeln!(f, "unavailable            {}", self.unavailable)?;
         writeln!(f, "failovers (ms)         {:?}", self.failover_ms)?;
         writeln!(
             f,
@@ -289,7 +301,7 @@ pub async fn run(config: ChaosConfig, dir: &Path) -> ChaosReport {
             tokio::time::sleep(wait).await;
         }
     }
-    heal(&group).await;
+    let healed = heal(&group).await;
 
     // Keep producing briefly on the healed group, then drain.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -315,11 +327,13 @@ pub async fn run(config: ChaosConfig, dir: &Path) -> ChaosReport {
         .iter()
         .map(|b| b.spec.addr.clone())
         .collect();
-    let replicas = read_replicas(&members).await;
+    let replicas = read_replicas(&members, TOPIC, QUEUES).await;
     let mut report = {
         let history = history.lock().unwrap();
         check(&history, &replicas, &kills, &outages)
     };
+    report.unavailable =
+        faults.iter().filter(|f| f.contains("UNAVAILABLE")).count() + usize::from(!healed);
     report.faults = faults;
     client.shutdown().await;
     drop(nameserver);
@@ -387,7 +401,7 @@ async fn inject(
     outages: &mut Vec<Instant>,
 ) -> String {
     let Some(leader) = wait_for_leader(group).await else {
-        return "no leader to act on".into();
+        return "UNAVAILABLE: no leader to act on".into();
     };
     let outage = (interval / 3).max(Duration::from_secs(3));
     match fault {
@@ -443,9 +457,10 @@ async fn restart_all(group: &Arc<Mutex<Vec<Broker>>>) {
     .await;
 }
 
-async fn heal(group: &Arc<Mutex<Vec<Broker>>>) {
+/// Restarts whatever is down; false if the group then has no leader.
+async fn heal(group: &Arc<Mutex<Vec<Broker>>>) -> bool {
     restart_all(group).await;
-    let _ = wait_for_leader(group).await;
+    wait_for_leader(group).await.is_some()
 }
 
 fn all_delivered(history: &Arc<Mutex<History>>) -> bool {
@@ -462,64 +477,69 @@ fn all_delivered(history: &Arc<Mutex<History>>) -> bool {
     })
 }
 
-/// Every message each replica holds, by queue: the sequence of ids from offset 0.
-async fn read_replicas(members: &[String]) -> Vec<BTreeMap<u32, Vec<MessageId>>> {
+/// Every message each replica holds, by queue: the sequence of ids from offset 0. `None` for a
+/// replica that could not be read completely (which the checker counts against the run).
+pub async fn read_replicas(
+    members: &[String],
+    topic: &str,
+    queues: u32,
+) -> Vec<Option<BTreeMap<u32, Vec<MessageId>>>> {
     let mut replicas = Vec::new();
     for addr in members {
-        let mut queues = BTreeMap::new();
-        let Ok(connection) = ferromq_transport::Connection::connect(
-            addr,
-            "chaos-auditor",
-            Arc::new(ferromq_transport::TransportConfig::default()),
-            Arc::new(ferromq_transport::RejectAll),
-        )
-        .await
-        else {
-            continue;
-        };
-        for queue_id in 0..QUEUES {
-            let mut ids = Vec::new();
-            let mut offset = 0;
-            loop {
-                let request = PullRequest {
-                    group: "chaos-auditor".into(),
-                    topic: TOPIC.into(),
-                    queue_id,
-                    offset,
-                    max_messages: 256,
-                    max_bytes: 4 << 20,
-                    max_wait_ms: 0,
-                    tag_hashes: Vec::new(),
-                };
-                let Ok(response) = connection
-                    .request(RequestCode::Pull, &request, Bytes::new())
-                    .await
-                else {
-                    break;
-                };
-                let Ok((header, body)) = response.decode_with_body::<PullResponse>() else {
-                    break;
-                };
-                let Ok(messages) = decode_pulled(body) else {
-                    break;
-                };
-                if messages.is_empty() {
-                    break;
-                }
-                ids.extend(messages.iter().map(|m| m.record.id));
-                offset = header.next_offset;
-            }
-            queues.insert(queue_id, ids);
-        }
-        connection.close();
-        replicas.push(queues);
+        replicas.push(read_replica(addr, topic, queues).await);
     }
     replicas
 }
 
+async fn read_replica(
+    addr: &str,
+    topic: &str,
+    queues: u32,
+) -> Option<BTreeMap<u32, Vec<MessageId>>> {
+    let connection = ferromq_transport::Connection::connect(
+        addr,
+        "chaos-auditor",
+        Arc::new(ferromq_transport::TransportConfig::default()),
+        Arc::new(ferromq_transport::RejectAll),
+    )
+    .await
+    .ok()?;
+    let mut result = BTreeMap::new();
+    for queue_id in 0..queues {
+        let mut ids = Vec::new();
+        let mut offset = 0;
+        loop {
+            let request = PullRequest {
+                group: "chaos-auditor".into(),
+                topic: topic.into(),
+                queue_id,
+                offset,
+                max_messages: 256,
+                max_bytes: 4 << 20,
+                max_wait_ms: 0,
+                tag_hashes: Vec::new(),
+            };
+            let response = connection
+                .request(RequestCode::Pull, &request, Bytes::new())
+                .await
+                .ok()?;
+            let (header, body) = response.decode_with_body::<PullResponse>().ok()?;
+            let messages = decode_pulled(body).ok()?;
+            if messages.is_empty() {
+                break;
+            }
+            ids.extend(messages.iter().map(|m| m.record.id));
+            offset = header.next_offset;
+        }
+        result.insert(queue_id, ids);
+    }
+    connection.close();
+    Some(result)
+}
+
 fn check(
     history: &History,
-    replicas: &[BTreeMap<u32, Vec<MessageId>>],
+    replicas: &[Option<BTreeMap<u32, Vec<MessageId>>>],
     kills: &[Instant],
     outages: &[Instant],
 ) -> ChaosReport {
@@ -594,15 +614,24 @@ fn check(
             }
         }
     }
-    // Divergence: replicas agree on every offset they both hold, and hold the same length.
-    if let Some((first, rest)) = replicas.split_first() {
+    // Divergence: every replica readable, all holding the same messages at the same offsets;
+    // and no replica stores one message twice.
+    let readable: Vec<&BTreeMap<u32, Vec<MessageId>>> = replicas.iter().flatten().collect();
+    if readable.len() < 3 {
+        report.divergence += 1;
+        report.samples.push(format!(
+            "only {} of 3 replicas could be read completely",
+            readable.len()
+        ));
+    }
+    if let Some((first, rest)) = readable.split_first() {
         for (r, replica) in rest.iter().enumerate() {
-            for (queue, ids) in first {
+            for (queue, ids) in first.iter() {
                 let other = replica.get(queue).cloned().unwrap_or_default();
                 if *ids != other {
                     report.divergence += 1;
                     report.samples.push(format!(
-                        "divergence: queue {queue}: replica 1 holds {} messages, replica {} holds {}",
+                        "divergence: queue {queue}: one replica holds {} messages, replica {} holds {}",
                         ids.len(),
                         r + 2,
                         other.len()
@@ -610,12 +639,10 @@ fn check(
                 }
             }
         }
-    }
-    if replicas.len() < 3 {
-        report.divergence += 1;
-        report
-            .samples
-            .push(format!("only {} replicas could be read", replicas.len()));
+        for ids in first.values() {
+            let unique: BTreeSet<&MessageId> = ids.iter().collect();
+            report.stored_duplicates += ids.len() - unique.len();
+        }
     }
     // Failover: from each leader loss to the next acknowledged send; the same for outages.
     let next_ack_ms = |since: &Instant| {
@@ -629,5 +656,7 @@ fn check(
     };
     report.failover_ms = kills.iter().filter_map(next_ack_ms).collect();
     report.recovery_ms = outages.iter().filter_map(next_ack_ms).collect();
+    report.unrecovered =
+        kills.len() + outages.len() - report.failover_ms.len() - report.recovery_ms.len();
     report
 }

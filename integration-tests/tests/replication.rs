@@ -14,7 +14,6 @@ use ferromq_client::{Message, MessageId};
 use ferromq_integration_tests::{
     client, raft_status, start_group, start_nameserver, within, Broker,
 };
-use ferromq_protocol::headers::{GetQueueOffsetsRequest, GetQueueOffsetsResponse};
 use ferromq_protocol::RequestCode;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,35 +33,6 @@ fn wait_for_leader(group: &[Broker], timeout: Duration) -> usize {
         assert!(Instant::now() < deadline, "no leader elected");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-async fn queue_offsets(addr: &str, topic: &str) -> Vec<(u32, u64, u64)> {
-    let connection = ferromq_transport::Connection::connect(
-        addr,
-        "auditor",
-        Arc::new(ferromq_transport::TransportConfig::default()),
-        Arc::new(ferromq_transport::RejectAll),
-    )
-    .await
-    .unwrap();
-    let response: GetQueueOffsetsResponse = connection
-        .request(
-            RequestCode::GetQueueOffsets,
-            &GetQueueOffsetsRequest {
-                topic: topic.into(),
-            },
-            Bytes::new(),
-        )
-        .await
-        .unwrap()
-        .decode()
-        .unwrap();
-    connection.close();
-    response
-        .queues
-        .iter()
-        .map(|q| (q.queue_id, q.min_offset, q.max_offset))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,18 +156,19 @@ async fn killing_the_leader_under_load_loses_nothing_acknowledged() {
     }
     consumer.shutdown().await.unwrap();
 
-    // Every replica holds the same queues.
+    // Every replica holds the same messages at the same offsets.
+    let members: Vec<String> = group.iter().map(|b| b.spec.addr.clone()).collect();
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut views = Vec::new();
-        for member in &group {
-            views.push(queue_offsets(&member.spec.addr, "orders").await);
-        }
-        if views.windows(2).all(|w| w[0] == w[1]) {
+        let replicas = ferromq_integration_tests::chaos::read_replicas(&members, "orders", 4).await;
+        let complete = replicas.iter().all(Option::is_some);
+        if complete && replicas.windows(2).all(|w| w[0] == w[1]) {
+            let total: usize = replicas[0].as_ref().unwrap().values().map(Vec::len).sum();
+            assert!(total >= acknowledged.len());
             break;
         }
-        assert!(Instant::now() < deadline, "replicas diverge: {views:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "replicas diverge");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -112,7 +112,12 @@ impl Broker {
             topics_changed: topics_changed_tx,
         };
         let shutdown = CancellationToken::new();
-        let peer_transport = Arc::new(config.limits.server_transport());
+        // Raft appends can carry a full-size send plus protocol overhead: the peer port allows
+        // larger frames than the client port (its senders are verified members).
+        let peer_transport = Arc::new(ferromq_transport::TransportConfig {
+            max_frame_bytes: config.limits.max_frame_bytes * 4,
+            ..config.limits.server_transport()
+        });
         let (peer_listener, peer_sender): (Option<TcpListener>, Box<dyn PeerSender>) =
             if config.raft.peers.len() > 1 {
                 let (listener, _) = bind(&config.raft.listen).await?;
@@ -199,7 +204,7 @@ impl Broker {
                 listener,
                 format!("raft:{}:{}", core.config.group, core.config.node_id),
                 peer_transport,
-                Arc::new(peers::PeerHandler { core: core.clone() }),
+                Arc::new(peers::PeerHandler::new(core.clone())),
                 shutdown.clone(),
             ));
         }

@@ -1,17 +1,92 @@
 //! The peer port: Raft messages from the other members of this broker group, and nothing else.
 //! Raft's protobuf is decoded only here, never from the client port.
+//!
+//! A frame is accepted only if its connection comes from an address the claimed member's
+//! `raft_addr` resolves to, and only the message types members exchange get through (no
+//! proposals, no snapshots, no membership changes): a stranger on the network cannot inject
+//! entries or crash the Raft loop. Encryption and certificate-based peer authentication (mTLS)
+//! are not there yet; keep the peer port on a private network.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ferromq_protocol::{headers::RaftMessagesHeader, RequestCode, Status};
 use ferromq_raftlog::peer::decode_messages;
+use ferromq_raftlog::RaftMessage;
 use ferromq_transport::{Connection, Handler, Reply, Request};
+use parking_lot::Mutex;
+use raft::prelude::{EntryType, MessageType};
 use tracing::{debug, warn};
 
 use crate::core::BrokerCore;
 
 pub struct PeerHandler {
     pub core: Arc<BrokerCore>,
+    /// Connections already checked, and the member each one belongs to.
+    verified: Mutex<HashMap<u64, u64>>,
+}
+
+impl PeerHandler {
+    pub fn new(core: Arc<BrokerCore>) -> PeerHandler {
+        PeerHandler {
+            core,
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `connection` comes from where member `from` lives.
+    async fn comes_from_member(&self, connection: &Connection, from: u64) -> bool {
+        if let Some(member) = self.verified.lock().get(&connection.id()) {
+            return *member == from;
+        }
+        let config = &self.core.config;
+        let Some(peer) = config
+            .raft
+            .peers
+            .iter()
+            .find(|p| p.id == from && p.id != config.node_id)
+        else {
+            return false;
+        };
+        let remote = connection.peer_addr().ip();
+        let addresses: Vec<IpAddr> = match tokio::net::lookup_host(&peer.raft_addr).await {
+            Ok(addresses) => addresses.map(|a| a.ip()).collect(),
+            Err(err) => {
+                warn!(peer = from, addr = %peer.raft_addr, %err, "cannot resolve a member's address");
+                return false;
+            }
+        };
+        let matches = addresses
+            .iter()
+            .any(|ip| *ip == remote || (ip.is_loopback() && remote.is_loopback()));
+        if matches {
+            self.verified.lock().insert(connection.id(), from);
+        }
+        matches
+    }
+}
+
+/// The messages members of a group exchange; everything else is dropped.
+fn allowed(message: &RaftMessage) -> bool {
+    let kind_allowed = matches!(
+        message.get_msg_type(),
+        MessageType::MsgAppend
+            | MessageType::MsgAppendResponse
+            | MessageType::MsgRequestVote
+            | MessageType::MsgRequestVoteResponse
+            | MessageType::MsgRequestPreVote
+            | MessageType::MsgRequestPreVoteResponse
+            | MessageType::MsgHeartbeat
+            | MessageType::MsgHeartbeatResponse
+            | MessageType::MsgTimeoutNow
+    );
+    // Membership changes are not supported; an entry carrying one would stop every member.
+    kind_allowed
+        && message
+            .entries
+            .iter()
+            .all(|entry| entry.get_entry_type() == EntryType::EntryNormal)
 }
 
 impl Handler for PeerHandler {
@@ -27,12 +102,7 @@ impl Handler for PeerHandler {
             Err(err) => return Reply::bad_header(&err),
         };
         let config = &self.core.config;
-        let known_peer = config
-            .raft
-            .peers
-            .iter()
-            .any(|p| p.id == header.from && p.id != config.node_id);
-        if header.group != config.group || !known_peer {
+        if header.group != config.group || !self.comes_from_member(connection, header.from).await {
             warn!(
                 peer = %connection.peer_addr(),
                 group = %header.group,
@@ -51,11 +121,12 @@ impl Handler for PeerHandler {
             }
         };
         for message in messages {
-            if message.to != config.node_id || message.from != header.from {
+            if message.to != config.node_id || message.from != header.from || !allowed(&message) {
                 debug!(
                     to = message.to,
                     from = message.from,
-                    "raft message for someone else dropped"
+                    kind = ?message.get_msg_type(),
+                    "raft message dropped"
                 );
                 continue;
             }
@@ -64,5 +135,9 @@ impl Handler for PeerHandler {
             }
         }
         Reply::ok(&())
+    }
+
+    fn on_close(&self, connection: &Connection) {
+        self.verified.lock().remove(&connection.id());
     }
 }

@@ -402,8 +402,18 @@ async fn start_offset(
     followers_first: bool,
     rotation: usize,
 ) -> Result<u64, ClientError> {
-    let addr = read_addr(shared, &key.broker_group, followers_first, rotation).await?;
-    let connection = shared.client.connection(&addr).await?;
+    // Committed offsets are asked of the leader when it answers: a follower may lag behind.
+    let leader = match read_addr(shared, &key.broker_group, false, 0).await {
+        Ok(addr) => shared.client.connection(&addr).await.ok(),
+        Err(_) => None,
+    };
+    let connection = match leader {
+        Some(connection) => connection,
+        None => {
+            let addr = read_addr(shared, &key.broker_group, followers_first, rotation).await?;
+            shared.client.connection(&addr).await?
+        }
+    };
     let committed: QueryOffsetResponse = connection
         .request(
             RequestCode::QueryOffset,
@@ -532,11 +542,9 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
                 }
                 // An unreachable member: read from the next one; after the leader failed, from
                 // followers for a while instead of waiting for a new leader.
-                if err.status().is_none() {
-                    rotation += 1;
-                    if !followers_first {
-                        leader_failed_until = Some(Instant::now() + FOLLOWER_READ_AFTER_FAILURE);
-                    }
+                rotation += 1;
+                if err.status().is_none() && !followers_first {
+                    leader_failed_until = Some(Instant::now() + FOLLOWER_READ_AFTER_FAILURE);
                 }
                 if matches!(
                     err.status(),

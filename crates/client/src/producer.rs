@@ -224,6 +224,7 @@ impl Producer {
         let (body, ids) = self.encode(messages)?;
         let deadline = Instant::now() + Duration::from_millis(self.config.send_timeout_ms);
         let mut prefer = Prefer::Any;
+        let mut maybe_stored: Option<Target> = None;
         let mut attempt = 0;
         loop {
             // An attempt that may be retried gets half of the time left, so a broker that stopped
@@ -278,16 +279,20 @@ impl Producer {
                 }) => Some(leader.clone()),
                 _ => None,
             };
-            prefer = match (tried, leader_hint) {
-                // Not stored; go straight to the leader the follower named.
-                (Some(target), Some(leader)) => Prefer::Same { target, leader },
-                // Maybe stored: retry the same queue so the broker recognises the retry.
-                (Some(target), None) if error.outcome_unknown() => Prefer::Same {
-                    target,
+            // Once a send may have been stored somewhere, every later attempt stays with that
+            // group: only there can the broker recognise the retry.
+            if error.outcome_unknown() && maybe_stored.is_none() {
+                maybe_stored = tried.clone();
+            }
+            prefer = match (tried, leader_hint, &maybe_stored) {
+                // Not stored there; go straight to the leader the follower named.
+                (Some(target), Some(leader), _) => Prefer::Same { target, leader },
+                (_, _, Some(stored)) => Prefer::Same {
+                    target: stored.clone(),
                     leader: None,
                 },
-                (Some(target), None) => Prefer::OtherGroup(target.group),
-                (None, _) => prefer,
+                (Some(target), None, None) => Prefer::OtherGroup(target.group),
+                (None, _, None) => prefer,
             };
             if !matches!(
                 prefer,
@@ -342,13 +347,6 @@ impl Producer {
             .or_else(|| round_robin.clone().next())
             .expect("targets is not empty")
             .clone();
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        if timeout.is_zero() {
-            return Err((
-                Some(target),
-                ClientError::Transport(TransportError::Timeout(Duration::ZERO)),
-            ));
-        }
         let header = SendRequest {
             topic: topic.to_string(),
             queue_id: target.queue_id,
@@ -356,6 +354,13 @@ impl Producer {
         };
         let sent = async {
             let connection = self.client.connection(&target.leader).await?;
+            // Measured after connecting, so the request's own timeout ends the attempt.
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if timeout.is_zero() {
+                return Err(ClientError::Transport(TransportError::Timeout(
+                    Duration::ZERO,
+                )));
+            }
             let response = connection
                 .request_with_timeout(RequestCode::Send, &header, body.clone(), timeout)
                 .await?;

@@ -170,6 +170,8 @@ struct Progress {
     commit_index: AtomicU64,
     applied_index: AtomicU64,
     last_index: AtomicU64,
+    /// Set if the Raft thread died of a panic.
+    failed: parking_lot::Mutex<Option<String>>,
 }
 
 /// A running Raft node. [`RaftNode::shutdown`] stops it; dropping it stops it too.
@@ -237,9 +239,20 @@ impl<O: Send + 'static> RaftNode<O> {
         };
         node_loop.on_ready().map_err(RaftError::Store)?;
         node_loop.publish_status(None);
+        let panicked = progress.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.node_id))
-            .spawn(move || node_loop.run(events_rx))
+            .spawn(move || {
+                // A panic (a bug, or raft-rs refusing an impossible message) stops the node like
+                // a storage error does: visibly, not with a frozen status.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    node_loop.run(events_rx)
+                }));
+                if outcome.is_err() {
+                    error!("raft thread panicked; the node has stopped");
+                    *panicked.failed.lock() = Some("raft thread panicked".into());
+                }
+            })
             .map_err(RaftError::Thread)?;
         Ok(RaftNode {
             events: events_tx,
@@ -292,6 +305,9 @@ impl<O: Send + 'static> RaftNode<O> {
         status.commit_index = self.progress.commit_index.load(Ordering::Acquire);
         status.applied_index = self.progress.applied_index.load(Ordering::Acquire);
         status.last_index = self.progress.last_index.load(Ordering::Acquire);
+        if let Some(failed) = self.progress.failed.lock().clone() {
+            status.failed = Some(failed);
+        }
         status
     }
 
@@ -437,8 +453,9 @@ impl<SM: StateMachine> NodeLoop<SM> {
                 break;
             }
         }
+        // Proposed but not applied: they may still commit under another leader.
         for waiter in self.waiters.drain(..) {
-            let _ = waiter.reply.send(Err(ProposeError::Stopped));
+            let _ = waiter.reply.send(Err(ProposeError::Dropped));
         }
         for event in events.drain() {
             if let Event::Propose { reply, .. } = event {

@@ -143,6 +143,8 @@ async fn peer_loop(
     let client_id = format!("raft:{group}:{self_id}");
     let mut connection: Option<Connection> = None;
     let mut backoff = Duration::from_millis(50);
+    // Frames stay well below the peer port's frame limit, however many messages wait.
+    let frame_budget = transport.max_frame_bytes / 2;
     loop {
         let batch = tokio::select! {
             batch = queue.recv() => match batch {
@@ -151,7 +153,7 @@ async fn peer_loop(
             },
             _ = shutdown.cancelled() => return,
         };
-        // Coalesce whatever else is waiting into the same frame.
+        // Coalesce whatever else is waiting.
         let mut messages = batch;
         while messages.len() < MAX_MESSAGES_PER_FRAME {
             match queue.try_recv() {
@@ -189,19 +191,39 @@ async fn peer_loop(
             group: group.clone(),
             from: self_id,
         };
-        if let Err(err) = open
-            .one_way(
-                RequestCode::RaftMessages,
-                &header,
-                encode_messages(&messages),
-            )
-            .await
-        {
-            debug!(peer = peer.id, %err, "sending raft messages failed");
-            open.close();
-            connection = None;
+        for frame in frames(&messages, frame_budget) {
+            if let Err(err) = open
+                .one_way(RequestCode::RaftMessages, &header, frame)
+                .await
+            {
+                debug!(peer = peer.id, %err, "sending raft messages failed");
+                open.close();
+                connection = None;
+                break;
+            }
         }
     }
+}
+
+/// Splits messages into frame bodies of about `budget` bytes at most (a single larger message
+/// gets a frame of its own).
+fn frames(messages: &[Message], budget: usize) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, message) in messages.iter().enumerate() {
+        let message_size = message.compute_size() as usize + 4;
+        if i > start && size + message_size > budget {
+            frames.push(encode_messages(&messages[start..i]));
+            start = i;
+            size = 0;
+        }
+        size += message_size;
+    }
+    if start < messages.len() {
+        frames.push(encode_messages(&messages[start..]));
+    }
+    frames
 }
 
 #[cfg(test)]
@@ -226,6 +248,26 @@ mod tests {
         let decoded =
             decode_messages(encode_messages(&[message.clone(), message.clone()])).unwrap();
         assert_eq!(decoded, vec![message.clone(), message]);
+    }
+
+    #[test]
+    fn large_batches_are_split_into_frames_within_the_budget() {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppend);
+        message.entries = vec![Entry {
+            data: Bytes::from(vec![7u8; 1000]),
+            ..Entry::default()
+        }]
+        .into();
+        let messages = vec![message; 50];
+        let split = frames(&messages, 10_000);
+        assert!(split.len() >= 5, "{} frames", split.len());
+        assert!(split.iter().all(|f| f.len() <= 10_000 + 1100));
+        let total: usize = split
+            .into_iter()
+            .map(|f| decode_messages(f).unwrap().len())
+            .sum();
+        assert_eq!(total, 50);
     }
 
     #[test]

@@ -314,7 +314,9 @@ impl Store {
     ) -> Result<(LogPoint, Vec<ApplyOutcome>)> {
         let mut last = applied;
         let mut batch = self.db.batch();
-        let mut dedup = self.dedup.lock();
+        // Sends recognised in this call; they join the window only if every write succeeds.
+        let mut staged: Vec<StoredSend> = Vec::new();
+        let dedup = self.dedup.lock();
         let mut pending: Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)> = Vec::new();
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -331,9 +333,13 @@ impl Store {
                 ApplyOutcome::Noop
             } else {
                 match command::decode(&entry.payload) {
-                    Ok(command) => {
-                        self.apply_command(command, entry, &mut batch, &mut pending, &mut dedup)?
-                    }
+                    Ok(command) => self.apply_command(
+                        command,
+                        entry,
+                        &mut batch,
+                        &mut pending,
+                        (&dedup, &mut staged),
+                    )?,
                     Err(err) => ApplyOutcome::Rejected(err.to_string()),
                 }
             };
@@ -347,6 +353,10 @@ impl Store {
             queue.append(units)?;
         }
         batch.write()?;
+        let mut dedup = dedup;
+        for send in staged {
+            dedup.insert(send);
+        }
         Ok((last, outcomes))
     }
 
@@ -361,7 +371,7 @@ impl Store {
         entry: &CommittedEntry,
         batch: &mut crate::state::DerivedBatch<'_>,
         pending: &mut Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)>,
-        dedup: &mut DedupWindow,
+        (dedup, staged): (&DedupWindow, &mut Vec<StoredSend>),
     ) -> Result<ApplyOutcome> {
         Ok(match command {
             Command::Noop => ApplyOutcome::Noop,
@@ -415,7 +425,14 @@ impl Store {
                 }
                 let first_id = peeks_first_id(&records);
                 let now_ms = peeks.first().map_or(0, |p| p.store_ts_ms);
-                if let Some(original) = first_id.and_then(|id| dedup.lookup(&id, now_ms)) {
+                let earlier = first_id.and_then(|id| {
+                    staged
+                        .iter()
+                        .find(|send| send.first_id == id)
+                        .copied()
+                        .or_else(|| dedup.lookup(&id, now_ms))
+                });
+                if let Some(original) = earlier {
                     return Ok(ApplyOutcome::Duplicate {
                         topic,
                         queue_id: original.queue_id,
@@ -462,7 +479,7 @@ impl Store {
                     });
                 }
                 if let Some(first_id) = first_id {
-                    dedup.insert(StoredSend {
+                    staged.push(StoredSend {
                         first_id,
                         queue_id,
                         first_offset,
@@ -633,14 +650,12 @@ impl Store {
     /// what comes after. Safe to call while apply runs.
     pub fn checkpoint(&self) -> Result<u64> {
         let _one_at_a_time = self.checkpoint_lock.lock();
-        if self.is_failed() {
-            return Err(StoreError::Failed);
-        }
-        // Under the async flush policy the log may lag the applied index; a checkpoint must
-        // never claim entries the log could lose.
-        self.log.sync()?;
         let (point, queues, recent_sends) = {
             let applied = self.applied.lock();
+            // Checked under the apply lock: a failed apply sets it before releasing the lock.
+            if self.is_failed() {
+                return Err(StoreError::Failed);
+            }
             let queues: Vec<(String, u32, Arc<ConsumeQueue>, u64)> = self
                 .queues
                 .read()
@@ -651,6 +666,9 @@ impl Store {
                 .collect();
             (*applied, queues, self.dedup.lock().snapshot())
         };
+        // Under the async flush policy the log may lag the applied index: sync it after taking
+        // the applied point, so the checkpoint never claims entries the log could still lose.
+        self.log.sync()?;
         for (_, _, queue, _) in &queues {
             queue.sync()?;
         }

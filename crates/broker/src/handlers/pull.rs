@@ -25,6 +25,13 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
     if let Err(message) = validate_topic(&pull.topic).and_then(|()| validate_group(&pull.group)) {
         return Reply::error(Status::ParameterError, message);
     }
+    // A member that knows no leader may be cut off and behind: send the reader elsewhere.
+    if core.raft.status().leader_id == 0 {
+        return Reply::error(
+            Status::ServiceNotAvailable,
+            "no leader known; this replica may be stale",
+        );
+    }
     let Some(topic) = core.store.topic(&pull.topic) else {
         return Reply::error(
             Status::TopicNotExist,
