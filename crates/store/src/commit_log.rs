@@ -19,6 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use tracing::warn;
 
+use crate::durable::{sync_dir, sync_if_dirty};
 use crate::error::{Result, StoreError};
 
 /// Bytes before the payload: len, crc, term, index, entry type.
@@ -128,16 +129,7 @@ impl SegmentFile {
     }
 
     fn sync(&self) -> Result<()> {
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            if let Err(source) = self.file.sync_data() {
-                self.dirty.store(true, Ordering::Release);
-                return Err(StoreError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-        }
-        Ok(())
+        sync_if_dirty(&self.file, &self.dirty, &self.path)
     }
 
     pub fn path(&self) -> &Path {
@@ -235,12 +227,6 @@ pub struct CommitLog {
 
 fn segment_name(base: u64) -> String {
     format!("{base:020}")
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::io(dir))
 }
 
 fn open_segment_file(path: PathBuf, base: u64) -> Result<SegmentFile> {

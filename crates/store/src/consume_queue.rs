@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::durable::{sync_dir, sync_if_dirty};
 use crate::error::{Result, StoreError};
 
 pub const UNIT_BYTES: u64 = 20;
@@ -81,9 +82,7 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
             .or_else(|err| if path.is_dir() { Ok(()) } else { Err(err) })
             .map_err(StoreError::io(*path))?;
         if let Some(parent) = path.parent() {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(StoreError::io(parent))?;
+            sync_dir(parent)?;
         }
     }
     Ok(())
@@ -212,9 +211,7 @@ impl ConsumeQueue {
         }
         let first = offset - offset % self.units_per_file;
         let file = Arc::new(open_file(self.dir.join(file_name(first)), first)?);
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(StoreError::io(&self.dir))?;
+        sync_dir(&self.dir)?;
         self.files.write().push(file.clone());
         Ok(file)
     }
@@ -251,15 +248,7 @@ impl ConsumeQueue {
     pub fn sync(&self) -> Result<()> {
         let files: Vec<Arc<CqFile>> = self.files.read().clone();
         for file in files {
-            if file.dirty.swap(false, Ordering::AcqRel) {
-                if let Err(source) = file.file.sync_data() {
-                    file.dirty.store(true, Ordering::Release);
-                    return Err(StoreError::Io {
-                        path: file.path.clone(),
-                        source,
-                    });
-                }
-            }
+            sync_if_dirty(&file.file, &file.dirty, &file.path)?;
         }
         Ok(())
     }
