@@ -28,7 +28,7 @@ use ferromq_protocol::headers::{PullRequest, PullResponse};
 use ferromq_protocol::message::decode_pulled;
 use ferromq_protocol::RequestCode;
 
-use crate::{client, start_group, start_nameserver, try_raft_status, Broker};
+use crate::{client, find_leader, start_group, start_nameserver, Broker};
 
 const TOPIC: &str = "chaos";
 const QUEUES: u32 = 8;
@@ -362,13 +362,6 @@ fn fault_for(round: usize, kill_all: bool) -> Fault {
     rotation[round % rotation.len()]
 }
 
-fn find_leader(group: &[Broker]) -> Option<usize> {
-    group.iter().position(|b| {
-        !b.process.has_exited()
-            && try_raft_status(b).is_some_and(|status| status["role"] == "Leader")
-    })
-}
-
 async fn wait_for_leader(group: &Arc<Mutex<Vec<Broker>>>) -> Option<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -496,14 +489,7 @@ async fn read_replica(
     topic: &str,
     queues: u32,
 ) -> Option<BTreeMap<u32, Vec<MessageId>>> {
-    let connection = ferromq_transport::Connection::connect(
-        addr,
-        "chaos-auditor",
-        Arc::new(ferromq_transport::TransportConfig::default()),
-        Arc::new(ferromq_transport::RejectAll),
-    )
-    .await
-    .ok()?;
+    let connection = crate::raw_connection(addr, "chaos-auditor").await.ok()?;
     let mut result = BTreeMap::new();
     for queue_id in 0..queues {
         let mut ids = Vec::new();

@@ -383,6 +383,29 @@ pub fn try_raft_status(broker: &Broker) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// The member of `group` that reports itself leader, among those running and answering.
+pub fn find_leader(group: &[Broker]) -> Option<usize> {
+    group.iter().position(|b| {
+        !b.process.has_exited()
+            && try_raft_status(b).is_some_and(|status| status["role"] == "Leader")
+    })
+}
+
+/// A bare protocol connection (handshake done), for speaking to a server below the SDK.
+pub async fn raw_connection(
+    addr: &str,
+    client_id: &str,
+) -> std::io::Result<ferromq_transport::Connection> {
+    ferromq_transport::Connection::connect(
+        addr,
+        client_id,
+        std::sync::Arc::new(ferromq_transport::TransportConfig::default()),
+        std::sync::Arc::new(ferromq_transport::RejectAll),
+    )
+    .await
+    .map_err(std::io::Error::other)
+}
+
 /// `/v1/raft` of a broker, parsed.
 pub fn raft_status(broker: &Broker) -> serde_json::Value {
     let (status, body) = http_get(&broker.spec.admin, "/v1/raft").expect("admin endpoint answers");

@@ -6,14 +6,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferromq_client::Message;
 use ferromq_integration_tests::{client, http_get, start_nameserver, wait_for_route, Broker};
 use ferromq_protocol::{RequestCode, Status};
-use ferromq_transport::{Connection, RejectAll, TransportConfig};
 
 /// Writes `bytes` and expects the server to close the connection within 2 s (an error frame
 /// before the close is allowed).
@@ -53,14 +51,9 @@ fn hostile_inputs() -> Vec<Vec<u8>> {
 }
 
 async fn expect_unknown_code_then_usable(addr: &str, follow_up: RequestCode) {
-    let connection = Connection::connect(
-        addr,
-        "prober",
-        Arc::new(TransportConfig::default()),
-        Arc::new(RejectAll),
-    )
-    .await
-    .unwrap();
+    let connection = ferromq_integration_tests::raw_connection(addr, "prober")
+        .await
+        .unwrap();
     let response = connection
         .request_raw(65535, Bytes::new(), Bytes::new(), Duration::from_secs(5))
         .await

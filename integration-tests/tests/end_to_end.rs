@@ -312,14 +312,9 @@ async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
     }
     let body = body.freeze();
     let send = |queue_id: u32, body: Bytes, addr: String| async move {
-        let connection = ferromq_transport::Connection::connect(
-            &addr,
-            "retrying-producer",
-            std::sync::Arc::new(ferromq_transport::TransportConfig::default()),
-            std::sync::Arc::new(ferromq_transport::RejectAll),
-        )
-        .await
-        .unwrap();
+        let connection = ferromq_integration_tests::raw_connection(&addr, "retrying-producer")
+            .await
+            .unwrap();
         let header = SendRequest {
             topic: "once".into(),
             queue_id,

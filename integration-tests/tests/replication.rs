@@ -12,22 +12,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferromq_client::{Message, MessageId};
 use ferromq_integration_tests::{
-    client, raft_status, start_group, start_nameserver, within, Broker,
+    client, find_leader, raft_status, start_group, start_nameserver, within, Broker,
 };
 use ferromq_protocol::RequestCode;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn leader_index(group: &[Broker]) -> Option<usize> {
-    group
-        .iter()
-        .position(|b| !b.process.has_exited() && raft_status(b)["role"] == "Leader")
-}
-
 fn wait_for_leader(group: &[Broker], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(leader) = leader_index(group) {
+        if let Some(leader) = find_leader(group) {
             return leader;
         }
         assert!(Instant::now() < deadline, "no leader elected");
@@ -179,14 +173,10 @@ async fn a_follower_points_writers_to_the_leader() {
     let group = start_group("pointing", 3, dir.path(), &nameserver.addr, &[]);
     let leader = wait_for_leader(&group, WAIT);
     let follower = (leader + 1) % 3;
-    let connection = ferromq_transport::Connection::connect(
-        &group[follower].spec.addr,
-        "writer",
-        Arc::new(ferromq_transport::TransportConfig::default()),
-        Arc::new(ferromq_transport::RejectAll),
-    )
-    .await
-    .unwrap();
+    let connection =
+        ferromq_integration_tests::raw_connection(&group[follower].spec.addr, "writer")
+            .await
+            .unwrap();
     let request = ferromq_protocol::headers::CreateTopicRequest {
         topic: "t".into(),
         queues: 1,

@@ -121,7 +121,6 @@ async fn a_registration_with_thousands_of_topics_is_routed() {
     use bytes::Bytes;
     use ferromq_protocol::headers::{perm, BrokerRole, RegisterBrokerRequest, TopicConfig};
     use ferromq_protocol::{codec, RequestCode};
-    use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
     let nameserver = start_nameserver(dir.path(), &[]);
@@ -144,14 +143,9 @@ async fn a_registration_with_thousands_of_topics_is_routed() {
         auto_create_topics: false,
         default_queues: 4,
     };
-    let connection = ferromq_transport::Connection::connect(
-        &nameserver.addr,
-        "fake-broker",
-        Arc::new(ferromq_transport::TransportConfig::default()),
-        Arc::new(ferromq_transport::RejectAll),
-    )
-    .await
-    .unwrap();
+    let connection = ferromq_integration_tests::raw_connection(&nameserver.addr, "fake-broker")
+        .await
+        .unwrap();
     connection
         .request(
             RequestCode::RegisterBroker,
