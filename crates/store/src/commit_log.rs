@@ -294,9 +294,23 @@ impl CommitLog {
             }
             let is_last = i + 1 == count;
             let segment = scan_segment(file, &mut state, &mut previous, is_last, &mut report)?;
-            // A segment wholly before `start` is left over from an interrupted compaction.
-            if !segment.is_empty() && segment.last_index <= start.index && !is_last {
+            // A segment wholly before `start` is left over from an interrupted compaction (or,
+            // if it is the last one, from an interrupted reset to a snapshot).
+            if !segment.is_empty() && segment.last_index <= start.index {
                 fs::remove_file(&path).map_err(StoreError::io(&path))?;
+                if is_last {
+                    let end = base + segment.file.len.load(Ordering::Acquire);
+                    let file = open_segment_file(dir.join(segment_name(end)), end)?;
+                    state.segments.push(Segment {
+                        file: Arc::new(file),
+                        first_index: 0,
+                        last_index: 0,
+                        sparse: Vec::new(),
+                    });
+                    state.last = start;
+                    state.terms.clear();
+                    sync_dir(dir)?;
+                }
                 continue;
             }
             state.segments.push(segment);
@@ -552,6 +566,41 @@ impl CommitLog {
             }
         }
         Ok(new_start)
+    }
+
+    /// Drops every entry and makes the log continue after `start` (installing a snapshot at
+    /// `start`). Positions keep growing: the new, empty segment begins where the old log ended.
+    /// The caller must have recorded `start` durably first, as for compaction.
+    pub fn reset(&self, start: LogPoint) -> Result<()> {
+        let _writer = self.writer.lock();
+        let mut state = self.state.write();
+        let end = state
+            .segments
+            .last()
+            .map_or(0, |s| s.file.base + s.file.len.load(Ordering::Acquire));
+        let file = open_segment_file(self.dir.join(segment_name(end)), end)?;
+        for doomed in state.segments.drain(..) {
+            if doomed.file.base != end {
+                fs::remove_file(&doomed.file.path).map_err(StoreError::io(&doomed.file.path))?;
+            }
+        }
+        state.segments.push(Segment {
+            file: Arc::new(file),
+            first_index: 0,
+            last_index: 0,
+            sparse: Vec::new(),
+        });
+        state.start = start;
+        state.last = start;
+        state.terms.clear();
+        drop(state);
+        sync_dir(&self.dir)
+    }
+
+    /// Whether `position` is where a segment begins (its first record starts there).
+    pub fn is_segment_start(&self, position: u64) -> bool {
+        self.segment_bounds(position)
+            .is_some_and(|(start, _)| start == position)
     }
 
     /// The start point a [`CommitLog::compact_to`] with `index` would produce, so it can be

@@ -129,7 +129,9 @@ impl ConsumeQueue {
         let mut files = Vec::new();
         for first in firsts {
             let path = dir.join(file_name(first));
-            if first >= length && !(first == 0 && length == 0) {
+            // A queue's first file may start exactly at `length` (an empty queue, or one that
+            // starts where a snapshot left it); any later file that does is past the checkpoint.
+            if first > length || (first == length && !files.is_empty()) {
                 // Wholly past the checkpoint: rebuilt by replay.
                 fs::remove_file(&path).map_err(StoreError::io(&path))?;
                 continue;
@@ -167,6 +169,26 @@ impl ConsumeQueue {
             files: RwLock::new(files),
             min_offset: AtomicU64::new(min_offset),
             max_offset: AtomicU64::new(length),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Creates an empty queue whose first unit will have offset `offset` (installing a
+    /// snapshot: the units before it live only on the replicas that kept those segments). Any
+    /// files already in `dir` are removed.
+    pub fn create_at(dir: &Path, units_per_file: u64, offset: u64) -> Result<ConsumeQueue> {
+        if dir.exists() {
+            fs::remove_dir_all(dir).map_err(StoreError::io(dir))?;
+        }
+        create_dir_durably(dir)?;
+        let file = open_file(dir.join(file_name(offset)), offset)?;
+        sync_dir(dir)?;
+        Ok(ConsumeQueue {
+            dir: dir.to_path_buf(),
+            units_per_file,
+            files: RwLock::new(vec![Arc::new(file)]),
+            min_offset: AtomicU64::new(offset),
+            max_offset: AtomicU64::new(offset),
             writer: Mutex::new(()),
         })
     }
@@ -209,7 +231,11 @@ impl ConsumeQueue {
                 return Ok(last.clone());
             }
         }
-        let first = offset - offset % self.units_per_file;
+        // Files follow each other; the first one starts where the queue starts.
+        let first = match self.files.read().last() {
+            Some(last) => last.first_offset + self.units_per_file,
+            None => offset,
+        };
         let file = Arc::new(open_file(self.dir.join(file_name(first)), first)?);
         sync_dir(&self.dir)?;
         self.files.write().push(file.clone());
@@ -342,6 +368,27 @@ mod tests {
             queue.append(&(0..3).map(unit).collect::<Vec<_>>()).unwrap();
         }
         assert!(ConsumeQueue::open(dir.path(), 8, 5).is_err());
+    }
+
+    #[test]
+    fn a_queue_created_at_an_offset_appends_and_reopens_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let queue = ConsumeQueue::create_at(&path, 4, 10).unwrap();
+        assert_eq!((queue.min_offset(), queue.max_offset()), (10, 10));
+        drop(queue);
+        // Reopened empty at its start (a crash right after installing a snapshot).
+        let queue = ConsumeQueue::open(&path, 4, 10).unwrap();
+        assert_eq!((queue.min_offset(), queue.max_offset()), (10, 10));
+        let units: Vec<CqUnit> = (10..19).map(unit).collect();
+        queue.append(&units).unwrap();
+        let (start, read) = queue.read(0, 100).unwrap();
+        assert_eq!(start, 10);
+        assert_eq!(read, units);
+        drop(queue);
+        let queue = ConsumeQueue::open(&path, 4, 19).unwrap();
+        assert_eq!((queue.min_offset(), queue.max_offset()), (10, 19));
+        assert_eq!(queue.read(13, 3).unwrap(), (13, units[3..6].to_vec()));
     }
 
     #[test]

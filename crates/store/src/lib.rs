@@ -13,11 +13,13 @@ pub mod consume_queue;
 pub mod dedup;
 mod durable;
 pub mod error;
+pub mod snapshot;
 pub mod state;
 mod store;
 
 pub use commit_log::{CommitLog, LogEntry, LogPoint};
 pub use error::{Result, StoreError};
+pub use snapshot::{SnapshotBase, REPLICATED_RAFT_KEYS};
 pub use store::{
     default_topic, ApplyOutcome, CommittedEntry, FoundMessage, QueueRead, ReadStatus, Store,
     StoreConfig, ENTRY_NORMAL,

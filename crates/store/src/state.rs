@@ -251,6 +251,59 @@ impl StateDb {
         Ok(hits)
     }
 
+    /// Every consumer offset: (group, topic, queue id, offset).
+    pub fn all_offsets(&self) -> Result<Vec<(String, String, u32, u64)>> {
+        let mut offsets = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_OFFSETS), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            let bad = || StoreError::Decode {
+                what: "consumer offset key",
+                reason: format!("{} bytes", key.len()),
+            };
+            let group_end = key.iter().position(|b| *b == 0).ok_or_else(bad)?;
+            let rest = &key[group_end + 1..];
+            if rest.len() < 5 || rest[rest.len() - 5] != 0 {
+                return Err(bad());
+            }
+            let (topic, queue) = rest.split_at(rest.len() - 5);
+            offsets.push((
+                String::from_utf8_lossy(&key[..group_end]).into_owned(),
+                String::from_utf8_lossy(topic).into_owned(),
+                u32::from_be_bytes([queue[1], queue[2], queue[3], queue[4]]),
+                decode_u64(&value, "consumer offset")?,
+            ));
+        }
+        Ok(offsets)
+    }
+
+    /// Replaces all derived state (topics, offsets, key index) with a snapshot's, durably.
+    pub fn replace_derived(
+        &self,
+        topics: &[TopicConfig],
+        offsets: &[(String, String, u32, u64)],
+    ) -> Result<()> {
+        // Keys are names (never starting with 0xff) followed by binary suffixes.
+        for cf in DERIVED_CFS {
+            self.db
+                .delete_range_cf(self.cf(cf), &b""[..], &b"\xff"[..])?;
+        }
+        let mut batch = self.batch();
+        for topic in topics {
+            batch.put_topic(topic);
+        }
+        for (group, topic, queue_id, offset) in offsets {
+            batch.put_offset(group, topic, *queue_id, *offset);
+        }
+        batch.write()?;
+        for cf in DERIVED_CFS {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+
     pub fn batch(&self) -> DerivedBatch<'_> {
         DerivedBatch {
             db: self,

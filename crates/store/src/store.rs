@@ -22,6 +22,7 @@ use crate::commit_log::{CommitLog, LogPoint, OpenReport, RECORD_HEADER_BYTES};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::dedup::{DedupWindow, StoredSend};
 use crate::error::{Result, StoreError};
+use crate::snapshot::{SnapshotBase, SnapshotDir, REPLICATED_RAFT_KEYS};
 use crate::state::{Checkpoint, KeyHit, StateDb};
 
 /// Raft's entry type for ordinary entries; other types (membership changes) carry no command.
@@ -134,6 +135,8 @@ pub struct Store {
     failed: AtomicBool,
     /// Recent sends, to drop retried duplicates (see `dedup`).
     dedup: Mutex<DedupWindow>,
+    /// Derived state at each segment start, for retention and snapshots (see `snapshot`).
+    snapshots: SnapshotDir,
 }
 
 impl std::fmt::Debug for Store {
@@ -153,7 +156,7 @@ impl Store {
     /// checkpoint. Entries after [`Store::applied`] must then be replayed through
     /// [`Store::apply`] before serving (the Raft layer does this with the committed ones).
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
-        for sub in ["log", "cq", "state"] {
+        for sub in ["log", "cq", "state", "snapshots"] {
             fs::create_dir_all(dir.join(sub)).map_err(StoreError::io(dir.join(sub)))?;
         }
         let log_start_position = Arc::new(AtomicU64::new(0));
@@ -162,11 +165,23 @@ impl Store {
         let (log, open_report) = CommitLog::open(&dir.join("log"), config.segment_bytes, start)?;
         log_start_position.store(log.start_position(), Ordering::Release);
 
-        let checkpoint = db.checkpoint()?;
-        if checkpoint.is_none() && start.index > 0 {
-            return Err(StoreError::Inconsistent(
-                "the log was compacted but no checkpoint of derived state exists".into(),
-            ));
+        let snapshots = SnapshotDir::open(&dir.join("snapshots"))?;
+        let mut checkpoint = db.checkpoint()?;
+        let behind_start = checkpoint
+            .as_ref()
+            .is_none_or(|c| c.applied_index < start.index);
+        if start.index > 0 && behind_start {
+            // Derived state older than the log start: a snapshot install was interrupted.
+            let bytes = snapshots.read(start.index)?.ok_or_else(|| {
+                StoreError::Inconsistent(format!(
+                    "the log starts after index {} but neither a checkpoint nor a snapshot \
+                     base covers it",
+                    start.index
+                ))
+            })?;
+            let base = SnapshotBase::decode(&bytes)?;
+            checkpoint = Some(restore_from_base(dir, &config, &db, &base)?);
+            info!(index = base.index, "finished installing a snapshot");
         }
         let checkpoint = checkpoint.unwrap_or(Checkpoint {
             applied_index: start.index,
@@ -226,6 +241,7 @@ impl Store {
             open_report,
             failed: AtomicBool::new(false),
             dedup: Mutex::new(dedup),
+            snapshots,
         })
     }
 
@@ -289,20 +305,130 @@ impl Store {
             return Err(StoreError::Failed);
         }
         let mut applied = self.applied.lock();
-        let result = self.apply_locked(*applied, entries);
-        match result {
-            Ok((last, outcomes)) => {
-                *applied = last;
-                self.applied_index.store(last.index, Ordering::Release);
-                Ok(outcomes)
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut rest = entries;
+        while let Some(first) = rest.first() {
+            // Apply up to (not including) the next entry that begins a segment.
+            let run = rest
+                .iter()
+                .skip(1)
+                .position(|e| self.starts_segment(e))
+                .map_or(rest.len(), |i| i + 1);
+            let (now, later) = rest.split_at(run);
+            let mut result = Ok(());
+            if first.index == applied.index + 1 && self.starts_segment(first) {
+                result = self.capture_base(*applied);
             }
-            Err(err) => {
-                // Some derived state may be half written: no checkpoint may cover it, so the
-                // next start replays from the last good checkpoint.
-                self.failed.store(true, Ordering::Release);
-                Err(err)
+            let result = result.and_then(|()| self.apply_locked(*applied, now));
+            match result {
+                Ok((last, run_outcomes)) => {
+                    *applied = last;
+                    self.applied_index.store(last.index, Ordering::Release);
+                    outcomes.extend(run_outcomes);
+                }
+                Err(err) => {
+                    // Some derived state may be half written: no checkpoint may cover it, so
+                    // the next start replays from the last good checkpoint.
+                    self.failed.store(true, Ordering::Release);
+                    return Err(err);
+                }
+            }
+            rest = later;
+        }
+        Ok(outcomes)
+    }
+
+    fn starts_segment(&self, entry: &CommittedEntry) -> bool {
+        entry.index > 1 && self.log.is_segment_start(entry.position)
+    }
+
+    /// Saves the derived state after `point` as the snapshot base of the segment that starts
+    /// with the next entry. Called with the apply lock held, between applied runs.
+    fn capture_base(&self, point: LogPoint) -> Result<()> {
+        if point.index == 0 || self.snapshots.contains(point.index) {
+            // Replay after a restart reaches the same point with the same state.
+            return Ok(());
+        }
+        let mut queues: Vec<(String, u32, u64)> = self
+            .queues
+            .read()
+            .iter()
+            .map(|((topic, queue_id), queue)| (topic.clone(), *queue_id, queue.max_offset()))
+            .collect();
+        queues.sort();
+        let mut raft_values = Vec::new();
+        for key in REPLICATED_RAFT_KEYS {
+            if let Some(value) = self.db.raft_value(key)? {
+                raft_values.push((key.to_string(), value));
             }
         }
+        let base = SnapshotBase {
+            index: point.index,
+            term: point.term,
+            topics: self.topics.read().values().cloned().collect(),
+            offsets: self.db.all_offsets()?,
+            queues,
+            recent_sends: self.dedup.lock().snapshot(),
+            raft_values,
+        };
+        self.snapshots.save(&base.encode(), point.index)
+    }
+
+    /// The snapshot a replica needing entries before the log start installs: the base at the
+    /// log start, encoded. `None` if the log was never compacted (or a compaction raced).
+    pub fn snapshot_at_log_start(&self) -> Result<Option<(LogPoint, Vec<u8>)>> {
+        let start = self.log.start();
+        if start.index == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .snapshots
+            .read(start.index)?
+            .map(|bytes| (start, bytes)))
+    }
+
+    /// Replaces the whole store with a snapshot from the leader: the log continues after the
+    /// snapshot's index, derived state is the snapshot's. Crash-safe: the base and the new log
+    /// start are durable before anything is removed, and an interrupted install finishes at
+    /// the next open.
+    pub fn install_snapshot(&self, bytes: &[u8]) -> Result<SnapshotBase> {
+        let base = SnapshotBase::decode(bytes)?;
+        let _one_at_a_time = self.checkpoint_lock.lock();
+        let mut applied = self.applied.lock();
+        let result = (|| {
+            self.snapshots.save(bytes, base.index)?;
+            self.db.save_log_start(base.point())?;
+            self.log.reset(base.point())?;
+            self.log_start_position
+                .store(self.log.start_position(), Ordering::Release);
+            let checkpoint = restore_from_base(&self.dir, &self.config, &self.db, &base)?;
+            let mut queues = HashMap::new();
+            for (topic, queue_id, length) in &checkpoint.queues {
+                let queue = ConsumeQueue::open(
+                    &queue_dir(&self.dir, topic, *queue_id),
+                    self.config.cq_units_per_file,
+                    *length,
+                )?;
+                queues.insert((topic.clone(), *queue_id), Arc::new(queue));
+            }
+            *self.queues.write() = queues;
+            *self.topics.write() = base
+                .topics
+                .iter()
+                .map(|t| (t.name.clone(), t.clone()))
+                .collect();
+            *self.dedup.lock() = DedupWindow::restore(base.recent_sends.clone());
+            self.snapshots.remove_before(base.index)
+        })();
+        if let Err(err) = result {
+            self.failed.store(true, Ordering::Release);
+            return Err(err);
+        }
+        *applied = base.point();
+        self.applied_index.store(base.index, Ordering::Release);
+        self.checkpointed_index.store(base.index, Ordering::Release);
+        info!(index = base.index, term = base.term, "installed a snapshot");
+        Ok(base)
     }
 
     /// Applies `entries` after `applied`; returns the new last applied entry. Changes nothing
@@ -701,7 +827,10 @@ impl Store {
             if !expired || last_index > limit {
                 break;
             }
-            compact_index = Some(last_index);
+            // A replica that needs the deleted entries starts from this base instead.
+            if self.snapshots.contains(last_index) {
+                compact_index = Some(last_index);
+            }
         }
         let Some(index) = compact_index else {
             return Ok(None);
@@ -719,12 +848,43 @@ impl Store {
         for queue in queues {
             queue.trim_before(start_position)?;
         }
+        self.snapshots.remove_before(point.index)?;
         info!(
             index = point.index,
             start_position, "retention deleted old commit-log segments"
         );
         Ok(Some(point))
     }
+}
+
+/// Writes a snapshot base's derived state to disk (RocksDB, empty consume queues at the
+/// base's lengths, membership) and checkpoints it; returns the checkpoint.
+fn restore_from_base(
+    dir: &Path,
+    config: &StoreConfig,
+    db: &StateDb,
+    base: &SnapshotBase,
+) -> Result<Checkpoint> {
+    db.replace_derived(&base.topics, &base.offsets)?;
+    for (key, value) in &base.raft_values {
+        db.save_raft_value(key, value, true)?;
+    }
+    let cq = dir.join("cq");
+    fs::remove_dir_all(&cq).map_err(StoreError::io(&cq))?;
+    fs::create_dir_all(&cq).map_err(StoreError::io(&cq))?;
+    for (topic, queue_id, length) in &base.queues {
+        let queue_dir = queue_dir(dir, topic, *queue_id);
+        let queue = ConsumeQueue::create_at(&queue_dir, config.cq_units_per_file, *length)?;
+        queue.sync()?;
+    }
+    let checkpoint = Checkpoint {
+        applied_index: base.index,
+        applied_term: base.term,
+        queues: base.queues.clone(),
+        recent_sends: base.recent_sends.clone(),
+    };
+    db.save_checkpoint(&checkpoint)?;
+    Ok(checkpoint)
 }
 
 fn peeks_first_id(records: &[(usize, Bytes)]) -> Option<[u8; 16]> {

@@ -431,3 +431,104 @@ fn retention_deletes_old_segments_and_moves_queue_minimums() {
     assert_eq!(store.log().first_index(), start.index + 1);
     assert_eq!(store.queue_offsets("T").unwrap()[0], (0, min, 400));
 }
+
+/// Copies `from`'s log entries after `after` into `to` and applies them, as a follower does.
+fn replicate(from: &Store, to: &Store, after: u64) {
+    let entries: Vec<LogEntry> = from
+        .log()
+        .entries(after + 1, from.log().last_index() + 1, None)
+        .unwrap()
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect();
+    let positions = to.log().append(&entries).unwrap();
+    let committed: Vec<CommittedEntry> = entries
+        .into_iter()
+        .zip(positions)
+        .map(|(entry, position)| CommittedEntry {
+            index: entry.index,
+            term: entry.term,
+            entry_type: entry.entry_type,
+            position,
+            payload: entry.payload,
+        })
+        .collect();
+    to.apply(&committed).unwrap();
+}
+
+#[test]
+fn a_replica_starts_from_the_snapshot_at_the_log_start_and_converges() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let leader = Store::open(leader_dir.path(), config()).unwrap();
+    propose(&leader, vec![encode_create_topic(&default_topic("T", 2))]);
+    for round in 0..40u64 {
+        let queue = (round % 2) as u32;
+        let body = send_body(&messages("T", 10, &format!("R{round}")));
+        propose(&leader, vec![encode_messages("T", queue, 10, &body, 1)]);
+        let commit = CommitOffsets {
+            group: "G".into(),
+            offsets: vec![("T".into(), queue, round * 5)],
+        };
+        propose(&leader, vec![encode_commit_offsets(&commit)]);
+    }
+    // Nothing to install before retention deleted anything.
+    assert!(leader.snapshot_at_log_start().unwrap().is_none());
+    leader.checkpoint().unwrap();
+    let future = SystemTime::now() + Duration::from_secs(7200);
+    let start = leader
+        .enforce_retention(future)
+        .unwrap()
+        .expect("compacted");
+    let (point, snapshot) = leader.snapshot_at_log_start().unwrap().expect("a base");
+    assert_eq!(point, start);
+
+    // A brand-new replica, and one whose log diverged, both end up equal to the leader.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let stale_dir = tempfile::tempdir().unwrap();
+    let stale = Store::open(stale_dir.path(), config()).unwrap();
+    propose(
+        &stale,
+        vec![encode_create_topic(&default_topic("Other", 1))],
+    );
+    drop(stale);
+    for dir in [fresh_dir.path(), stale_dir.path()] {
+        let replica = Store::open(dir, config()).unwrap();
+        let base = replica.install_snapshot(&snapshot).unwrap();
+        assert_eq!(base.point(), start);
+        assert_eq!(replica.applied(), start);
+        assert_eq!(replica.log().first_index(), start.index + 1);
+        assert!(replica.topic("Other").is_none());
+        replicate(&leader, &replica, start.index);
+        drop(replica);
+        // And after a restart.
+        let replica = Store::open(dir, config()).unwrap();
+        replay_all(&replica);
+        assert_eq!(replica.applied(), leader.applied());
+        for queue in 0..2 {
+            assert_eq!(
+                replica.queue_offsets("T").unwrap()[queue as usize],
+                leader.queue_offsets("T").unwrap()[queue as usize]
+            );
+            let (_, min, _) = leader.queue_offsets("T").unwrap()[queue as usize];
+            assert_eq!(
+                bodies(&replica, "T", queue, min, &[]),
+                bodies(&leader, "T", queue, min, &[])
+            );
+            assert_eq!(
+                replica.consumer_offset("G", "T", queue).unwrap(),
+                leader.consumer_offset("G", "T", queue).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(&store, vec![encode_create_topic(&default_topic("T", 1))]);
+    assert!(store.install_snapshot(b"\x00\x00\x00\x00garbage").is_err());
+    assert!(!store.is_failed());
+    assert!(store.topic("T").is_some());
+    assert_eq!(store.applied_index(), 1);
+}
