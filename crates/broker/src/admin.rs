@@ -5,15 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{
-    extract::State,
+    extract::{rejection::JsonRejection, State},
     http::StatusCode,
     routing::{get, post},
     Json, Router,
 };
 use ferromq_protocol::headers::TopicConfig;
-use ferromq_raftlog::{PeerProgress, RaftStatus, Role};
+use ferromq_raftlog::{
+    MemberAddress, MembershipChange, MembershipError, PeerProgress, RaftStatus, Role,
+};
 use ferromq_service::admin::{ApiError, Readiness};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::core::BrokerCore;
 
@@ -61,6 +64,7 @@ pub fn router(core: Arc<BrokerCore>) -> Router {
         .route("/v1/broker", get(broker))
         .route("/v1/raft", get(raft))
         .route("/v1/raft:transfer-leader", post(transfer_leader))
+        .route("/v1/raft/members", get(members).post(change_members))
         .route("/v1/topics", get(topics))
         .with_state(core)
 }
@@ -111,6 +115,101 @@ async fn raft(State(core): State<Arc<BrokerCore>>) -> Json<RaftView> {
     Json(RaftView { status, peers })
 }
 
+/// A membership change: `{"action":"add","id":4,"raft_addr":"…","client_addr":"…"}` adds a
+/// learner (promoted to voter once caught up), `{"action":"remove","id":4}` removes a member.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+enum MemberRequest {
+    Add {
+        id: u64,
+        raft_addr: String,
+        client_addr: String,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct MembersView {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    addresses: BTreeMap<u64, MemberAddress>,
+}
+
+fn members_view(core: &BrokerCore) -> MembersView {
+    let status = core.raft.status();
+    MembersView {
+        voters: status.voters,
+        learners: status.learners,
+        addresses: core.members.all(),
+    }
+}
+
+async fn members(State(core): State<Arc<BrokerCore>>) -> Json<MembersView> {
+    Json(members_view(&core))
+}
+
+async fn change_members(
+    State(core): State<Arc<BrokerCore>>,
+    request: Result<Json<MemberRequest>, JsonRejection>,
+) -> Result<Json<MembersView>, ApiError> {
+    let Json(request) = request.map_err(|rejection| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message: rejection.body_text(),
+        retriable: false,
+    })?;
+    let change = match request {
+        MemberRequest::Add {
+            id,
+            raft_addr,
+            client_addr,
+        } => MembershipChange::AddLearner {
+            id,
+            address: MemberAddress {
+                raft_addr,
+                client_addr,
+            },
+        },
+        MemberRequest::Remove { id } => MembershipChange::Remove { id },
+    };
+    core.raft
+        .change_membership(change)
+        .await
+        .map_err(|err| membership_error(&core, err))?;
+    Ok(Json(members_view(&core)))
+}
+
+fn membership_error(core: &BrokerCore, err: MembershipError) -> ApiError {
+    let (status, code, retriable) = match &err {
+        MembershipError::NotLeader { .. } => (StatusCode::CONFLICT, "not_leader", true),
+        MembershipError::InProgress => (StatusCode::CONFLICT, "change_in_progress", true),
+        MembershipError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_change", false),
+        MembershipError::Dropped | MembershipError::Stopped => {
+            (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", true)
+        }
+    };
+    let mut message = err.to_string();
+    if let MembershipError::NotLeader {
+        leader_id: Some(leader),
+    } = err
+    {
+        if let Some(address) = core.members.get(leader) {
+            message = format!(
+                "{message}; send it to node {leader} (client address {})",
+                address.client_addr
+            );
+        }
+    }
+    ApiError {
+        status,
+        code,
+        message,
+        retriable,
+    }
+}
+
 #[derive(Serialize)]
 struct Transferred {
     leader_id: u64,
@@ -144,11 +243,12 @@ pub async fn hand_over_leadership(core: &BrokerCore, to: Option<u64>) -> Result<
         .peer_progress()
         .await
         .map_err(|err| err.to_string())?;
+    let voters = core.raft.status().voters;
     let target = match to {
         Some(to) => to,
         None => progress
             .iter()
-            .filter(|p| p.id != core.config.node_id)
+            .filter(|p| p.id != core.config.node_id && voters.contains(&p.id))
             .max_by_key(|p| p.match_index)
             .map(|p| p.id)
             .ok_or("no follower to hand over to")?,

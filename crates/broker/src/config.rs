@@ -46,8 +46,8 @@ pub struct StorageSection {
     /// `sync`: fsync before acknowledging (default). `async`: fsync every `flush_interval_ms`.
     pub flush: FlushPolicy,
     pub flush_interval_ms: u64,
-    /// Segments older than this are deleted.
-    pub retention_hours: u64,
+    /// Segments older than this are deleted (fractions allowed: `0.5` is 30 minutes).
+    pub retention_hours: f64,
     /// How often derived state is made durable (bounds replay after a crash).
     pub checkpoint_interval_ms: u64,
     /// How often retention looks for expired segments.
@@ -90,8 +90,13 @@ pub struct RaftSection {
     pub heartbeat_ticks: usize,
     /// Peer address for Raft messages from the other members (only bound when there are any).
     pub listen: String,
-    /// Every member of the group, this broker included. Empty: a group of one.
+    /// Every member of the group, this broker included. Empty: a group of one that never
+    /// grows (no peer port).
     pub peers: Vec<PeerConfig>,
+    /// Start as a new member of a running group instead of founding one: `peers` lists the
+    /// current members and this broker, and the leader adds it with
+    /// `POST /v1/raft/members`; it then receives the log (or a snapshot).
+    pub join: bool,
 }
 
 /// One member of a broker group.
@@ -132,7 +137,7 @@ impl Default for StorageSection {
             segment_bytes: 1 << 30,
             flush: FlushPolicy::Sync,
             flush_interval_ms: 200,
-            retention_hours: 72,
+            retention_hours: 72.0,
             checkpoint_interval_ms: 10_000,
             retention_check_interval_ms: 300_000,
             cq_units_per_file: 300_000,
@@ -169,6 +174,7 @@ impl Default for RaftSection {
             heartbeat_ticks: 2,
             listen: "0.0.0.0:10912".into(),
             peers: Vec::new(),
+            join: false,
         }
     }
 }
@@ -186,6 +192,10 @@ impl BrokerConfig {
         let storage = &self.storage;
         if storage.segment_bytes < 64 * 1024 {
             return Err("storage.segment_bytes must be at least 65536".into());
+        }
+        // At most 100 years: beyond that the duration overflows and the limit means nothing.
+        if !(storage.retention_hours > 0.0 && storage.retention_hours <= 876_000.0) {
+            return Err("storage.retention_hours must be positive (and at most 876000)".into());
         }
         if storage.cq_units_per_file == 0
             || storage.checkpoint_interval_ms == 0
@@ -226,6 +236,13 @@ impl BrokerConfig {
                 self.node_id
             ));
         }
+        if self.raft.join {
+            return if peers.len() > 1 {
+                Ok(())
+            } else {
+                Err("raft.join needs raft.peers listing the group's current members".into())
+            };
+        }
         if peers.len() % 2 == 0 {
             return Err(format!(
                 "raft.peers lists {} members; use an odd number (1, 3, 5): an even one tolerates no more failures",
@@ -248,7 +265,7 @@ impl BrokerConfig {
         StoreConfig {
             segment_bytes: self.storage.segment_bytes,
             cq_units_per_file: self.storage.cq_units_per_file,
-            retention: Duration::from_secs(self.storage.retention_hours * 3600),
+            retention: Duration::from_secs_f64(self.storage.retention_hours * 3600.0),
         }
     }
 
@@ -256,6 +273,7 @@ impl BrokerConfig {
         RaftConfig {
             node_id: self.node_id,
             voters: self.voters(),
+            join: self.raft.join,
             tick: Duration::from_millis(self.raft.tick_ms),
             election_ticks: self.raft.election_ticks,
             heartbeat_ticks: self.raft.heartbeat_ticks,

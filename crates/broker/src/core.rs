@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferromq_raftlog::{ProposeError, RaftNode};
+use ferromq_raftlog::{Members, ProposeError, RaftNode};
 use ferromq_store::{ApplyOutcome, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,8 @@ pub struct BrokerCore {
     pub config: BrokerConfig,
     pub store: Arc<Store>,
     pub raft: RaftNode<ApplyOutcome>,
+    /// Where the group's members are reached (configured, and learned from the log).
+    pub members: Members,
     pub notifier: Arc<QueueNotifier>,
     pub metrics: BrokerMetrics,
     pub topics_changed: watch::Receiver<u64>,
@@ -38,16 +40,15 @@ impl BrokerCore {
         if node_id == self.config.node_id {
             return Some(self.advertised_addr.clone());
         }
-        self.config
-            .raft
-            .peers
-            .iter()
-            .find(|p| p.id == node_id)
-            .map(|p| p.client_addr.clone())
+        self.members.get(node_id).map(|m| m.client_addr)
     }
 
-    /// True when the group has members besides this broker.
+    /// True when the group has voters besides this broker.
     pub fn has_peers(&self) -> bool {
-        self.config.raft.peers.len() > 1
+        self.raft
+            .status()
+            .voters
+            .iter()
+            .any(|id| *id != self.config.node_id)
     }
 }

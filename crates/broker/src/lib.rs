@@ -17,8 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferromq_raftlog::peer::{PeerAddress, PeerNetwork};
-use ferromq_raftlog::{NoPeers, PeerSender, RaftError, RaftMetrics, RaftNode, RaftStatus};
+use ferromq_raftlog::peer::PeerNetwork;
+use ferromq_raftlog::{
+    MemberAddress, Members, NoPeers, PeerSender, RaftError, RaftMetrics, RaftNode, RaftStatus,
+};
 use ferromq_service::admin as http;
 use ferromq_service::metrics::{new_registry, Instrumented};
 use ferromq_store::{Store, StoreError};
@@ -118,18 +120,19 @@ impl Broker {
             max_frame_bytes: config.limits.max_frame_bytes * 4,
             ..config.limits.server_transport()
         });
+        let configured = config.raft.peers.iter().map(|p| {
+            let address = MemberAddress {
+                raft_addr: p.raft_addr.clone(),
+                client_addr: p.client_addr.clone(),
+            };
+            (p.id, address)
+        });
+        let members = Members::load(store.state(), configured)?;
+        // A group configured with peers (even a group of one, which may grow) listens on the
+        // peer port; a standalone broker without a peer list does not.
         let (peer_listener, peer_sender): (Option<TcpListener>, Box<dyn PeerSender>) =
-            if config.raft.peers.len() > 1 {
+            if !config.raft.peers.is_empty() {
                 let (listener, _) = bind(&config.raft.listen).await?;
-                let peers: Vec<PeerAddress> = config
-                    .raft
-                    .peers
-                    .iter()
-                    .map(|p| PeerAddress {
-                        id: p.id,
-                        raft_addr: p.raft_addr.clone(),
-                    })
-                    .collect();
                 let client_side = Arc::new(ferromq_transport::TransportConfig {
                     keepalive_interval: Some(std::time::Duration::from_secs(30)),
                     ..(*peer_transport).clone()
@@ -137,7 +140,7 @@ impl Broker {
                 let network = PeerNetwork::start(
                     &config.group,
                     config.node_id,
-                    &peers,
+                    members.clone(),
                     client_side,
                     shutdown.clone(),
                 );
@@ -148,6 +151,7 @@ impl Broker {
         let raft_config = config.raft_config();
         let raft_metrics = RaftMetrics::new(&registry);
         let raft_store = store.clone();
+        let raft_members = members.clone();
         let raft = tokio::task::spawn_blocking(move || {
             RaftNode::start(
                 raft_store,
@@ -155,6 +159,7 @@ impl Broker {
                 state_machine,
                 peer_sender,
                 raft_metrics,
+                raft_members,
             )
         })
         .await
@@ -166,6 +171,7 @@ impl Broker {
             config,
             store,
             raft,
+            members,
             notifier,
             metrics,
             topics_changed,

@@ -2,9 +2,9 @@
 //! Raft's protobuf is decoded only here, never from the client port.
 //!
 //! A frame is accepted only if its connection comes from an address the claimed member's
-//! `raft_addr` resolves to, and only the message types members exchange get through (no
-//! proposals, no snapshots, no membership changes): a stranger on the network cannot inject
-//! entries or crash the Raft loop. Encryption and certificate-based peer authentication (mTLS)
+//! `raft_addr` resolves to (members as configured or added through the log), and only the
+//! message types members exchange get through (no proposals): a stranger on the network
+//! cannot inject entries or crash the Raft loop. Encryption and certificate-based peer authentication (mTLS)
 //! are not there yet; keep the peer port on a private network.
 
 use std::collections::HashMap;
@@ -40,13 +40,10 @@ impl PeerHandler {
         if let Some(member) = self.verified.lock().get(&connection.id()) {
             return *member == from;
         }
-        let config = &self.core.config;
-        let Some(peer) = config
-            .raft
-            .peers
-            .iter()
-            .find(|p| p.id == from && p.id != config.node_id)
-        else {
+        if from == self.core.config.node_id {
+            return false;
+        }
+        let Some(peer) = self.core.members.get(from) else {
             return false;
         };
         let remote = connection.peer_addr().ip();
@@ -67,7 +64,8 @@ impl PeerHandler {
     }
 }
 
-/// The messages members of a group exchange; everything else is dropped.
+/// The messages members of a group exchange; everything else (proposals, local messages) is
+/// dropped.
 fn allowed(message: &RaftMessage) -> bool {
     let kind_allowed = matches!(
         message.get_msg_type(),
@@ -80,13 +78,14 @@ fn allowed(message: &RaftMessage) -> bool {
             | MessageType::MsgHeartbeat
             | MessageType::MsgHeartbeatResponse
             | MessageType::MsgTimeoutNow
+            | MessageType::MsgSnapshot
     );
-    // Membership changes are not supported; an entry carrying one would stop every member.
+    // Joint-consensus changes are never proposed; an entry carrying one would stop a member.
     kind_allowed
         && message
             .entries
             .iter()
-            .all(|entry| entry.get_entry_type() == EntryType::EntryNormal)
+            .all(|entry| entry.get_entry_type() != EntryType::EntryConfChangeV2)
 }
 
 impl Handler for PeerHandler {

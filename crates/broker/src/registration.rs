@@ -89,26 +89,28 @@ pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: Cancellati
             // Register what this snapshot says, and wait for a change relative to it, so a
             // change during the request is not missed.
             let status = raft_status.borrow_and_update().clone();
-            let observed = (status.role, status.term);
-            if let Err(err) = register(&core, &connection, &status).await {
+            let observed = observe(&status, core.config.node_id);
+            // Learners (still catching up) and removed members serve no clients.
+            let result = if observed.2 {
+                register(&core, &connection, &status).await
+            } else {
+                unregister(&core, &connection).await
+            };
+            if let Err(err) = result {
                 warn!(%nameserver, %err, "registration failed");
                 if connection.is_closed() {
                     break;
                 }
             } else {
-                debug!(%nameserver, "registered");
+                debug!(%nameserver, voter = observed.2, "registration sent");
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(core.config.heartbeat_interval_ms)) => {}
                 _ = topics_changed.changed() => {}
-                _ = role_changed(&mut raft_status, observed) => {}
+                _ = role_changed(&mut raft_status, observed, core.config.node_id) => {}
                 _ = connection.closed() => break,
                 _ = shutdown.cancelled() => {
-                    let unregister = UnregisterBrokerRequest {
-                        group: core.config.group.clone(),
-                        node_id: core.config.node_id,
-                    };
-                    if let Err(err) = connection.request(RequestCode::UnregisterBroker, &unregister, Bytes::new()).await {
+                    if let Err(err) = unregister(&core, &connection).await {
                         warn!(%nameserver, %err, "unregister failed");
                     }
                     connection.close();
@@ -120,13 +122,31 @@ pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: Cancellati
     }
 }
 
-/// Completes when the Raft role or term differs from `observed`.
+async fn unregister(core: &BrokerCore, connection: &Connection) -> Result<(), TransportError> {
+    let unregister = UnregisterBrokerRequest {
+        group: core.config.group.clone(),
+        node_id: core.config.node_id,
+    };
+    connection
+        .request(RequestCode::UnregisterBroker, &unregister, Bytes::new())
+        .await?
+        .into_result()
+        .map(|_| ())
+}
+
+/// What registration depends on: role, term, and whether this broker is a voter.
+fn observe(status: &RaftStatus, node_id: u64) -> (Role, u64, bool) {
+    (status.role, status.term, status.voters.contains(&node_id))
+}
+
+/// Completes when what registration depends on differs from `observed`.
 async fn role_changed(
     status: &mut tokio::sync::watch::Receiver<ferromq_raftlog::RaftStatus>,
-    observed: (Role, u64),
+    observed: (Role, u64, bool),
+    node_id: u64,
 ) {
     let changed = status
-        .wait_for(|s| (s.role, s.term) != observed)
+        .wait_for(|s| observe(s, node_id) != observed)
         .await
         .is_ok();
     if !changed {

@@ -3,11 +3,13 @@
 //! committed (persisted by a majority under the flush policy) and applied.
 
 mod logger;
+pub mod membership;
 pub mod metrics;
 mod node;
 pub mod peer;
 pub mod storage;
 
+pub use membership::{MemberAddress, Members, MembershipChange, MembershipError};
 pub use metrics::RaftMetrics;
 pub use node::{
     FlushPolicy, NoPeers, PeerProgress, PeerSender, ProposeError, RaftConfig, RaftError, RaftNode,

@@ -3,19 +3,21 @@
 //! `five_mem_node` example. Proposals that arrive while a cycle persists are batched into the
 //! next cycle, so concurrent sends share one fsync (group commit).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferromq_store::{CommittedEntry, Store, StoreError};
-use raft::prelude::{Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::membership::{self, Members, MembershipChange, MembershipError};
 use crate::metrics::RaftMetrics;
 use crate::storage::RaftStorage;
 
@@ -34,6 +36,9 @@ pub struct RaftConfig {
     pub node_id: u64,
     /// Voters of a brand-new group; ignored once the node has a membership.
     pub voters: Vec<u64>,
+    /// Joining an existing group: start with an empty log and no membership, and wait for the
+    /// leader (which adds this node with a membership change) to send the log or a snapshot.
+    pub join: bool,
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
@@ -51,6 +56,7 @@ impl Default for RaftConfig {
         RaftConfig {
             node_id: 1,
             voters: vec![1],
+            join: false,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -67,6 +73,9 @@ impl Default for RaftConfig {
 pub trait StateMachine: Send + 'static {
     type Output: Send + 'static;
     fn apply(&mut self, entries: &[CommittedEntry]) -> Result<Vec<Self::Output>, StoreError>;
+
+    /// Called after a snapshot from the leader replaced the store's state.
+    fn restored(&mut self) {}
 }
 
 /// Delivers Raft messages to other members of the group.
@@ -116,6 +125,8 @@ pub struct RaftStatus {
     pub applied_index: u64,
     pub last_index: u64,
     pub voters: Vec<u64>,
+    /// Members receiving the log without a vote yet (promoted once caught up).
+    pub learners: Vec<u64>,
     /// Set when the node stopped on a storage error.
     pub failed: Option<String>,
 }
@@ -140,6 +151,10 @@ enum Event<O> {
     Step(Box<Message>),
     Progress(oneshot::Sender<Vec<PeerProgress>>),
     TransferLeader(u64),
+    ChangeMembership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<(), MembershipError>>,
+    },
     Shutdown,
 }
 
@@ -191,13 +206,18 @@ impl<O: Send + 'static> RaftNode<O> {
         mut state_machine: SM,
         peers: Box<dyn PeerSender>,
         metrics: RaftMetrics,
+        members: Members,
     ) -> Result<RaftNode<O>, RaftError> {
         let mut storage = RaftStorage::open(store.clone())?;
-        if storage.bootstrap(&config.voters)? {
+        if config.join {
+            if storage.conf_state().voters.is_empty() {
+                info!("waiting for the group's leader to add this node");
+            }
+        } else if storage.bootstrap(&config.voters)? {
             info!(voters = ?config.voters, "bootstrapped a new raft group");
         }
         let commit = storage.hard_state().commit;
-        let replayed = replay(&store, &storage, commit, &mut state_machine)?;
+        let replayed = replay(&store, &mut storage, commit, &mut state_machine, &members)?;
         if replayed > 0 {
             info!(
                 replayed,
@@ -233,6 +253,9 @@ impl<O: Send + 'static> RaftNode<O> {
             state_machine,
             peers,
             waiters: VecDeque::new(),
+            membership_waiters: VecDeque::new(),
+            members,
+            snapshots_sent: HashMap::new(),
             config: config.clone(),
             status: status_tx,
             metrics,
@@ -292,6 +315,17 @@ impl<O: Send + 'static> RaftNode<O> {
             .map_err(|_| ProposeError::Stopped)
     }
 
+    /// Proposes a membership change and waits until it is applied. An added learner becomes a
+    /// voter later, when the leader sees it caught up.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), MembershipError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send_async(Event::ChangeMembership { change, reply })
+            .await
+            .map_err(|_| MembershipError::Stopped)?;
+        answer.await.map_err(|_| MembershipError::Stopped)?
+    }
+
     /// Hands a message from a peer to the node.
     pub async fn step(&self, message: Message) -> Result<(), ProposeError> {
         self.events
@@ -341,9 +375,10 @@ impl<O> Drop for RaftNode<O> {
 
 fn replay<SM: StateMachine>(
     store: &Store,
-    storage: &RaftStorage,
+    storage: &mut RaftStorage,
     commit: u64,
     state_machine: &mut SM,
+    members: &Members,
 ) -> Result<u64, StoreError> {
     let mut replayed = 0;
     while store.applied_index() < commit {
@@ -355,20 +390,54 @@ fn replay<SM: StateMachine>(
             .into_iter()
             .map(|(_, e)| crate::storage::to_raft_entry(e))
             .collect::<Result<_, _>>()?;
-        if let Some(change) = raft_entries
-            .iter()
-            .find(|e| e.entry_type != EntryType::EntryNormal)
-        {
-            return Err(StoreError::Inconsistent(format!(
-                "membership change at index {} is not supported by this version",
-                change.index
-            )));
+        for run in split_at_conf_changes(raft_entries) {
+            let conf_change = run.last().and_then(decode_conf_change).transpose()?;
+            let committed = storage.committed(run)?;
+            replayed += committed.len() as u64;
+            state_machine.apply(&committed)?;
+            if let Some(change) = conf_change {
+                // Re-applying a change the stored membership already reflects is harmless:
+                // each change sets one member's role outright.
+                let mut conf_state = storage.conf_state().clone();
+                membership::apply_to(&mut conf_state, &change);
+                storage.set_conf_state(conf_state)?;
+                members.apply(&change, store.state())?;
+            }
         }
-        let committed = storage.committed(raft_entries)?;
-        replayed += committed.len() as u64;
-        state_machine.apply(&committed)?;
     }
     Ok(replayed)
+}
+
+/// Splits entries into runs that end with a conf change (or at the end), so a change is
+/// applied after everything before it and before everything after it.
+fn split_at_conf_changes(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
+    let mut runs = vec![Vec::new()];
+    for entry in entries {
+        let is_change = entry.entry_type != EntryType::EntryNormal;
+        runs.last_mut().expect("never empty").push(entry);
+        if is_change {
+            runs.push(Vec::new());
+        }
+    }
+    runs.retain(|run| !run.is_empty());
+    runs
+}
+
+/// The conf change an entry carries, if it is a conf-change entry.
+fn decode_conf_change(entry: &Entry) -> Option<Result<ConfChange, StoreError>> {
+    match entry.entry_type {
+        EntryType::EntryNormal => None,
+        EntryType::EntryConfChange => Some(ConfChange::parse_from_bytes(&entry.data).map_err(
+            |err| StoreError::Decode {
+                what: "conf change",
+                reason: format!("entry {}: {err}", entry.index),
+            },
+        )),
+        EntryType::EntryConfChangeV2 => Some(Err(StoreError::Inconsistent(format!(
+            "joint membership change at index {} is not supported",
+            entry.index
+        )))),
+    }
 }
 
 fn status_of(raw: &RawNode<RaftStorage>, failed: Option<String>) -> RaftStatus {
@@ -382,6 +451,7 @@ fn status_of(raw: &RawNode<RaftStorage>, failed: Option<String>) -> RaftStatus {
         applied_index: raft.raft_log.applied,
         last_index: raft.raft_log.last_index(),
         voters: raw.store().conf_state().voters.clone(),
+        learners: raw.store().conf_state().learners.clone(),
         failed,
     }
 }
@@ -392,6 +462,15 @@ struct Waiter<O> {
     reply: oneshot::Sender<Result<O, ProposeError>>,
 }
 
+struct MembershipWaiter {
+    index: u64,
+    term: u64,
+    reply: oneshot::Sender<Result<(), MembershipError>>,
+}
+
+/// A snapshot not acknowledged this long is reported failed, so Raft sends it again.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
 struct NodeLoop<SM: StateMachine> {
     raw: RawNode<RaftStorage>,
     progress: Arc<Progress>,
@@ -399,6 +478,10 @@ struct NodeLoop<SM: StateMachine> {
     peers: Box<dyn PeerSender>,
     /// Proposals waiting to be applied, in index order.
     waiters: VecDeque<Waiter<SM::Output>>,
+    membership_waiters: VecDeque<MembershipWaiter>,
+    members: Members,
+    /// Followers sent a snapshot, and when.
+    snapshots_sent: HashMap<u64, Instant>,
     config: RaftConfig,
     status: watch::Sender<RaftStatus>,
     metrics: RaftMetrics,
@@ -433,6 +516,10 @@ impl<SM: StateMachine> NodeLoop<SM> {
                 self.raw.tick();
                 next_tick = now + self.config.tick;
                 result = self.raw.mut_store().persist_commit();
+                if self.raw.raft.state == StateRole::Leader {
+                    self.promote_caught_up_learner();
+                    self.retry_lost_snapshots(now);
+                }
             }
             if result.is_ok() {
                 result = self.on_ready();
@@ -456,6 +543,9 @@ impl<SM: StateMachine> NodeLoop<SM> {
         // Proposed but not applied: they may still commit under another leader.
         for waiter in self.waiters.drain(..) {
             let _ = waiter.reply.send(Err(ProposeError::Dropped));
+        }
+        for waiter in self.membership_waiters.drain(..) {
+            let _ = waiter.reply.send(Err(MembershipError::Dropped));
         }
         for event in events.drain() {
             if let Event::Propose { reply, .. } = event {
@@ -523,8 +613,103 @@ impl<SM: StateMachine> NodeLoop<SM> {
                 self.raw.transfer_leader(to);
                 true
             }
+            Event::ChangeMembership { change, reply } => {
+                let _ = match self.propose_membership_change(&change) {
+                    Ok(()) => {
+                        self.membership_waiters.push_back(MembershipWaiter {
+                            index: self.raw.raft.raft_log.last_index(),
+                            term: self.raw.raft.term,
+                            reply,
+                        });
+                        Ok(())
+                    }
+                    Err(err) => reply.send(Err(err)),
+                };
+                true
+            }
             Event::Shutdown => false,
         }
+    }
+
+    fn propose_membership_change(
+        &mut self,
+        change: &MembershipChange,
+    ) -> Result<(), MembershipError> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            let leader_id = Some(raft.leader_id).filter(|id| *id != 0);
+            return Err(MembershipError::NotLeader { leader_id });
+        }
+        if raft.has_pending_conf() {
+            return Err(MembershipError::InProgress);
+        }
+        membership::validate(change, self.raw.store().conf_state(), raft.id)?;
+        info!(?change, "proposing a membership change");
+        self.raw
+            .propose_conf_change(Vec::new(), membership::conf_change(change))
+            .map_err(|err| MembershipError::Invalid(err.to_string()))
+    }
+
+    /// Promotes one learner whose log has caught up with the commit index.
+    fn promote_caught_up_learner(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.has_pending_conf() {
+            return;
+        }
+        let committed = raft.raft_log.committed;
+        let caught_up = self
+            .raw
+            .store()
+            .conf_state()
+            .learners
+            .iter()
+            .copied()
+            .find(|id| {
+                raft.prs()
+                    .get(*id)
+                    .is_some_and(|progress| progress.matched >= committed)
+            });
+        if let Some(id) = caught_up {
+            info!(id, "learner caught up; promoting it to voter");
+            if let Err(err) = self
+                .raw
+                .propose_conf_change(Vec::new(), membership::promotion(id))
+            {
+                warn!(id, %err, "promotion refused");
+            }
+        }
+    }
+
+    /// A snapshot message can be lost on the way; Raft waits for it forever unless told.
+    fn retry_lost_snapshots(&mut self, now: Instant) {
+        let lost: Vec<u64> = self
+            .snapshots_sent
+            .iter()
+            .filter(|(_, sent)| now.duration_since(**sent) > SNAPSHOT_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.snapshots_sent.remove(&id);
+            let waiting = self
+                .raw
+                .raft
+                .prs()
+                .get(id)
+                .is_some_and(|progress| progress.state == raft::ProgressState::Snapshot);
+            if waiting {
+                warn!(id, "snapshot not acknowledged in time; sending it again");
+                self.raw.report_snapshot(id, SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in &messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.insert(message.to, Instant::now());
+            }
+        }
+        self.peers.send(messages);
     }
 
     fn sync_log(&mut self) -> Result<(), StoreError> {
@@ -542,12 +727,19 @@ impl<SM: StateMachine> NodeLoop<SM> {
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            self.peers.send(ready.take_messages());
+            let messages = ready.take_messages();
+            self.send(messages);
         }
         if !ready.snapshot().is_empty() {
-            return Err(StoreError::Inconsistent(
-                "installing a raft snapshot is not supported by this version".into(),
-            ));
+            let snapshot = ready.snapshot().clone();
+            info!(
+                index = snapshot.get_metadata().index,
+                term = snapshot.get_metadata().term,
+                "installing a snapshot from the leader"
+            );
+            self.raw.mut_store().apply_snapshot(&snapshot)?;
+            self.members.reload(self.raw.store().store().state())?;
+            self.state_machine.restored();
         }
         self.apply(ready.take_committed_entries())?;
         let appended = !ready.entries().is_empty();
@@ -562,13 +754,15 @@ impl<SM: StateMachine> NodeLoop<SM> {
             self.sync_log()?;
         }
         if !ready.persisted_messages().is_empty() {
-            self.peers.send(ready.take_persisted_messages());
+            let messages = ready.take_persisted_messages();
+            self.send(messages);
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
-        self.peers.send(light.take_messages());
+        let messages = light.take_messages();
+        self.send(messages);
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.publish_status(None);
@@ -576,17 +770,70 @@ impl<SM: StateMachine> NodeLoop<SM> {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        for run in split_at_conf_changes(entries) {
+            let conf_change = run.last().and_then(decode_conf_change).transpose()?;
+            let last = run.last().map(|e| (e.index, e.term));
+            self.apply_run(run, conf_change.is_some())?;
+            if let (Some(change), Some((index, term))) = (conf_change, last) {
+                self.apply_conf_change(&change, index, term)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        change: &ConfChange,
+        index: u64,
+        term: u64,
+    ) -> Result<(), StoreError> {
+        let result = match self.raw.apply_conf_change(change) {
+            Ok(conf_state) => {
+                info!(index, ?conf_state, "membership changed");
+                self.raw.mut_store().set_conf_state(conf_state)?;
+                self.members
+                    .apply(change, self.raw.store().store().state())?;
+                Ok(())
+            }
+            // Refused the same way on every member (the state is the same everywhere).
+            Err(err) => {
+                warn!(index, %err, "membership change refused");
+                Err(MembershipError::Invalid(err.to_string()))
+            }
+        };
+        while self
+            .membership_waiters
+            .front()
+            .is_some_and(|w| w.index <= index)
+        {
+            let waiter = self.membership_waiters.pop_front().expect("checked");
+            let answer = if waiter.index == index && waiter.term == term {
+                result.clone()
+            } else {
+                Err(MembershipError::Dropped)
+            };
+            let _ = waiter.reply.send(answer);
+        }
+        Ok(())
+    }
+
+    /// Applies entries through the state machine (a conf change, `ends_with_change`, is a
+    /// no-op there) and answers their proposers.
+    fn apply_run(&mut self, entries: Vec<Entry>, ends_with_change: bool) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
-        if let Some(change) = entries
-            .iter()
-            .find(|e| e.entry_type != EntryType::EntryNormal)
+        let first_index = entries[0].index;
+        let last_index = entries[entries.len() - 1].index - u64::from(ends_with_change);
+        // A membership proposal the leader turned into an empty entry (raft-rs does that when
+        // another change is pending) will never be applied as a change.
+        while self
+            .membership_waiters
+            .front()
+            .is_some_and(|w| w.index >= first_index && w.index <= last_index)
         {
-            return Err(StoreError::Inconsistent(format!(
-                "membership change at index {} is not supported by this version",
-                change.index
-            )));
+            let waiter = self.membership_waiters.pop_front().expect("checked");
+            let _ = waiter.reply.send(Err(MembershipError::InProgress));
         }
         let committed = self.raw.store().committed(entries)?;
         let outputs = self.state_machine.apply(&committed)?;

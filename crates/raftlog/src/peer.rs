@@ -21,19 +21,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::membership::Members;
 use crate::node::PeerSender;
 
 /// Batches of messages waiting per peer.
 const PEER_QUEUE_BATCHES: usize = 1024;
 /// Most messages in one decoded frame.
 pub const MAX_MESSAGES_PER_FRAME: usize = 4096;
-
-/// A member of the group as its peers reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerAddress {
-    pub id: u64,
-    pub raft_addr: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("malformed raft messages: {0}")]
@@ -82,34 +76,53 @@ pub fn decode_messages(mut body: Bytes) -> Result<Vec<Message>, DecodeError> {
     Ok(messages)
 }
 
-/// The real peer transport of a multi-member group.
+/// The real peer transport of a multi-member group: one sending task per member, started the
+/// first time Raft sends it something (members can join while the group runs).
 pub struct PeerNetwork {
+    group: String,
+    self_id: u64,
+    members: Members,
+    transport: Arc<TransportConfig>,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
     queues: HashMap<u64, mpsc::Sender<Vec<Message>>>,
 }
 
 impl PeerNetwork {
-    /// Starts one sending task per peer (other than `self_id`) on the current runtime.
+    /// Must be called on a Tokio runtime, which the sending tasks then run on.
     pub fn start(
         group: &str,
         self_id: u64,
-        peers: &[PeerAddress],
+        members: Members,
         transport: Arc<TransportConfig>,
         shutdown: CancellationToken,
     ) -> PeerNetwork {
-        let mut queues = HashMap::new();
-        for peer in peers.iter().filter(|p| p.id != self_id) {
-            let (sender, receiver) = mpsc::channel(PEER_QUEUE_BATCHES);
-            queues.insert(peer.id, sender);
-            tokio::spawn(peer_loop(
-                group.to_string(),
-                self_id,
-                peer.clone(),
-                receiver,
-                transport.clone(),
-                shutdown.clone(),
-            ));
+        PeerNetwork {
+            group: group.to_string(),
+            self_id,
+            members,
+            transport,
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+            queues: HashMap::new(),
         }
-        PeerNetwork { queues }
+    }
+
+    fn queue(&mut self, to: u64) -> Option<&mpsc::Sender<Vec<Message>>> {
+        if !self.queues.contains_key(&to) {
+            let address = self.members.get(to)?;
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_BATCHES);
+            self.runtime.spawn(peer_loop(
+                self.group.clone(),
+                self.self_id,
+                (to, address.raft_addr),
+                receiver,
+                self.transport.clone(),
+                self.shutdown.clone(),
+            ));
+            self.queues.insert(to, sender);
+        }
+        self.queues.get(&to)
     }
 }
 
@@ -120,13 +133,13 @@ impl PeerSender for PeerNetwork {
             by_peer.entry(message.to).or_default().push(message);
         }
         for (to, batch) in by_peer {
-            match self.queues.get(&to) {
+            match self.queue(to) {
                 Some(queue) => {
                     if queue.try_send(batch).is_err() {
                         debug!(to, "peer queue full or closed; raft messages dropped");
                     }
                 }
-                None => warn!(to, "raft message for a node that is not a configured peer"),
+                None => warn!(to, "raft message for a member whose address is unknown"),
             }
         }
     }
@@ -135,7 +148,7 @@ impl PeerSender for PeerNetwork {
 async fn peer_loop(
     group: String,
     self_id: u64,
-    peer: PeerAddress,
+    (peer_id, peer_addr): (u64, String),
     mut queue: mpsc::Receiver<Vec<Message>>,
     transport: Arc<TransportConfig>,
     shutdown: CancellationToken,
@@ -163,7 +176,7 @@ async fn peer_loop(
         }
         if connection.as_ref().is_none_or(Connection::is_closed) {
             match Connection::connect(
-                &peer.raft_addr,
+                &peer_addr,
                 &client_id,
                 transport.clone(),
                 Arc::new(RejectAll),
@@ -175,7 +188,7 @@ async fn peer_loop(
                     backoff = Duration::from_millis(50);
                 }
                 Err(err) => {
-                    debug!(peer = peer.id, addr = %peer.raft_addr, %err, "peer unreachable; raft messages dropped");
+                    debug!(peer = peer_id, addr = %peer_addr, %err, "peer unreachable; raft messages dropped");
                     // Raft resends; do not spin on a dead peer.
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -196,7 +209,7 @@ async fn peer_loop(
                 .one_way(RequestCode::RaftMessages, &header, frame)
                 .await
             {
-                debug!(peer = peer.id, %err, "sending raft messages failed");
+                debug!(peer = peer_id, %err, "sending raft messages failed");
                 open.close();
                 connection = None;
                 break;

@@ -6,13 +6,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ferromq_protocol::codec;
-use ferromq_store::{CommittedEntry, LogEntry, Store, StoreError};
-use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
+use ferromq_store::{CommittedEntry, LogEntry, SnapshotBase, Store, StoreError};
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
 const KEY_HARD_STATE: &str = "hard_state";
-const KEY_CONF_STATE: &str = "conf_state";
+pub(crate) const KEY_CONF_STATE: &str = "conf_state";
 /// Bytes of recent entries kept in memory.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -43,6 +44,21 @@ fn entry_type_from(code: u8) -> Result<EntryType, StoreError> {
             reason: format!("unknown entry type {other}"),
         }),
     }
+}
+
+fn decode_conf_state(bytes: &[u8]) -> Result<ConfState, StoreError> {
+    let stored: StoredConfState = codec::decode(bytes).map_err(|err| StoreError::Decode {
+        what: "conf state",
+        reason: err.to_string(),
+    })?;
+    Ok(ConfState {
+        voters: stored.voters,
+        learners: stored.learners,
+        voters_outgoing: stored.voters_outgoing,
+        learners_next: stored.learners_next,
+        auto_leave: stored.auto_leave,
+        ..ConfState::default()
+    })
 }
 
 pub(crate) fn to_raft_entry(entry: LogEntry) -> Result<Entry, StoreError> {
@@ -105,19 +121,10 @@ impl RaftStorage {
         // Applied entries were committed, even if the lazily written commit index lags.
         let persisted_commit = hard_state.commit;
         hard_state.commit = hard_state.commit.max(store.applied_index().min(last));
-        let mut conf_state = ConfState::default();
-        if let Some(bytes) = state.raft_value(KEY_CONF_STATE)? {
-            let stored: StoredConfState =
-                codec::decode(&bytes).map_err(|err| StoreError::Decode {
-                    what: "conf state",
-                    reason: err.to_string(),
-                })?;
-            conf_state.voters = stored.voters;
-            conf_state.learners = stored.learners;
-            conf_state.voters_outgoing = stored.voters_outgoing;
-            conf_state.learners_next = stored.learners_next;
-            conf_state.auto_leave = stored.auto_leave;
-        }
+        let conf_state = match state.raft_value(KEY_CONF_STATE)? {
+            Some(bytes) => decode_conf_state(&bytes)?,
+            None => ConfState::default(),
+        };
         Ok(RaftStorage {
             store,
             hard_state,
@@ -140,17 +147,61 @@ impl RaftStorage {
         &self.conf_state
     }
 
-    /// Gives a brand-new node (no membership, empty log) its initial voters.
+    /// Starts the log of a founding member of a new group (no membership, empty log): one
+    /// committed conf-change entry per founding voter at term 1, written identically by every
+    /// founder, so membership is in the log from its first entry and a member added later
+    /// learns it by replicating the log. The entries are applied by the startup replay.
     pub fn bootstrap(&mut self, voters: &[u64]) -> Result<bool, StoreError> {
         if !self.conf_state.voters.is_empty() || self.store.log().last_index() > 0 {
             return Ok(false);
         }
-        let conf_state = ConfState {
-            voters: voters.to_vec(),
-            ..ConfState::default()
+        let mut voters = voters.to_vec();
+        voters.sort_unstable();
+        voters.dedup();
+        let mut entries = Vec::with_capacity(voters.len());
+        for (i, id) in voters.iter().enumerate() {
+            let data = crate::membership::promotion(*id)
+                .write_to_bytes()
+                .map_err(|err| {
+                    StoreError::Inconsistent(format!("encoding a conf change: {err}"))
+                })?;
+            entries.push(Entry {
+                entry_type: EntryType::EntryConfChange,
+                term: 1,
+                index: i as u64 + 1,
+                data: data.into(),
+                ..Entry::default()
+            });
+        }
+        self.append(&entries)?;
+        self.store.log().sync()?;
+        self.hard_state = HardState {
+            term: 1,
+            vote: 0,
+            commit: voters.len() as u64,
+            ..HardState::default()
         };
-        self.set_conf_state(conf_state)?;
+        self.write_hard_state(true)?;
         Ok(true)
+    }
+
+    /// Replaces everything with a snapshot from the leader: the store installs it, then
+    /// membership and the commit index follow.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let metadata = snapshot.get_metadata();
+        let base = self.store.install_snapshot(&snapshot.data)?;
+        if base.index != metadata.index || base.term != metadata.term {
+            return Err(StoreError::Inconsistent(format!(
+                "snapshot data is at {}/{} but its metadata says {}/{}",
+                base.index, base.term, metadata.index, metadata.term
+            )));
+        }
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.set_conf_state(metadata.get_conf_state().clone())?;
+        self.hard_state.commit = self.hard_state.commit.max(metadata.index);
+        self.hard_state.term = self.hard_state.term.max(metadata.term);
+        self.write_hard_state(true)
     }
 
     pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StoreError> {
@@ -343,10 +394,53 @@ impl raft::Storage for RaftStorage {
         Ok(self.store.log().last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshot transfer to lagging replicas arrives with multi-replica groups.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The base at the log start: a replica that needs entries retention deleted starts from
+    /// it. Only ever asked for when the log was compacted.
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let (point, bytes) = match self.store.snapshot_at_log_start() {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(unavailable),
+            Err(err) => {
+                tracing::error!(%err, to, "cannot read the snapshot base");
+                return Err(unavailable);
+            }
+        };
+        let conf_state = SnapshotBase::decode(&bytes).and_then(|base| {
+            let value = base
+                .raft_values
+                .iter()
+                .find(|(key, _)| key == KEY_CONF_STATE)
+                .map(|(_, value)| value.clone())
+                .ok_or_else(|| {
+                    StoreError::Inconsistent("snapshot base without membership".into())
+                })?;
+            decode_conf_state(&value)
+        });
+        let conf_state = match conf_state {
+            Ok(conf_state) => conf_state,
+            Err(err) => {
+                tracing::error!(%err, to, index = point.index, "unusable snapshot base");
+                return Err(unavailable);
+            }
+        };
+        tracing::info!(
+            to,
+            index = point.index,
+            bytes = bytes.len(),
+            "sending a snapshot"
+        );
+        let mut metadata = SnapshotMetadata {
+            index: point.index,
+            term: point.term,
+            ..SnapshotMetadata::default()
+        };
+        metadata.set_conf_state(conf_state);
+        let mut snapshot = Snapshot {
+            data: bytes.into(),
+            ..Snapshot::default()
+        };
+        snapshot.set_metadata(metadata);
+        Ok(snapshot)
     }
 }

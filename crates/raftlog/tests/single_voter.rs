@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferromq_protocol::message::{encode_record, put_length_prefixed, Message, MessageIdGenerator};
-use ferromq_raftlog::{NoPeers, RaftConfig, RaftMetrics, RaftNode, Role, StateMachine};
+use ferromq_raftlog::{Members, NoPeers, RaftConfig, RaftMetrics, RaftNode, Role, StateMachine};
 use ferromq_store::{
     command::{encode_create_topic, encode_messages},
     default_topic, ApplyOutcome, CommittedEntry, Store, StoreConfig, StoreError,
@@ -43,6 +43,7 @@ fn open(dir: &std::path::Path) -> (Arc<Store>, RaftNode<ApplyOutcome>) {
         Apply(store.clone()),
         Box::new(NoPeers),
         RaftMetrics::new(&prometheus::Registry::new()),
+        Members::default(),
     )
     .unwrap();
     (store, node)
