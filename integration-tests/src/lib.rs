@@ -173,11 +173,27 @@ impl Drop for Process {
 
 /// A minimal HTTP/1.1 GET over loopback: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request("GET", addr, path, "")
+}
+
+/// A minimal HTTP/1.1 POST of a JSON body over loopback: (status code, body).
+pub fn http_post(addr: &str, path: &str, json: &str) -> std::io::Result<(u16, String)> {
+    http_request("POST", addr, path, json)
+}
+
+fn http_request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    json: &str,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -373,6 +389,72 @@ pub fn start_group(
         wait_http_ok(&member.spec.admin, "/readyz", Duration::from_secs(30));
     }
     members
+}
+
+impl Broker {
+    /// This member's entry for `raft.peers`, from how it was started by [`start_group`].
+    pub fn peer_entry(&self) -> String {
+        let env = |key: &str| {
+            self.spec
+                .env
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .expect("a member started by start_group")
+        };
+        format!(
+            r#"{{ id = {}, raft_addr = "{}", client_addr = "{}" }}"#,
+            env("FERROMQ_NODE_ID"),
+            env("FERROMQ_RAFT__LISTEN"),
+            self.spec.addr
+        )
+    }
+}
+
+/// Starts a new broker with `node_id` that joins the running group of `members` (it waits to
+/// be added through the leader's `POST /v1/raft/members`, so it is not ready yet). Returns it
+/// with its raft address.
+pub fn join_group(
+    group: &str,
+    node_id: u64,
+    members: &[&Broker],
+    root: &Path,
+    nameserver: &str,
+    env: &[(&str, &str)],
+) -> (Broker, String) {
+    let (client, raft) = (free_port(), free_port());
+    let raft_addr = format!("127.0.0.1:{raft}");
+    let mut peers: Vec<String> = members.iter().map(|m| m.peer_entry()).collect();
+    peers.push(format!(
+        r#"{{ id = {node_id}, raft_addr = "{raft_addr}", client_addr = "127.0.0.1:{client}" }}"#
+    ));
+    let mut member_env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    member_env.extend([
+        ("FERROMQ_GROUP".to_string(), group.to_string()),
+        ("FERROMQ_NODE_ID".to_string(), node_id.to_string()),
+        ("FERROMQ_RAFT__LISTEN".to_string(), raft_addr.clone()),
+        (
+            "FERROMQ_RAFT__PEERS".to_string(),
+            format!("[{}]", peers.join(", ")),
+        ),
+        ("FERROMQ_RAFT__JOIN".to_string(), "true".to_string()),
+    ]);
+    let mut spec = BrokerSpec {
+        addr: format!("127.0.0.1:{client}"),
+        admin: String::new(),
+        data_dir: root.join(format!("{group}-{node_id}")),
+        nameserver: nameserver.to_string(),
+        env: member_env,
+        log_dir: root.to_path_buf(),
+    };
+    let file = addr_file(root, "joiner");
+    let mut process = spec.spawn(&spec.addr, "127.0.0.1:0", Some(&file));
+    let addresses = read_addr_file(&file, &mut process);
+    spec.admin = field(&addresses, "admin_addr");
+    (Broker { spec, process }, raft_addr)
 }
 
 /// `/v1/raft` of a broker, or `None` if it does not answer (down, starting, paused).

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{
-    extract::{rejection::JsonRejection, State},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        Query, State,
+    },
     http::StatusCode,
     routing::{get, post},
     Json, Router,
@@ -215,10 +218,23 @@ struct Transferred {
     leader_id: u64,
 }
 
+#[derive(Deserialize)]
+struct TransferTarget {
+    /// Member to hand leadership to; by default the most caught-up voter.
+    to: Option<u64>,
+}
+
 async fn transfer_leader(
     State(core): State<Arc<BrokerCore>>,
+    target: Result<Query<TransferTarget>, QueryRejection>,
 ) -> Result<Json<Transferred>, ApiError> {
-    match hand_over_leadership(&core, None).await {
+    let Query(target) = target.map_err(|rejection| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message: rejection.body_text(),
+        retriable: false,
+    })?;
+    match hand_over_leadership(&core, target.to).await {
         Ok(leader_id) => Ok(Json(Transferred { leader_id })),
         Err(message) => Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -245,6 +261,9 @@ pub async fn hand_over_leadership(core: &BrokerCore, to: Option<u64>) -> Result<
         .map_err(|err| err.to_string())?;
     let voters = core.raft.status().voters;
     let target = match to {
+        Some(to) if !voters.contains(&to) || to == core.config.node_id => {
+            return Err(format!("node {to} is not another voter of this group"));
+        }
         Some(to) => to,
         None => progress
             .iter()

@@ -20,6 +20,8 @@ pub struct RaftMetrics {
     pub leader_changes: IntCounter,
     pub proposals: IntCounter,
     pub fsync_seconds: Histogram,
+    pub snapshots_sent: IntCounter,
+    pub snapshots_installed: IntCounter,
     last_leader: IntGauge,
 }
 
@@ -82,6 +84,22 @@ impl RaftMetrics {
                         "Time to fsync the commit log after an append",
                     )
                     .buckets(FSYNC_BUCKETS.to_vec()),
+                )
+                .expect("valid"),
+            ),
+            snapshots_sent: add(
+                registry,
+                IntCounter::new(
+                    "mq_raft_snapshots_sent_total",
+                    "Snapshots sent to members that needed entries retention had deleted",
+                )
+                .expect("valid"),
+            ),
+            snapshots_installed: add(
+                registry,
+                IntCounter::new(
+                    "mq_raft_snapshots_installed_total",
+                    "Snapshots from the leader this node installed",
                 )
                 .expect("valid"),
             ),

@@ -123,6 +123,8 @@ pub struct RaftStatus {
     pub leader_id: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// First entry still in the log (earlier ones were deleted by retention).
+    pub first_index: u64,
     pub last_index: u64,
     pub voters: Vec<u64>,
     /// Members receiving the log without a vote yet (promoted once caught up).
@@ -195,6 +197,7 @@ pub struct RaftNode<O> {
     /// Sent only when role, term, leader, membership or failure change.
     status: watch::Receiver<RaftStatus>,
     progress: Arc<Progress>,
+    store: Arc<Store>,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -281,6 +284,7 @@ impl<O: Send + 'static> RaftNode<O> {
             events: events_tx,
             status: status_rx,
             progress,
+            store,
             thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
@@ -339,6 +343,7 @@ impl<O: Send + 'static> RaftNode<O> {
         status.commit_index = self.progress.commit_index.load(Ordering::Acquire);
         status.applied_index = self.progress.applied_index.load(Ordering::Acquire);
         status.last_index = self.progress.last_index.load(Ordering::Acquire);
+        status.first_index = self.store.log().first_index();
         if let Some(failed) = self.progress.failed.lock().clone() {
             status.failed = Some(failed);
         }
@@ -449,6 +454,7 @@ fn status_of(raw: &RawNode<RaftStorage>, failed: Option<String>) -> RaftStatus {
         leader_id: raft.leader_id,
         commit_index: raft.raft_log.committed,
         applied_index: raft.raft_log.applied,
+        first_index: raw.store().store().log().first_index(),
         last_index: raft.raft_log.last_index(),
         voters: raw.store().conf_state().voters.clone(),
         learners: raw.store().conf_state().learners.clone(),
@@ -541,12 +547,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
             }
         }
         // Proposed but not applied: they may still commit under another leader.
-        for waiter in self.waiters.drain(..) {
-            let _ = waiter.reply.send(Err(ProposeError::Dropped));
-        }
-        for waiter in self.membership_waiters.drain(..) {
-            let _ = waiter.reply.send(Err(MembershipError::Dropped));
-        }
+        self.drop_waiters();
         for event in events.drain() {
             if let Event::Propose { reply, .. } = event {
                 let _ = reply.send(Err(ProposeError::Stopped));
@@ -707,6 +708,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
         for message in &messages {
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 self.snapshots_sent.insert(message.to, Instant::now());
+                self.metrics.snapshots_sent.inc();
             }
         }
         self.peers.send(messages);
@@ -740,6 +742,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
             self.raw.mut_store().apply_snapshot(&snapshot)?;
             self.members.reload(self.raw.store().store().state())?;
             self.state_machine.restored();
+            self.metrics.snapshots_installed.inc();
         }
         self.apply(ready.take_committed_entries())?;
         let appended = !ready.entries().is_empty();
@@ -765,6 +768,9 @@ impl<SM: StateMachine> NodeLoop<SM> {
         self.send(messages);
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        if self.raw.raft.state != StateRole::Leader {
+            self.drop_waiters();
+        }
         self.publish_status(None);
         Ok(())
     }
@@ -853,6 +859,17 @@ impl<SM: StateMachine> NodeLoop<SM> {
             }
         }
         Ok(())
+    }
+
+    /// Leadership was lost: what this node proposed may still commit under the new leader, or
+    /// not; tell the proposers now rather than when (if ever) their index is reached.
+    fn drop_waiters(&mut self) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.reply.send(Err(ProposeError::Dropped));
+        }
+        for waiter in self.membership_waiters.drain(..) {
+            let _ = waiter.reply.send(Err(MembershipError::Dropped));
+        }
     }
 
     fn publish_status(&mut self, failed: Option<String>) {

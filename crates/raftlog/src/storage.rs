@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ferromq_protocol::codec;
-use ferromq_store::{CommittedEntry, LogEntry, SnapshotBase, Store, StoreError};
+use ferromq_store::{CommittedEntry, LogEntry, Store, StoreError};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -406,24 +406,11 @@ impl raft::Storage for RaftStorage {
                 return Err(unavailable);
             }
         };
-        let conf_state = SnapshotBase::decode(&bytes).and_then(|base| {
-            let value = base
-                .raft_values
-                .iter()
-                .find(|(key, _)| key == KEY_CONF_STATE)
-                .map(|(_, value)| value.clone())
-                .ok_or_else(|| {
-                    StoreError::Inconsistent("snapshot base without membership".into())
-                })?;
-            decode_conf_state(&value)
-        });
-        let conf_state = match conf_state {
-            Ok(conf_state) => conf_state,
-            Err(err) => {
-                tracing::error!(%err, to, index = point.index, "unusable snapshot base");
-                return Err(unavailable);
-            }
-        };
+        // The current membership, not the one at the base: the receiver must find itself in
+        // it (a member added after the base would refuse the snapshot), and replaying the
+        // conf changes after the base onto it changes nothing, since each sets one member's
+        // role outright.
+        let conf_state = self.conf_state.clone();
         tracing::info!(
             to,
             index = point.index,
