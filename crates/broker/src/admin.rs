@@ -33,6 +33,11 @@ impl Readiness for BrokerReadiness {
         if let Some(failed) = status.failed {
             return Err(format!("raft stopped: {failed}"));
         }
+        if let Some(until) = status.repairing_until {
+            return Err(format!(
+                "repairing: the commit log lost entries up to index {until}; fetching them from the leader"
+            ));
+        }
         if status.leader_id == 0 {
             return Err("no raft leader known".into());
         }

@@ -266,6 +266,9 @@ impl BrokerConfig {
             segment_bytes: self.storage.segment_bytes,
             cq_units_per_file: self.storage.cq_units_per_file,
             retention: Duration::from_secs_f64(self.storage.retention_hours * 3600.0),
+            // A member of a group fetches what a cut loses from its peers; a broker alone has
+            // no one to fetch from and refuses to start on a corrupt log instead.
+            cut_corruption: self.raft.peers.len() > 1 || self.raft.join,
         }
     }
 

@@ -90,7 +90,7 @@ pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: Cancellati
             // change during the request is not missed.
             let status = raft_status.borrow_and_update().clone();
             let observed = observe(&status, core.config.node_id);
-            // Learners (still catching up) and removed members serve no clients.
+            // Learners (still catching up), removed members and repairing ones serve no clients.
             let result = if observed.2 {
                 register(&core, &connection, &status).await
             } else {
@@ -134,9 +134,11 @@ async fn unregister(core: &BrokerCore, connection: &Connection) -> Result<(), Tr
         .map(|_| ())
 }
 
-/// What registration depends on: role, term, and whether this broker is a voter.
+/// What registration depends on: role, term, and whether this broker serves clients (a voter
+/// whose log is whole).
 fn observe(status: &RaftStatus, node_id: u64) -> (Role, u64, bool) {
-    (status.role, status.term, status.voters.contains(&node_id))
+    let serving = status.voters.contains(&node_id) && status.repairing_until.is_none();
+    (status.role, status.term, serving)
 }
 
 /// Completes when what registration depends on differs from `observed`.

@@ -41,6 +41,7 @@ use crate::config::{ConsumerConfig, StartFrom};
 use crate::error::ClientError;
 use crate::filter::TagFilter;
 use crate::producer::MAX_ROUTE_QUEUES;
+use ferromq_transport::TransportError;
 
 /// A message as the application receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -611,12 +612,23 @@ async fn commit_consumed(shared: &Shared) -> Result<(), ClientError> {
                 .collect(),
         };
         let result = async {
-            let leader = leader_of(shared, &broker_group).await?;
-            let connection = shared.client.connection(&leader).await?;
-            connection
-                .request(RequestCode::CommitOffsets, &request, Bytes::new())
-                .await?
-                .into_result()?;
+            let mut target = leader_of(shared, &broker_group).await?;
+            // A member that is no longer the leader names the one that is: go there at once.
+            for redirects_left in (0..3).rev() {
+                let connection = shared.client.connection(&target).await?;
+                let answer = connection
+                    .request(RequestCode::CommitOffsets, &request, Bytes::new())
+                    .await?
+                    .into_result();
+                match answer {
+                    Err(TransportError::Remote {
+                        status: Status::NotLeader,
+                        leader: Some(leader),
+                        ..
+                    }) if redirects_left > 0 => target = leader,
+                    other => return other.map(|_| ()).map_err(ClientError::from),
+                }
+            }
             Ok::<_, ClientError>(())
         };
         match result.await {

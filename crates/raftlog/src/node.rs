@@ -129,6 +129,9 @@ pub struct RaftStatus {
     pub voters: Vec<u64>,
     /// Members receiving the log without a vote yet (promoted once caught up).
     pub learners: Vec<u64>,
+    /// Set while this node's log lacks entries it had (a cut corrupt record, a lost tail): it
+    /// neither votes nor campaigns until it has this index again, committed, from a leader.
+    pub repairing_until: Option<u64>,
     /// Set when the node stopped on a storage error.
     pub failed: Option<String>,
 }
@@ -458,6 +461,7 @@ fn status_of(raw: &RawNode<RaftStorage>, failed: Option<String>) -> RaftStatus {
         last_index: raft.raft_log.last_index(),
         voters: raw.store().conf_state().voters.clone(),
         learners: raw.store().conf_state().learners.clone(),
+        repairing_until: raw.store().repair_target(),
         failed,
     }
 }
@@ -519,7 +523,12 @@ impl<SM: StateMachine> NodeLoop<SM> {
             let now = Instant::now();
             let mut result = Ok(());
             if now >= next_tick {
-                self.raw.tick();
+                // A repairing node never times out into an election.
+                if self.raw.store().repair_target().is_none()
+                    || self.raw.raft.state == StateRole::Leader
+                {
+                    self.raw.tick();
+                }
                 next_tick = now + self.config.tick;
                 result = self.raw.mut_store().persist_commit();
                 if self.raw.raft.state == StateRole::Leader {
@@ -529,6 +538,9 @@ impl<SM: StateMachine> NodeLoop<SM> {
             }
             if result.is_ok() {
                 result = self.on_ready();
+            }
+            if result.is_ok() {
+                result = self.check_repaired();
             }
             if result.is_ok()
                 && self.config.flush == FlushPolicy::Async
@@ -582,6 +594,16 @@ impl<SM: StateMachine> NodeLoop<SM> {
                 true
             }
             Event::Step(message) => {
+                let election = matches!(
+                    message.get_msg_type(),
+                    MessageType::MsgRequestVote
+                        | MessageType::MsgRequestPreVote
+                        | MessageType::MsgTimeoutNow
+                );
+                if election && self.raw.store().repair_target().is_some() {
+                    debug!(from = message.from, kind = ?message.get_msg_type(), "repairing: no vote, no campaign");
+                    return true;
+                }
                 if let Err(err) = self.raw.step(*message) {
                     debug!(%err, "raft message refused");
                 }
@@ -720,7 +742,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
         self.metrics
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        self.raw.mut_store().note_synced()
     }
 
     fn on_ready(&mut self) -> Result<(), StoreError> {
@@ -740,6 +762,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
                 "installing a snapshot from the leader"
             );
             self.raw.mut_store().apply_snapshot(&snapshot)?;
+            self.raw.mut_store().note_synced()?;
             self.members.reload(self.raw.store().store().state())?;
             self.state_machine.restored();
             self.metrics.snapshots_installed.inc();
@@ -861,6 +884,34 @@ impl<SM: StateMachine> NodeLoop<SM> {
         Ok(())
     }
 
+    /// Repair ends once a leader elected without this node has given it, committed, every
+    /// entry it may have helped commit before: from then on its log holds all it promised.
+    fn check_repaired(&mut self) -> Result<(), StoreError> {
+        let Some(target) = self.raw.store().repair_target() else {
+            return Ok(());
+        };
+        let raft = &self.raw.raft;
+        let leader_known = raft.leader_id != 0 && raft.leader_id != raft.id;
+        let alone = self.raw.store().conf_state().voters == [raft.id];
+        if alone || (leader_known && raft.raft_log.committed >= target) {
+            if alone {
+                warn!(
+                    target,
+                    "alone in the group: nothing to repair from; entries after the cut are lost"
+                );
+            } else {
+                info!(
+                    target,
+                    leader_id = raft.leader_id,
+                    "log repaired from the leader; voting again"
+                );
+            }
+            self.raw.mut_store().finish_repair()?;
+            self.publish_status(None);
+        }
+        Ok(())
+    }
+
     /// Leadership was lost: what this node proposed may still commit under the new leader, or
     /// not; tell the proposers now rather than when (if ever) their index is reached.
     fn drop_waiters(&mut self) {
@@ -886,6 +937,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
             .store(status.last_index, Ordering::Release);
         self.status.send_if_modified(|current| {
             let same = current.role == status.role
+                && current.repairing_until == status.repairing_until
                 && current.term == status.term
                 && current.leader_id == status.leader_id
                 && current.voters == status.voters

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 const KEY_HARD_STATE: &str = "hard_state";
 pub(crate) const KEY_CONF_STATE: &str = "conf_state";
+/// Last index known synced to the commit log (written after each sync, not itself synced).
+const KEY_WATERMARK: &str = "log_watermark";
+/// Set while the node must fetch lost entries before it may vote again (see `repair_target`).
+const KEY_REPAIR_TARGET: &str = "repair_target";
 /// Bytes of recent entries kept in memory.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -87,6 +91,22 @@ pub struct RaftStorage {
     cache_bytes: usize,
     /// Commit index as last written to RocksDB.
     persisted_commit: u64,
+    watermark: u64,
+    repair_target: Option<u64>,
+}
+
+fn read_u64(state: &ferromq_store::state::StateDb, key: &str) -> Result<Option<u64>, StoreError> {
+    match state.raft_value(key)? {
+        None => Ok(None),
+        Some(bytes) => bytes
+            .as_slice()
+            .try_into()
+            .map(|b| Some(u64::from_be_bytes(b)))
+            .map_err(|_| StoreError::Decode {
+                what: "raft value",
+                reason: format!("{key}: {} bytes, expected 8", bytes.len()),
+            }),
+    }
 }
 
 impl RaftStorage {
@@ -110,12 +130,22 @@ impl RaftStorage {
             hard_state.commit = field(2);
         }
         let last = store.log().last_index();
-        if hard_state.commit > last {
+        // The log lost entries this node had synced (a corrupt record was cut, or an async-flush
+        // power loss) or knew committed: it may have helped commit them, so it must not vote
+        // until it has them again from a leader.
+        let watermark = read_u64(state, KEY_WATERMARK)?.unwrap_or(0);
+        let mut repair_target = read_u64(state, KEY_REPAIR_TARGET)?.filter(|t| *t > 0);
+        let lost_up_to = watermark.max(hard_state.commit);
+        if repair_target.is_none() && lost_up_to > last {
             tracing::warn!(
-                commit = hard_state.commit,
+                lost_up_to,
                 last,
-                "commit index beyond the log (async flush lost entries); clamping"
+                "the commit log lost entries; not voting until they are fetched again"
             );
+            state.save_raft_value(KEY_REPAIR_TARGET, &lost_up_to.to_be_bytes(), true)?;
+            repair_target = Some(lost_up_to);
+        }
+        if hard_state.commit > last {
             hard_state.commit = last;
         }
         // Applied entries were committed, even if the lazily written commit index lags.
@@ -132,7 +162,36 @@ impl RaftStorage {
             cache: VecDeque::new(),
             cache_bytes: 0,
             persisted_commit,
+            watermark,
+            repair_target,
         })
+    }
+
+    /// The index this node must have again (committed, from a leader) before it may vote or
+    /// campaign; `None` when its log lost nothing.
+    pub fn repair_target(&self) -> Option<u64> {
+        self.repair_target
+    }
+
+    /// Ends repair mode, durably.
+    pub fn finish_repair(&mut self) -> Result<(), StoreError> {
+        self.store
+            .state()
+            .save_raft_value(KEY_REPAIR_TARGET, &0u64.to_be_bytes(), true)?;
+        self.repair_target = None;
+        Ok(())
+    }
+
+    /// Records that the log is synced up to its last index (after each commit-log sync).
+    pub fn note_synced(&mut self) -> Result<(), StoreError> {
+        let last = self.store.log().last_index();
+        if last != self.watermark {
+            self.store
+                .state()
+                .save_raft_value(KEY_WATERMARK, &last.to_be_bytes(), false)?;
+            self.watermark = last;
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<Store> {

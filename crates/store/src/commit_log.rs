@@ -211,8 +211,12 @@ impl LogState {
 /// What opening the log found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Bytes of a torn or corrupt tail cut from the last segment.
+    /// Bytes cut: a torn or corrupt tail of the last segment, or (when opened with
+    /// [`CommitLog::open_cutting_corruption`]) everything from a corrupt record on.
     pub truncated_bytes: u64,
+    /// A record before the newest segment's tail failed its checks (what and where); the log
+    /// was cut there.
+    pub corruption: Option<String>,
     pub segments: usize,
 }
 
@@ -256,6 +260,26 @@ impl CommitLog {
         segment_bytes: u64,
         start: LogPoint,
     ) -> Result<(CommitLog, OpenReport)> {
+        CommitLog::open_with(dir, segment_bytes, start, false)
+    }
+
+    /// Opens like [`CommitLog::open`], but a corrupt record anywhere cuts the log there
+    /// (deleting every later segment) instead of refusing: for a replica that fetches the lost
+    /// entries again from its peers. [`OpenReport`] says what was cut.
+    pub fn open_cutting_corruption(
+        dir: &Path,
+        segment_bytes: u64,
+        start: LogPoint,
+    ) -> Result<(CommitLog, OpenReport)> {
+        CommitLog::open_with(dir, segment_bytes, start, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        start: LogPoint,
+        cut_corruption: bool,
+    ) -> Result<(CommitLog, OpenReport)> {
         fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
         let mut bases: Vec<u64> = Vec::new();
         for entry in fs::read_dir(dir).map_err(StoreError::io(dir))? {
@@ -279,7 +303,15 @@ impl CommitLog {
         };
         let count = bases.len();
         let mut previous = None;
-        for (i, base) in bases.into_iter().enumerate() {
+        let mut cut_at: Option<usize> = None;
+        for (i, base) in bases.iter().copied().enumerate() {
+            if cut_at.is_some() {
+                // After a cut: everything later goes (it is fetched again from peers).
+                let path = dir.join(segment_name(base));
+                report.truncated_bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&path).map_err(StoreError::io(&path))?;
+                continue;
+            }
             let path = dir.join(segment_name(base));
             let file = Arc::new(open_segment_file(path.clone(), base)?);
             if let Some(prior) = state.segments.last() {
@@ -293,7 +325,21 @@ impl CommitLog {
                 }
             }
             let is_last = i + 1 == count;
-            let segment = scan_segment(file, &mut state, &mut previous, is_last, &mut report)?;
+            let segment = scan_segment(
+                file,
+                &mut state,
+                &mut previous,
+                is_last || cut_corruption,
+                &mut report,
+            )?;
+            if !is_last && report.truncated_bytes > 0 {
+                report.corruption = Some(format!(
+                    "corrupt record in {} (sealed segment); log cut after index {}",
+                    path.display(),
+                    state.last.index
+                ));
+                cut_at = Some(i);
+            }
             // A segment wholly before `start` is left over from an interrupted compaction (or,
             // if it is the last one, from an interrupted reset to a snapshot).
             if !segment.is_empty() && segment.last_index <= start.index {
@@ -322,6 +368,9 @@ impl CommitLog {
                     first.first_index, start.index
                 )));
             }
+        }
+        if cut_at.is_some() {
+            sync_dir(dir)?;
         }
         if state.segments.is_empty() {
             let file = open_segment_file(dir.join(segment_name(0)), 0)?;
@@ -779,12 +828,14 @@ impl CommitLog {
     }
 }
 
-/// Reads a whole segment, verifying every record, and builds its metadata.
+/// Reads a whole segment, verifying every record, and builds its metadata. A bad record cuts
+/// the segment there if `may_cut` (the newest segment's torn tail, or any damage when the log
+/// is repaired from peers); otherwise it is [`StoreError::Corrupt`].
 fn scan_segment(
     file: Arc<SegmentFile>,
     state: &mut LogState,
     previous: &mut Option<LogPoint>,
-    is_last: bool,
+    may_cut: bool,
     report: &mut OpenReport,
 ) -> Result<Segment> {
     let mut segment = Segment {
@@ -851,20 +902,19 @@ fn scan_segment(
         }
     }
     if let Some(reason) = problem {
-        if !is_last {
+        if !may_cut {
             return Err(StoreError::Corrupt {
                 path: file.path.clone(),
                 offset,
                 reason,
             });
         }
-        // A torn write at the end of the newest segment: nothing after it was acknowledged.
         warn!(
             path = %file.path.display(),
             offset,
             cut_bytes = len - offset,
             %reason,
-            "cutting torn tail of the commit log"
+            "cutting the commit log at a bad record"
         );
         file.file
             .set_len(offset)
@@ -970,6 +1020,33 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         let err = CommitLog::open(dir.path(), 1024, LogPoint::default()).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+        // A replica that repairs from peers cuts there instead, dropping later segments.
+        let (log, report) =
+            CommitLog::open_cutting_corruption(dir.path(), 1024, LogPoint::default()).unwrap();
+        assert!(report.corruption.is_some());
+        assert!(report.truncated_bytes > 0);
+        assert!(
+            log.last_index() < 3,
+            "cut at the damaged record: {}",
+            log.last_index()
+        );
+        assert_eq!(
+            log.entries(1, log.last_index() + 1, None).unwrap().len() as u64,
+            log.last_index()
+        );
+        log.append(&entries(log.last_index() + 1..=40, 2, 100))
+            .unwrap();
+        drop(log);
+        let (log, report) = CommitLog::open(dir.path(), 1024, LogPoint::default()).unwrap();
+        assert_eq!(
+            report,
+            OpenReport {
+                segments: report.segments,
+                ..OpenReport::default()
+            }
+        );
+        assert_eq!(log.last_index(), 40);
     }
 
     #[test]

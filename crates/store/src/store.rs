@@ -38,6 +38,10 @@ pub struct StoreConfig {
     pub cq_units_per_file: u64,
     /// Whole segments older than this are deleted.
     pub retention: Duration,
+    /// A corrupt record anywhere cuts the log there instead of refusing to open: for a
+    /// replica of a group, which fetches what was cut from its peers (and must not vote until
+    /// it has, which the Raft layer enforces).
+    pub cut_corruption: bool,
 }
 
 impl Default for StoreConfig {
@@ -46,6 +50,7 @@ impl Default for StoreConfig {
             segment_bytes: 1 << 30,
             cq_units_per_file: 300_000,
             retention: Duration::from_secs(72 * 3600),
+            cut_corruption: false,
         }
     }
 }
@@ -162,7 +167,11 @@ impl Store {
         let log_start_position = Arc::new(AtomicU64::new(0));
         let db = StateDb::open(&dir.join("state"), log_start_position.clone())?;
         let start = db.log_start()?;
-        let (log, open_report) = CommitLog::open(&dir.join("log"), config.segment_bytes, start)?;
+        let (log, open_report) = if config.cut_corruption {
+            CommitLog::open_cutting_corruption(&dir.join("log"), config.segment_bytes, start)?
+        } else {
+            CommitLog::open(&dir.join("log"), config.segment_bytes, start)?
+        };
         log_start_position.store(log.start_position(), Ordering::Release);
 
         let snapshots = SnapshotDir::open(&dir.join("snapshots"))?;
@@ -189,6 +198,28 @@ impl Store {
             queues: Vec::new(),
             recent_sends: Vec::new(),
         });
+        let mut checkpoint = checkpoint;
+        if checkpoint.applied_index > log.last_index() && open_report.truncated_bytes > 0 {
+            // Derived state covers entries that were just cut: rebuild it from the base at the
+            // log start (or from nothing) and replay what is left.
+            warn!(
+                checkpoint = checkpoint.applied_index,
+                last = log.last_index(),
+                "derived state is ahead of the repaired log; rebuilding it"
+            );
+            let base = match start.index {
+                0 => SnapshotBase::default(),
+                index => {
+                    let bytes = snapshots.read(index)?.ok_or_else(|| {
+                        StoreError::Inconsistent(format!(
+                            "no snapshot base at the log start {index}"
+                        ))
+                    })?;
+                    SnapshotBase::decode(&bytes)?
+                }
+            };
+            checkpoint = restore_from_base(dir, &config, &db, &base)?;
+        }
         if checkpoint.applied_index > log.last_index() {
             return Err(StoreError::Inconsistent(format!(
                 "derived state was checkpointed at index {} but the log ends at {} (log data lost?)",

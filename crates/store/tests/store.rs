@@ -19,6 +19,7 @@ fn config() -> StoreConfig {
         segment_bytes: 16 * 1024,
         cq_units_per_file: 64,
         retention: Duration::from_secs(3600),
+        cut_corruption: false,
     }
 }
 
@@ -531,4 +532,56 @@ fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     assert!(!store.is_failed());
     assert!(store.topic("T").is_some());
     assert_eq!(store.applied_index(), 1);
+}
+
+#[test]
+fn a_corrupt_log_opened_for_repair_is_cut_and_derived_state_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(&store, vec![encode_create_topic(&default_topic("T", 1))]);
+    for round in 0..30 {
+        let body = send_body(&messages("T", 10, &format!("R{round}")));
+        propose(&store, vec![encode_messages("T", 0, 10, &body, 1)]);
+    }
+    store.checkpoint().unwrap();
+    drop(store);
+    // Damage a record in the first (sealed) segment.
+    let segment = dir.path().join("log").join(format!("{:020}", 0));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[5000] ^= 0x40;
+    std::fs::write(&segment, bytes).unwrap();
+
+    assert!(
+        Store::open(dir.path(), config()).is_err(),
+        "refused by default"
+    );
+    let repair = StoreConfig {
+        cut_corruption: true,
+        ..config()
+    };
+    let store = Store::open(dir.path(), repair).unwrap();
+    assert!(store.open_report().corruption.is_some());
+    let last = store.log().last_index();
+    assert!(last < 30, "cut at the damage: {last}");
+    replay_all(&store);
+    assert_eq!(store.applied_index(), last);
+    let (_, min, max) = store.queue_offsets("T").unwrap()[0];
+    assert_eq!(
+        (min, max),
+        (0, (last - 1) * 10),
+        "queues rebuilt up to the cut"
+    );
+    assert_eq!(bodies(&store, "T", 0, 0, &[]).len() as u64, max);
+    // The log takes new entries after the cut.
+    propose(
+        &store,
+        vec![encode_messages(
+            "T",
+            0,
+            1,
+            &send_body(&messages("T", 1, "new")),
+            1,
+        )],
+    );
+    assert_eq!(store.queue_offsets("T").unwrap()[0].2, max + 1);
 }
