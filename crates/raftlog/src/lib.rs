@@ -12,7 +12,7 @@ pub mod storage;
 pub use membership::{MemberAddress, Members, MembershipChange, MembershipError};
 pub use metrics::RaftMetrics;
 pub use node::{
-    FlushPolicy, NoPeers, PeerProgress, PeerSender, ProposeError, RaftConfig, RaftError, RaftNode,
-    RaftStatus, Role, StateMachine,
+    Driver, FlushPolicy, NoPeers, PeerProgress, PeerSender, ProposeError, RaftConfig, RaftError,
+    RaftNode, RaftStatus, Role, StateMachine,
 };
 pub use raft::prelude::Message as RaftMessage;

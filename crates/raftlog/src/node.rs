@@ -39,6 +39,10 @@ pub struct RaftConfig {
     /// Joining an existing group: start with an empty log and no membership, and wait for the
     /// leader (which adds this node with a membership change) to send the log or a snapshot.
     pub join: bool,
+    /// Randomize each election timeout in `[election_ticks, 2 × election_ticks)` (Raft's
+    /// defence against split votes). Off only in deterministic simulations, which give each
+    /// node its own fixed timeout instead.
+    pub randomized_election: bool,
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
@@ -57,6 +61,7 @@ impl Default for RaftConfig {
             node_id: 1,
             voters: vec![1],
             join: false,
+            randomized_election: true,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -209,65 +214,22 @@ impl<O: Send + 'static> RaftNode<O> {
     pub fn start<SM: StateMachine<Output = O>>(
         store: Arc<Store>,
         config: RaftConfig,
-        mut state_machine: SM,
+        state_machine: SM,
         peers: Box<dyn PeerSender>,
         metrics: RaftMetrics,
         members: Members,
     ) -> Result<RaftNode<O>, RaftError> {
-        let mut storage = RaftStorage::open(store.clone())?;
-        if config.join {
-            if storage.conf_state().voters.is_empty() {
-                info!("waiting for the group's leader to add this node");
-            }
-        } else if storage.bootstrap(&config.voters)? {
-            info!(voters = ?config.voters, "bootstrapped a new raft group");
-        }
-        let commit = storage.hard_state().commit;
-        let replayed = replay(&store, &mut storage, commit, &mut state_machine, &members)?;
-        if replayed > 0 {
-            info!(
-                replayed,
-                applied = store.applied_index(),
-                "replayed committed entries"
-            );
-        }
-
-        let raft_config = raft::Config {
-            id: config.node_id,
-            election_tick: config.election_ticks,
-            heartbeat_tick: config.heartbeat_ticks,
-            applied: store.applied_index(),
-            max_size_per_msg: 1024 * 1024,
-            max_inflight_msgs: 256,
-            check_quorum: true,
-            pre_vote: true,
-            ..raft::Config::default()
-        };
-        raft_config.validate()?;
-        let single_voter = storage.conf_state().voters == [config.node_id];
-        let mut raw = RawNode::new(&raft_config, storage, &crate::logger::logger())?;
-        if single_voter {
-            // Alone in the group: lead at once instead of waiting for an election timeout.
-            raw.campaign()?;
-        }
         let (events_tx, events_rx) = flume::bounded(config.queue_capacity);
-        let (status_tx, status_rx) = watch::channel(status_of(&raw, None));
-        let progress = Arc::new(Progress::default());
-        let mut node_loop = NodeLoop {
-            progress: progress.clone(),
-            raw,
+        let node_loop = NodeLoop::open(
+            store.clone(),
+            config.clone(),
             state_machine,
             peers,
-            waiters: VecDeque::new(),
-            membership_waiters: VecDeque::new(),
-            members,
-            snapshots_sent: HashMap::new(),
-            config: config.clone(),
-            status: status_tx,
             metrics,
-        };
-        node_loop.on_ready().map_err(RaftError::Store)?;
-        node_loop.publish_status(None);
+            members,
+        )?;
+        let status_rx = node_loop.status.subscribe();
+        let progress = node_loop.progress.clone();
         let panicked = progress.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", config.node_id))
@@ -378,6 +340,62 @@ impl<O> Drop for RaftNode<O> {
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A Raft node driven by its caller instead of a thread: the caller hands it messages, ticks
+/// and proposals and calls [`Driver::process`]; nothing happens in between. For deterministic
+/// simulation of whole groups; [`RaftNode`] runs the same code on its own thread.
+pub struct Driver<SM: StateMachine> {
+    node: NodeLoop<SM>,
+}
+
+impl<SM: StateMachine> Driver<SM> {
+    pub fn open(
+        store: Arc<Store>,
+        config: RaftConfig,
+        state_machine: SM,
+        peers: Box<dyn PeerSender>,
+        metrics: RaftMetrics,
+        members: Members,
+    ) -> Result<Driver<SM>, RaftError> {
+        let node = NodeLoop::open(store, config, state_machine, peers, metrics, members)?;
+        Ok(Driver { node })
+    }
+
+    /// Proposes an entry; the receiver is answered when it is applied (or dropped).
+    pub fn propose(
+        &mut self,
+        payload: Vec<u8>,
+    ) -> oneshot::Receiver<Result<SM::Output, ProposeError>> {
+        let (reply, answer) = oneshot::channel();
+        self.node.handle(Event::Propose { payload, reply });
+        answer
+    }
+
+    pub fn change_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> oneshot::Receiver<Result<(), MembershipError>> {
+        let (reply, answer) = oneshot::channel();
+        self.node.handle(Event::ChangeMembership { change, reply });
+        answer
+    }
+
+    pub fn step(&mut self, message: Message) {
+        self.node.handle(Event::Step(Box::new(message)));
+    }
+
+    pub fn tick(&mut self) -> Result<(), StoreError> {
+        self.node.tick(Instant::now())
+    }
+
+    pub fn process(&mut self) -> Result<(), StoreError> {
+        self.node.process()
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        status_of(&self.node.raw, None)
     }
 }
 
@@ -498,6 +516,95 @@ struct NodeLoop<SM: StateMachine> {
 }
 
 impl<SM: StateMachine> NodeLoop<SM> {
+    /// Opens the Raft state over the store: bootstraps a founding member, replays committed
+    /// entries the state machine has not seen, and runs the first cycle.
+    fn open(
+        store: Arc<Store>,
+        config: RaftConfig,
+        mut state_machine: SM,
+        peers: Box<dyn PeerSender>,
+        metrics: RaftMetrics,
+        members: Members,
+    ) -> Result<NodeLoop<SM>, RaftError> {
+        let mut storage = RaftStorage::open(store.clone())?;
+        if config.join {
+            if storage.conf_state().voters.is_empty() {
+                info!("waiting for the group's leader to add this node");
+            }
+        } else if storage.bootstrap(&config.voters)? {
+            info!(voters = ?config.voters, "bootstrapped a new raft group");
+        }
+        let commit = storage.hard_state().commit;
+        let replayed = replay(&store, &mut storage, commit, &mut state_machine, &members)?;
+        if replayed > 0 {
+            info!(
+                replayed,
+                applied = store.applied_index(),
+                "replayed committed entries"
+            );
+        }
+
+        let mut raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: store.applied_index(),
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        if !config.randomized_election {
+            raft_config.min_election_tick = config.election_ticks;
+            raft_config.max_election_tick = config.election_ticks + 1;
+        }
+        raft_config.validate()?;
+        let single_voter = storage.conf_state().voters == [config.node_id];
+        let mut raw = RawNode::new(&raft_config, storage, &crate::logger::logger())?;
+        if single_voter && raw.store().repair_target().is_none() {
+            // Alone in the group: lead at once instead of waiting for an election timeout.
+            raw.campaign()?;
+        }
+        let (status_tx, _) = watch::channel(status_of(&raw, None));
+        let mut node_loop = NodeLoop {
+            progress: Arc::new(Progress::default()),
+            raw,
+            state_machine,
+            peers,
+            waiters: VecDeque::new(),
+            membership_waiters: VecDeque::new(),
+            members,
+            snapshots_sent: HashMap::new(),
+            config,
+            status: status_tx,
+            metrics,
+        };
+        node_loop.on_ready().map_err(RaftError::Store)?;
+        node_loop.publish_status(None);
+        Ok(node_loop)
+    }
+
+    /// One election/heartbeat tick, and the leader's periodic duties.
+    fn tick(&mut self, now: Instant) -> Result<(), StoreError> {
+        // A repairing node never times out into an election.
+        if self.raw.store().repair_target().is_none() || self.raw.raft.state == StateRole::Leader {
+            self.raw.tick();
+        }
+        self.raw.mut_store().persist_commit()?;
+        if self.raw.raft.state == StateRole::Leader {
+            self.promote_caught_up_learner();
+            self.retry_lost_snapshots(now);
+        }
+        Ok(())
+    }
+
+    /// Persists, sends and applies whatever Raft has ready.
+    fn process(&mut self) -> Result<(), StoreError> {
+        self.on_ready()?;
+        self.check_repaired()
+    }
+
     fn run(mut self, events: flume::Receiver<Event<SM::Output>>) {
         let mut next_tick = Instant::now() + self.config.tick;
         let mut next_flush = Instant::now() + self.config.flush_interval;
@@ -523,24 +630,11 @@ impl<SM: StateMachine> NodeLoop<SM> {
             let now = Instant::now();
             let mut result = Ok(());
             if now >= next_tick {
-                // A repairing node never times out into an election.
-                if self.raw.store().repair_target().is_none()
-                    || self.raw.raft.state == StateRole::Leader
-                {
-                    self.raw.tick();
-                }
                 next_tick = now + self.config.tick;
-                result = self.raw.mut_store().persist_commit();
-                if self.raw.raft.state == StateRole::Leader {
-                    self.promote_caught_up_learner();
-                    self.retry_lost_snapshots(now);
-                }
+                result = self.tick(now);
             }
             if result.is_ok() {
-                result = self.on_ready();
-            }
-            if result.is_ok() {
-                result = self.check_repaired();
+                result = self.process();
             }
             if result.is_ok()
                 && self.config.flush == FlushPolicy::Async

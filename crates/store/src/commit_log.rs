@@ -117,6 +117,8 @@ pub struct SegmentFile {
     file: File,
     len: AtomicU64,
     dirty: AtomicBool,
+    /// Length known durable (after the last successful sync).
+    synced_len: AtomicU64,
 }
 
 impl SegmentFile {
@@ -129,7 +131,10 @@ impl SegmentFile {
     }
 
     fn sync(&self) -> Result<()> {
-        sync_if_dirty(&self.file, &self.dirty, &self.path)
+        let len = self.len.load(Ordering::Acquire);
+        sync_if_dirty(&self.file, &self.dirty, &self.path)?;
+        self.synced_len.fetch_max(len, Ordering::AcqRel);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -248,6 +253,7 @@ fn open_segment_file(path: PathBuf, base: u64) -> Result<SegmentFile> {
         file,
         len: AtomicU64::new(len),
         dirty: AtomicBool::new(false),
+        synced_len: AtomicU64::new(len),
     })
 }
 
@@ -558,6 +564,7 @@ impl CommitLog {
             .set_len(offset)
             .map_err(StoreError::io(&file.path))?;
         file.len.store(offset, Ordering::Release);
+        file.synced_len.fetch_min(offset, Ordering::AcqRel);
         file.dirty.store(true, Ordering::Release);
         let segment = state
             .segments
@@ -644,6 +651,23 @@ impl CommitLog {
         state.terms.clear();
         drop(state);
         sync_dir(&self.dir)
+    }
+
+    /// Test support for crash simulations: does to the files what a power loss would, cutting
+    /// every segment to the length last synced. The log must be reopened afterwards.
+    pub fn simulate_power_loss(&self) -> Result<()> {
+        let _writer = self.writer.lock();
+        let state = self.state.read();
+        for segment in &state.segments {
+            let file = &segment.file;
+            let synced = file.synced_len.load(Ordering::Acquire);
+            if synced < file.len.load(Ordering::Acquire) {
+                file.file
+                    .set_len(synced)
+                    .map_err(StoreError::io(&file.path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether `position` is where a segment begins (its first record starts there).
