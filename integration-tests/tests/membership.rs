@@ -34,14 +34,29 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn leader_of(group: &[&Broker]) -> usize {
-    let mut leader = None;
-    wait_until("a leader", || {
-        leader = group
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = group
             .iter()
             .position(|b| try_raft_status(b).is_some_and(|s| s["role"] == "Leader"));
-        leader.is_some()
-    });
-    leader.unwrap()
+        if let Some(leader) = leader {
+            return leader;
+        }
+        if Instant::now() > deadline {
+            let mut report = String::new();
+            for broker in group {
+                let log = broker.process.log();
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                report.push_str(&format!(
+                    "\n== {:?}\n{}\n",
+                    try_raft_status(broker),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            panic!("no leader within {WAIT:?}:{report}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// POSTs to a broker's admin endpoint; on a transport error, fails with the broker's log.

@@ -873,6 +873,10 @@ impl<SM: StateMachine> NodeLoop<SM> {
         if appended && self.config.flush == FlushPolicy::Sync {
             self.sync_log()?;
         }
+        // Crash point: entries and hard state durable, the acknowledgements not yet sent.
+        fail::fail_point!("raft::before_persisted_messages", |_| Err(
+            StoreError::injected("raft::before_persisted_messages")
+        ));
         if !ready.persisted_messages().is_empty() {
             let messages = ready.take_persisted_messages();
             self.send(messages);

@@ -305,6 +305,9 @@ impl RaftStorage {
     }
 
     fn write_hard_state(&mut self, sync: bool) -> Result<(), StoreError> {
+        fail::fail_point!("raft::write_hard_state", |_| Err(StoreError::injected(
+            "raft::write_hard_state"
+        )));
         let mut bytes = Vec::with_capacity(24);
         bytes.extend_from_slice(&self.hard_state.term.to_be_bytes());
         bytes.extend_from_slice(&self.hard_state.vote.to_be_bytes());

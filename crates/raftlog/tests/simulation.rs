@@ -1,7 +1,10 @@
 //! Deterministic simulation of a three-voter group over real stores (on tmpfs): the real Raft
 //! loop code ([`Driver`]) is stepped by a seeded scheduler that delays, drops, duplicates and
 //! reorders messages, partitions members, and crashes them with the loss of everything not
-//! synced (a power loss). Clients propose sends throughout.
+//! synced (a power loss), between steps or at crash points inside the storage and Raft code
+//! (`fail` crate: after an append before its fsync, before an fsync, before applying, between
+//! the consume queues and RocksDB, before a checkpoint, before the hard state, after the fsync
+//! but before the acknowledgements). Clients propose sends throughout.
 //!
 //! Checked on every step and at the end:
 //! - at most one leader per term;
@@ -42,6 +45,15 @@ const REGRESSION_SEEDS: &[u64] = &[];
 const NODES: u64 = 3;
 const FAULTY_STEPS: u64 = 1500;
 const HEAL_STEPS: u64 = 3000;
+const CRASH_POINTS: &[&str] = &[
+    "commitlog::after_append",
+    "commitlog::before_sync",
+    "store::before_apply",
+    "store::between_queues_and_state",
+    "store::before_checkpoint",
+    "raft::write_hard_state",
+    "raft::before_persisted_messages",
+];
 
 fn hash(bytes: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -109,8 +121,12 @@ fn store_config() -> StoreConfig {
 }
 
 impl Node {
-    fn start(&mut self, history: &Arc<Mutex<History>>) {
-        let store = Arc::new(Store::open(&self.dir, store_config()).unwrap());
+    /// Starts (or restarts) the node; a crash point firing during startup leaves it down.
+    fn start(&mut self, history: &Arc<Mutex<History>>) -> bool {
+        let store = match Store::open(&self.dir, store_config()) {
+            Ok(store) => Arc::new(store),
+            Err(_) => return false,
+        };
         let config = RaftConfig {
             node_id: self.id,
             voters: (1..=NODES).collect(),
@@ -132,11 +148,15 @@ impl Node {
             Box::new(self.outbox.clone()),
             RaftMetrics::new(&prometheus::Registry::new()),
             Members::default(),
-        )
-        .unwrap();
+        );
+        let Ok(driver) = driver else {
+            store.log().simulate_power_loss().unwrap();
+            return false;
+        };
         self.store = Some(store);
         self.driver = Some(driver);
         self.down_until = None;
+        true
     }
 
     /// A power loss: unsynced log bytes are gone, memory is gone.
@@ -204,7 +224,7 @@ fn run(seed: u64) {
         })
         .collect();
     for node in &mut nodes {
-        node.start(&history);
+        assert!(node.start(&history));
     }
     let mut network: Vec<InFlight> = Vec::new();
     // Pairs that cannot talk, until a step.
@@ -215,6 +235,7 @@ fn run(seed: u64) {
     let mut seq = 0u64;
     let mut topic_created = false;
     let mut crashes = 0;
+    let mut crash_points = 0;
 
     let mut step = 0u64;
     loop {
@@ -230,6 +251,22 @@ fn run(seed: u64) {
                 partition = Some((vec![isolated], step + rng.gen_range(20..200)));
             }
             if rng.gen_bool(0.004) {
+                // The next node to pass this point crashes there.
+                let point = CRASH_POINTS[rng.gen_range(0..CRASH_POINTS.len())];
+                fail::cfg(point, "1*return").unwrap();
+            }
+            if rng.gen_bool(0.01) {
+                let node = rng.gen_range(0..NODES as usize);
+                let failed = nodes[node]
+                    .store
+                    .as_ref()
+                    .is_some_and(|store| store.checkpoint().is_err());
+                if failed {
+                    nodes[node].crash(step + 5);
+                    crash_points += 1;
+                }
+            }
+            if rng.gen_bool(0.004) {
                 let victim = rng.gen_range(0..NODES as usize);
                 if nodes[victim].is_up() {
                     let until = step + rng.gen_range(5..80);
@@ -239,13 +276,19 @@ fn run(seed: u64) {
             }
         } else {
             partition = None;
+            if step == FAULTY_STEPS + 1 {
+                for point in CRASH_POINTS {
+                    fail::remove(point);
+                }
+            }
         }
         for node in &mut nodes {
-            if node
+            let due = node
                 .down_until
-                .is_some_and(|until| until <= step || !faulty)
-            {
-                node.start(&history);
+                .is_some_and(|until| until <= step || !faulty);
+            if due && !node.start(&history) {
+                crash_points += 1;
+                node.crash(step + 5);
             }
         }
         let cut = |from: u64, to: u64| {
@@ -284,8 +327,12 @@ fn run(seed: u64) {
         // Time passes for everyone; everyone processes.
         for node in &mut nodes {
             if let Some(driver) = node.driver.as_mut() {
-                driver.tick().unwrap();
-                driver.process().unwrap();
+                if driver.tick().and_then(|()| driver.process()).is_err() {
+                    // A crash point fired: the process would die here.
+                    crash_points += 1;
+                    node.crash(step + rng.gen_range(5..40));
+                    continue;
+                }
                 let status = driver.status();
                 if status.role == Role::Leader {
                     let leader = *leaders.entry(status.term).or_insert(node.id);
@@ -379,7 +426,7 @@ fn run(seed: u64) {
         "seed {seed}: members' queues differ"
     );
     eprintln!(
-        "seed {seed}: {} acknowledged, {crashes} crashes, {} terms with a leader, {} entries, {} messages queued, {step} steps",
+        "seed {seed}: {} acknowledged, {crashes} crashes, {crash_points} at crash points, {} terms with a leader, {} entries, {} messages queued, {step} steps",
         acknowledged.len(),
         leaders.len(),
         history.applied.len(),

@@ -479,6 +479,10 @@ impl CommitLog {
             };
         }
         self.write_buffer(&mut state, &mut buffer)?;
+        // Crash point: the entries are written but not synced.
+        fail::fail_point!("commitlog::after_append", |_| Err(StoreError::injected(
+            "commitlog::after_append"
+        )));
         Ok(positions)
     }
 
@@ -519,6 +523,9 @@ impl CommitLog {
 
     /// Makes everything appended so far durable (fdatasync of every segment written to).
     pub fn sync(&self) -> Result<()> {
+        fail::fail_point!("commitlog::before_sync", |_| Err(StoreError::injected(
+            "commitlog::before_sync"
+        )));
         let files: Vec<Arc<SegmentFile>> = self
             .state
             .read()

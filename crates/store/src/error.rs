@@ -34,6 +34,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The error a crash point (`fail` crate, tests only) injects: an I/O error, which stops
+    /// the node the way a dying disk or process would.
+    pub fn injected(point: &str) -> StoreError {
+        StoreError::Io {
+            path: PathBuf::from(point),
+            source: std::io::Error::other("injected fault"),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { path, source }

@@ -469,6 +469,9 @@ impl Store {
         applied: LogPoint,
         entries: &[CommittedEntry],
     ) -> Result<(LogPoint, Vec<ApplyOutcome>)> {
+        fail::fail_point!("store::before_apply", |_| Err(StoreError::injected(
+            "store::before_apply"
+        )));
         let mut last = applied;
         let mut batch = self.db.batch();
         // Sends recognised in this call; they join the window only if every write succeeds.
@@ -509,6 +512,10 @@ impl Store {
         for (queue, units) in &pending {
             queue.append(units)?;
         }
+        // Crash point: consume queues written, RocksDB state not.
+        fail::fail_point!("store::between_queues_and_state", |_| Err(
+            StoreError::injected("store::between_queues_and_state")
+        ));
         batch.write()?;
         let mut dedup = dedup;
         for send in staged {
@@ -838,6 +845,9 @@ impl Store {
                 .collect(),
             recent_sends,
         };
+        fail::fail_point!("store::before_checkpoint", |_| Err(StoreError::injected(
+            "store::before_checkpoint"
+        )));
         self.db.save_checkpoint(&checkpoint)?;
         self.checkpointed_index
             .store(point.index, Ordering::Release);
