@@ -34,13 +34,23 @@ pub fn binary(name: &str) -> PathBuf {
         })
 }
 
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// A port nobody listens on right now. Only for addresses that must be known before a process
 /// starts (the members of a Raft group must know each other's); everything else binds port 0.
+///
+/// Taken below the kernel's ephemeral range (32768+), where outgoing connections would grab
+/// it between this check and the process binding it; each test process walks its own stretch.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let stretch = 10_000 + (std::process::id() % 200) * 100;
+    for _ in 0..20_000 {
+        let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 10_000 + (stretch - 10_000 + n) % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

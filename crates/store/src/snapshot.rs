@@ -94,8 +94,16 @@ fn file_name(index: u64) -> String {
 }
 
 impl SnapshotDir {
+    /// Opens the directory and removes temporary files a crash left behind (only here: while
+    /// the store runs, a temporary file is a save in progress).
     pub fn open(dir: &Path) -> Result<SnapshotDir> {
         fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+        for entry in fs::read_dir(dir).map_err(StoreError::io(dir))? {
+            let path = entry.map_err(StoreError::io(dir))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path).map_err(StoreError::io(&path))?;
+            }
+        }
         Ok(SnapshotDir {
             dir: dir.to_path_buf(),
         })
@@ -127,16 +135,17 @@ impl SnapshotDir {
         self.dir.join(file_name(index)).exists()
     }
 
-    /// Deletes bases older than `index` (their segments are gone) and leftover temporary files.
+    /// Deletes bases older than `index` (their segments are gone). Safe while a base is being
+    /// saved: temporary files are left alone.
     pub fn remove_before(&self, index: u64) -> Result<()> {
         for entry in fs::read_dir(&self.dir).map_err(StoreError::io(&self.dir))? {
             let entry = entry.map_err(StoreError::io(&self.dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let stale = match name.strip_suffix(".snap") {
-                Some(number) => number.parse::<u64>().is_ok_and(|i| i < index),
-                None => name.ends_with(".tmp"),
-            };
+            let stale = name
+                .strip_suffix(".snap")
+                .and_then(|number| number.parse::<u64>().ok())
+                .is_some_and(|i| i < index);
             if stale {
                 let path = entry.path();
                 fs::remove_file(&path).map_err(StoreError::io(&path))?;
@@ -185,10 +194,17 @@ mod tests {
         for index in [10, 20, 30] {
             snapshots.save(b"x", index).unwrap();
         }
+        // A save in progress is not disturbed; a crash's leftover goes at the next open.
+        let in_progress = dir.path().join("00000000000000000040.snap.tmp");
+        std::fs::write(&in_progress, b"partial").unwrap();
         snapshots.remove_before(20).unwrap();
+        assert!(in_progress.exists());
         assert!(!snapshots.contains(10));
         assert!(snapshots.contains(20) && snapshots.contains(30));
         assert_eq!(snapshots.read(30).unwrap().as_deref(), Some(&b"x"[..]));
         assert_eq!(snapshots.read(11).unwrap(), None);
+        drop(snapshots);
+        SnapshotDir::open(dir.path()).unwrap();
+        assert!(!in_progress.exists());
     }
 }
