@@ -2,9 +2,13 @@
 //! and two consumer groups under load, faults injected on a schedule, then a final drain and a
 //! check of the recorded history.
 //!
-//! Faults, in rotation: `kill -9` of the leader (restarted a little later), SIGSTOP of the
-//! leader for longer than the election timeout, `kill -9` of a follower; the long version also
-//! kills all three members at once. The checker reports:
+//! Faults, in rotation: `kill -9` of the leader (restarted a little later), isolation of the
+//! leader from its peers and clients (iptables), SIGSTOP of the leader for longer than the
+//! election timeout, `kill -9` of a follower whose newest segment is then truncated and
+//! bit-flipped at the tail (it must repair from its peers), 30 % packet loss towards a follower,
+//! `kill -9` of a follower; the long version also kills all three members at once. Network
+//! faults need root and iptables (see `firewall`); without them they are skipped and listed as
+//! such. The checker reports:
 //! - lost: acknowledged sends a consumer group never received (must be 0);
 //! - unexpected: messages received that were never sent (must be 0);
 //! - duplicates: deliveries of the same message to one group beyond the first (redelivery after
@@ -28,7 +32,8 @@ use ferromq_protocol::headers::{PullRequest, PullResponse};
 use ferromq_protocol::message::decode_pulled;
 use ferromq_protocol::RequestCode;
 
-use crate::{client, find_leader, start_group, start_nameserver, Broker};
+use crate::firewall::Firewall;
+use crate::{client, find_leader, start_group_on, start_nameserver, Broker};
 
 const TOPIC: &str = "chaos";
 const QUEUES: u32 = 8;
@@ -44,6 +49,8 @@ pub struct ChaosConfig {
     pub kill_all: bool,
     /// How long the final drain may take.
     pub drain_timeout: Duration,
+    /// Isolate the leader and drop packets to a follower (needs root and iptables).
+    pub network_faults: bool,
 }
 
 impl Default for ChaosConfig {
@@ -54,6 +61,7 @@ impl Default for ChaosConfig {
             producers: 4,
             kill_all: true,
             drain_timeout: Duration::from_secs(60),
+            network_faults: true,
         }
     }
 }
@@ -178,9 +186,20 @@ fn body(producer: u32, seq: u64) -> String {
 /// Runs the whole scenario; `dir` holds data and logs.
 pub async fn run(config: ChaosConfig, dir: &Path) -> ChaosReport {
     let nameserver = start_nameserver(dir, &[]);
-    let group = Arc::new(Mutex::new(start_group(
+    let firewall = if config.network_faults {
+        Firewall::new()
+            .map_err(|reason| eprintln!("network faults skipped: {reason}"))
+            .ok()
+    } else {
+        None
+    };
+    let hosts = match firewall {
+        Some(_) => Firewall::member_hosts(3),
+        None => vec!["127.0.0.1".to_string(); 3],
+    };
+    let group = Arc::new(Mutex::new(start_group_on(
         "chaos",
-        3,
+        &hosts,
         dir,
         &nameserver.addr,
         &[],
@@ -281,11 +300,12 @@ pub async fn run(config: ChaosConfig, dir: &Path) -> ChaosReport {
     let mut round = 0usize;
     tokio::time::sleep(config.fault_interval / 2).await;
     while started.elapsed() < config.duration {
-        let fault = fault_for(round, config.kill_all);
+        let fault = fault_for(round, config.kill_all, firewall.is_some());
         round += 1;
         let description = inject(
             fault,
             &group,
+            firewall.as_ref(),
             config.fault_interval,
             &mut kills,
             &mut outages,
@@ -300,6 +320,9 @@ pub async fn run(config: ChaosConfig, dir: &Path) -> ChaosReport {
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
+    }
+    if let Some(firewall) = &firewall {
+        firewall.heal();
     }
     let healed = heal(&group).await;
 
@@ -343,23 +366,69 @@ pub async fn run(config: ChaosConfig, dir: &Path) -> ChaosReport {
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     KillLeader,
+    IsolateLeader,
     PauseLeader,
+    TearFollowerTail,
+    LoseFollowerPackets,
     KillFollower,
     KillAll,
 }
 
-fn fault_for(round: usize, kill_all: bool) -> Fault {
-    let rotation: &[Fault] = if kill_all {
-        &[
-            Fault::KillLeader,
-            Fault::PauseLeader,
-            Fault::KillFollower,
-            Fault::KillAll,
-        ]
-    } else {
-        &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower]
-    };
+fn fault_for(round: usize, kill_all: bool, network: bool) -> Fault {
+    let rotation: Vec<Fault> = [
+        Fault::KillLeader,
+        Fault::IsolateLeader,
+        Fault::PauseLeader,
+        Fault::TearFollowerTail,
+        Fault::LoseFollowerPackets,
+        Fault::KillFollower,
+        Fault::KillAll,
+    ]
+    .into_iter()
+    .filter(|fault| match fault {
+        Fault::IsolateLeader | Fault::LoseFollowerPackets => network,
+        Fault::KillAll => kill_all,
+        _ => true,
+    })
+    .collect();
     rotation[round % rotation.len()]
+}
+
+/// The host part of a member's client address (its own loopback address under a firewall).
+fn host_of(broker: &Broker) -> String {
+    broker
+        .spec
+        .addr
+        .rsplit_once(':')
+        .map_or_else(|| broker.spec.addr.clone(), |(host, _)| host.to_string())
+}
+
+/// What a crash in the middle of writing leaves, and worse: the newest segment loses up to
+/// 4 KiB at its end and a bit flips in the 4 KiB before that. Returns what was done.
+fn tear_tail(broker: &Broker, round: usize) -> String {
+    let log_dir = broker.spec.data_dir.join("log");
+    let newest = std::fs::read_dir(&log_dir).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().is_some_and(|n| n.len() == 20))
+            .max()
+    });
+    let Some(segment) = newest else {
+        return "no segment to tear".into();
+    };
+    let Ok(mut bytes) = std::fs::read(&segment) else {
+        return "segment unreadable".into();
+    };
+    let cut = (1 + round * 997 % 4096).min(bytes.len());
+    bytes.truncate(bytes.len() - cut);
+    if !bytes.is_empty() {
+        let at = bytes.len() - 1 - (round * 131 % 4096).min(bytes.len() - 1);
+        bytes[at] ^= 0x20;
+    }
+    match std::fs::write(&segment, &bytes) {
+        Ok(()) => format!("cut {cut} bytes and flipped a bit"),
+        Err(err) => format!("could not tear the tail: {err}"),
+    }
 }
 
 async fn wait_for_leader(group: &Arc<Mutex<Vec<Broker>>>) -> Option<usize> {
@@ -389,6 +458,7 @@ async fn blocking<T: Send + 'static>(
 async fn inject(
     fault: Fault,
     group: &Arc<Mutex<Vec<Broker>>>,
+    firewall: Option<&Firewall>,
     interval: Duration,
     kills: &mut Vec<Instant>,
     outages: &mut Vec<Instant>,
@@ -404,6 +474,46 @@ async fn inject(
             tokio::time::sleep(outage).await;
             blocking(group, move |g| g[leader].restart()).await;
             format!("kill -9 leader {} (restarted after {outage:?})", leader + 1)
+        }
+        Fault::IsolateLeader => {
+            let host = blocking(group, move |g| host_of(&g[leader])).await;
+            let Some(firewall) = firewall else {
+                return "isolation skipped (no firewall)".into();
+            };
+            firewall.isolate(&host);
+            kills.push(Instant::now());
+            tokio::time::sleep(outage).await;
+            firewall.heal();
+            format!("isolated leader {} ({host}) for {outage:?}", leader + 1)
+        }
+        Fault::LoseFollowerPackets => {
+            let follower = (leader + 2) % 3;
+            let host = blocking(group, move |g| host_of(&g[follower])).await;
+            let Some(firewall) = firewall else {
+                return "packet loss skipped (no firewall)".into();
+            };
+            firewall.lose(&host, 0.3);
+            tokio::time::sleep(outage).await;
+            firewall.heal();
+            format!(
+                "30 % packet loss to follower {} ({host}) for {outage:?}",
+                follower + 1
+            )
+        }
+        Fault::TearFollowerTail => {
+            let follower = (leader + 1) % 3;
+            let round = kills.len() + outages.len();
+            let torn = blocking(group, move |g| {
+                g[follower].process.kill9();
+                tear_tail(&g[follower], round)
+            })
+            .await;
+            tokio::time::sleep(outage).await;
+            blocking(group, move |g| g[follower].restart()).await;
+            format!(
+                "kill -9 follower {}, newest segment torn ({torn}), restarted after {outage:?}",
+                follower + 1
+            )
         }
         Fault::PauseLeader => {
             blocking(group, move |g| g[leader].process.signal("STOP")).await;

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chaos;
+pub mod firewall;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -41,12 +42,13 @@ static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::n
 ///
 /// Taken below the kernel's ephemeral range (32768+), where outgoing connections would grab
 /// it between this check and the process binding it; each test process walks its own stretch.
+/// Free on every loopback address (`0.0.0.0` is checked).
 pub fn free_port() -> u16 {
     let stretch = 10_000 + (std::process::id() % 200) * 100;
     for _ in 0..20_000 {
         let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = 10_000 + (stretch - 10_000 + n) % 22_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+        if std::net::TcpListener::bind(("0.0.0.0", port as u16)).is_ok() {
             return port as u16;
         }
     }
@@ -221,15 +223,23 @@ fn http_request(
 
 /// Waits until `GET path` answers 200.
 pub fn wait_http_ok(addr: &str, path: &str, timeout: Duration) {
+    if let Err(last) = try_wait_http_ok(addr, path, timeout) {
+        panic!("http://{addr}{path} did not become ready: {last}");
+    }
+}
+
+/// Waits until `GET path` answers 200; otherwise the last answer (or error).
+pub fn try_wait_http_ok(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok((200, _)) = http_get(addr, path) {
-            return;
+        let last = match http_get(addr, path) {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => format!("{status} {body}"),
+            Err(err) => err.to_string(),
+        };
+        if Instant::now() > deadline {
+            return Err(last);
         }
-        assert!(
-            Instant::now() < deadline,
-            "http://{addr}{path} did not become ready"
-        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -274,7 +284,15 @@ impl BrokerSpec {
     /// Starts the broker on its known ports (a restart).
     fn launch(&self) -> Process {
         let process = self.spawn(&self.addr, &self.admin, None);
-        wait_http_ok(&self.admin, "/readyz", Duration::from_secs(30));
+        if let Err(last) = try_wait_http_ok(&self.admin, "/readyz", Duration::from_secs(30)) {
+            let log = process.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} not ready after a restart ({last}):\n{}",
+                self.addr,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         process
     }
 
@@ -358,19 +376,37 @@ pub fn start_group(
     nameserver: &str,
     env: &[(&str, &str)],
 ) -> Vec<Broker> {
-    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+    let hosts = vec!["127.0.0.1".to_string(); size as usize];
+    start_group_on(group, &hosts, root, nameserver, env)
+}
+
+/// Like [`start_group`], member `i` listening (client and peer ports) on `hosts[i]`, and
+/// connecting to its peers from there: with one loopback address per member, a firewall rule
+/// on an address cuts that member off.
+pub fn start_group_on(
+    group: &str,
+    hosts: &[String],
+    root: &Path,
+    nameserver: &str,
+    env: &[(&str, &str)],
+) -> Vec<Broker> {
+    let ports: Vec<(u16, u16)> = hosts.iter().map(|_| (free_port(), free_port())).collect();
     let peers: Vec<String> = ports
         .iter()
+        .zip(hosts)
         .enumerate()
-        .map(|(i, (client, raft))| {
-            format!(r#"{{ id = {}, raft_addr = "127.0.0.1:{raft}", client_addr = "127.0.0.1:{client}" }}"#, i + 1)
+        .map(|(i, ((client, raft), host))| {
+            format!(
+                r#"{{ id = {}, raft_addr = "{host}:{raft}", client_addr = "{host}:{client}" }}"#,
+                i + 1
+            )
         })
         .collect();
     let peers = format!("[{}]", peers.join(", "));
     let mut members = Vec::new();
-    for (i, (client, raft)) in ports.iter().enumerate() {
+    for (i, ((client, raft), host)) in ports.iter().zip(hosts).enumerate() {
         let node_id = (i + 1).to_string();
-        let raft_listen = format!("127.0.0.1:{raft}");
+        let raft_listen = format!("{host}:{raft}");
         let mut member_env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -382,7 +418,7 @@ pub fn start_group(
             ("FERROMQ_RAFT__PEERS".to_string(), peers.clone()),
         ]);
         let mut spec = BrokerSpec {
-            addr: format!("127.0.0.1:{client}"),
+            addr: format!("{host}:{client}"),
             admin: String::new(),
             data_dir: root.join(format!("{group}-{}", i + 1)),
             nameserver: nameserver.to_string(),

@@ -133,8 +133,17 @@ impl Broker {
         let (peer_listener, peer_sender): (Option<TcpListener>, Box<dyn PeerSender>) =
             if !config.raft.peers.is_empty() {
                 let (listener, _) = bind(&config.raft.listen).await?;
+                // Connect from our own peer address when it is a specific one.
+                let local_ip = config
+                    .raft
+                    .listen
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_unspecified());
                 let client_side = Arc::new(ferromq_transport::TransportConfig {
                     keepalive_interval: Some(std::time::Duration::from_secs(30)),
+                    local_ip,
                     ..(*peer_transport).clone()
                 });
                 let network = PeerNetwork::start(

@@ -698,7 +698,9 @@ impl<SM: StateMachine> NodeLoop<SM> {
                     debug!(from = message.from, kind = ?message.get_msg_type(), "repairing: no vote, no campaign");
                     return true;
                 }
-                if let Err(err) = self.raw.step(*message) {
+                let mut message = *message;
+                self.accept_lost_entries(&mut message);
+                if let Err(err) = self.raw.step(message) {
                     debug!(%err, "raft message refused");
                 }
                 true
@@ -745,6 +747,56 @@ impl<SM: StateMachine> NodeLoop<SM> {
                 true
             }
             Event::Shutdown => false,
+        }
+    }
+
+    /// Raft assumes a member never loses entries it acknowledged; a repaired member did. As its
+    /// leader, stop believing its old match index when it says its log is shorter (raft-rs
+    /// would ignore that rejection as stale and never resend); as the member, do not take a
+    /// commit index beyond its log from a heartbeat (raft-rs would stop).
+    fn accept_lost_entries(&mut self, message: &mut Message) {
+        let last_index = self.raw.raft.raft_log.last_index();
+        match message.get_msg_type() {
+            MessageType::MsgHeartbeat if message.commit > last_index => {
+                debug!(
+                    commit = message.commit,
+                    last_index, "heartbeat commit beyond the log (it lost entries); clamped"
+                );
+                // The leader believes this log is longer and would never resend: tell it with
+                // a rejection naming where the log really ends.
+                let mut reply = Message::default();
+                reply.set_msg_type(MessageType::MsgAppendResponse);
+                reply.to = message.from;
+                reply.from = self.raw.raft.id;
+                reply.term = message.term;
+                reply.reject = true;
+                reply.index = message.commit;
+                reply.reject_hint = last_index;
+                self.send(vec![reply]);
+                message.commit = last_index;
+            }
+            MessageType::MsgAppendResponse
+                if message.reject && self.raw.raft.state == StateRole::Leader =>
+            {
+                let from = message.from;
+                let hint = message.reject_hint;
+                if let Some(progress) = self.raw.raft.mut_prs().get_mut(from) {
+                    if hint < progress.matched {
+                        warn!(
+                            member = from,
+                            had = progress.matched,
+                            has = hint,
+                            "member lost acknowledged entries; sending them again"
+                        );
+                        progress.matched = 0;
+                        progress.become_probe();
+                        progress.next_idx = hint + 1;
+                        // Answer the rejection as a fresh probe: send from its log's end.
+                        message.index = hint;
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

@@ -1,7 +1,8 @@
 //! Deterministic simulation of a three-voter group over real stores (on tmpfs): the real Raft
 //! loop code ([`Driver`]) is stepped by a seeded scheduler that delays, drops, duplicates and
 //! reorders messages, partitions members, and crashes them with the loss of everything not
-//! synced (a power loss), between steps or at crash points inside the storage and Raft code
+//! synced (a power loss; sometimes a damaged disk also loses synced bytes at the log's end, and
+//! the member must repair from its peers), between steps or at crash points inside the storage and Raft code
 //! (`fail` crate: after an append before its fsync, before an fsync, before applying, between
 //! the consume queues and RocksDB, before a checkpoint, before the hard state, after the fsync
 //! but before the acknowledgements). Clients propose sends throughout.
@@ -13,7 +14,7 @@
 //!   on every member, once the faults stop;
 //! - the members' consume queues hold the same messages.
 //!
-//! `FERROMQ_SIM_SEEDS=N` runs N seeds (default 12), `FERROMQ_SIM_SEED=S` only seed S; a seed
+//! `FERROMQ_SIM_SEEDS=N` runs N seeds (default 24), `FERROMQ_SIM_SEED=S` only seed S; a seed
 //! that ever fails belongs in `REGRESSION_SEEDS`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -116,6 +117,7 @@ fn store_config() -> StoreConfig {
     StoreConfig {
         segment_bytes: 64 * 1024,
         cq_units_per_file: 1000,
+        cut_corruption: true,
         ..StoreConfig::default()
     }
 }
@@ -161,8 +163,28 @@ impl Node {
 
     /// A power loss: unsynced log bytes are gone, memory is gone.
     fn crash(&mut self, until: u64) {
+        self.crash_losing(until, 0);
+    }
+
+    /// A power loss that also takes `damage` synced bytes off the newest segment's end (a
+    /// failing disk): the node lost entries it acknowledged and must repair from its peers.
+    fn crash_losing(&mut self, until: u64, damage: u64) {
         if let Some(store) = self.store.take() {
             store.log().simulate_power_loss().unwrap();
+        }
+        if damage > 0 {
+            let newest = std::fs::read_dir(self.dir.join("log"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().is_some_and(|n| n.len() == 20))
+                .max()
+                .unwrap();
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&newest)
+                .unwrap();
+            let len = file.metadata().unwrap().len();
+            file.set_len(len.saturating_sub(damage)).unwrap();
         }
         self.driver = None;
         self.outbox.0.lock().unwrap().clear();
@@ -270,7 +292,21 @@ fn run(seed: u64) {
                 let victim = rng.gen_range(0..NODES as usize);
                 if nodes[victim].is_up() {
                     let until = step + rng.gen_range(5..80);
-                    nodes[victim].crash(until);
+                    // Sometimes the disk also loses synced bytes at the log's end; only while
+                    // every other member is up and whole (with two damaged logs, acknowledged
+                    // entries may be gone for good, and the group rightly stays unavailable).
+                    let others_whole = nodes.iter().enumerate().all(|(i, n)| {
+                        i == victim
+                            || n.driver
+                                .as_ref()
+                                .is_some_and(|d| d.status().repairing_until.is_none())
+                    });
+                    let damage = if others_whole && rng.gen_bool(0.3) {
+                        rng.gen_range(1..3000)
+                    } else {
+                        0
+                    };
+                    nodes[victim].crash_losing(until, damage);
                     crashes += 1;
                 }
             }
@@ -391,10 +427,16 @@ fn run(seed: u64) {
             if settled {
                 break;
             }
-            assert!(
-                step < FAULTY_STEPS + HEAL_STEPS,
-                "seed {seed}: no agreement after the faults stopped (applied {applied:?})"
-            );
+            if step >= FAULTY_STEPS + HEAL_STEPS {
+                let statuses: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("{:?}", n.driver.as_ref().map(|d| d.status())))
+                    .collect();
+                panic!(
+                    "seed {seed}: no agreement after the faults stopped (applied {applied:?})\n{}",
+                    statuses.join("\n")
+                );
+            }
         }
     }
 
@@ -449,7 +491,7 @@ fn seeds() -> Vec<u64> {
     let count: u64 = std::env::var("FERROMQ_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(24);
     REGRESSION_SEEDS.iter().copied().chain(0..count).collect()
 }
 

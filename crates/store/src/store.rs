@@ -199,9 +199,11 @@ impl Store {
             recent_sends: Vec::new(),
         });
         let mut checkpoint = checkpoint;
-        if checkpoint.applied_index > log.last_index() && open_report.truncated_bytes > 0 {
-            // Derived state covers entries that were just cut: rebuild it from the base at the
-            // log start (or from nothing) and replay what is left.
+        let repairable = open_report.truncated_bytes > 0 || config.cut_corruption;
+        if checkpoint.applied_index > log.last_index() && repairable {
+            // Derived state covers entries the log no longer has (just cut, or lost whole by a
+            // damaged disk, which a group member repairs from its peers): rebuild it from the
+            // base at the log start (or from nothing) and replay what is left.
             warn!(
                 checkpoint = checkpoint.applied_index,
                 last = log.last_index(),

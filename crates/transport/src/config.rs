@@ -1,5 +1,6 @@
 //! Limits and timeouts of a connection, with the defaults every service starts from.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ferromq_protocol::frame::{DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_HEADER_BYTES};
@@ -32,6 +33,10 @@ pub struct TransportConfig {
     /// A connecting side sends a ping this often, so the peer's idle timeout never fires on a
     /// healthy connection. `None` disables pings.
     pub keepalive_interval: Option<Duration>,
+    /// Source address of outgoing connections; `None` lets the kernel choose. Members of a
+    /// broker group connect from their own peer address, so their peers' source checks (and
+    /// firewalls) see who they are.
+    pub local_ip: Option<IpAddr>,
 }
 
 impl Default for TransportConfig {
@@ -49,6 +54,7 @@ impl Default for TransportConfig {
             write_queue_frames: 1024,
             max_connections: 10_000,
             keepalive_interval: Some(Duration::from_secs(30)),
+            local_ip: None,
         }
     }
 }

@@ -63,6 +63,38 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Connects to `addr`, from `local_ip` if given (trying each address `addr` resolves to).
+async fn connect_stream(
+    addr: &str,
+    local_ip: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(local_ip) = local_ip else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last_error = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        if target.is_ipv4() != local_ip.is_ipv4() {
+            continue;
+        }
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local_ip, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{addr} has no address of the family of {local_ip}"),
+        )
+    }))
+}
+
 impl Connection {
     /// Connects to `addr`, performs the handshake, and serves the peer's requests with
     /// `handler`.
@@ -72,7 +104,7 @@ impl Connection {
         config: Arc<TransportConfig>,
         handler: Arc<H>,
     ) -> Result<Connection, TransportError> {
-        let connect = TcpStream::connect(addr);
+        let connect = connect_stream(addr, config.local_ip);
         let stream = tokio::time::timeout(config.handshake_timeout, connect)
             .await
             .map_err(|_| TransportError::Connect {
