@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Usage: scripts/install-deps.sh [--build | --bench]
+# Usage: scripts/install-deps.sh [--build | --chaos | --bench]
 #
 # Installs, idempotently, what FerroMQ needs on a Debian 12 machine.
 #   --build   only what building needs: a C toolchain, Debian's RocksDB and libclang (for the
 #             rocksdb crate's bindgen) - the quick start uses this
 #   (none)    also the test tools: cargo-deny, cargo-fuzz, a nightly toolchain for fuzzing,
-#             and cargo-nextest if the machine lacks it
+#             cargo-nextest if the machine lacks it, and iptables (the chaos test's network
+#             faults)
+#   --chaos   what building needs, and iptables (scripts/chaos.sh)
 #   --bench   also iperf3 and fio (the machine's limits), python3 (the report) and perf
 #             (profiles), which scripts/bench.sh uses
 set -euo pipefail
@@ -13,6 +15,7 @@ set -euo pipefail
 mode="${1:-test}"
 TOOLS_DIR="${FERROMQ_TOOLS_DIR:-$HOME/.cache/ferromq/tools}"
 APT_PACKAGES=(build-essential librocksdb-dev libclang-dev)
+[[ "$mode" != "--build" ]] && APT_PACKAGES+=(iptables)
 [[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio python3 linux-perf)
 
 missing=()
@@ -26,7 +29,7 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-[[ "$mode" == "--build" ]] && exit 0
+[[ "$mode" == "--build" || "$mode" == "--chaos" ]] && exit 0
 
 # Cargo tools go to a persistent folder so later runs skip the build.
 mkdir -p "$TOOLS_DIR"

@@ -375,12 +375,14 @@ enum Fault {
 }
 
 fn fault_for(round: usize, kill_all: bool, network: bool) -> Fault {
+    // A network fault every other round (with 30 s rounds, a partition or loss every minute).
     let rotation: Vec<Fault> = [
         Fault::KillLeader,
         Fault::IsolateLeader,
         Fault::PauseLeader,
-        Fault::TearFollowerTail,
         Fault::LoseFollowerPackets,
+        Fault::TearFollowerTail,
+        Fault::IsolateLeader,
         Fault::KillFollower,
         Fault::KillAll,
     ]
