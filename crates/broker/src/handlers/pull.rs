@@ -25,11 +25,19 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
     if let Err(message) = validate_topic(&pull.topic).and_then(|()| validate_group(&pull.group)) {
         return Reply::error(Status::ParameterError, message);
     }
-    // A member that knows no leader may be cut off and behind: send the reader elsewhere.
-    if core.raft.status().leader_id == 0 {
+    // A member that knows no leader may be cut off and behind, and one repairing its log lacks
+    // entries: send the reader elsewhere.
+    let status = core.raft.status();
+    if status.leader_id == 0 {
         return Reply::error(
             Status::ServiceNotAvailable,
             "no leader known; this replica may be stale",
+        );
+    }
+    if status.repairing_until.is_some() {
+        return Reply::error(
+            Status::ServiceNotAvailable,
+            "this replica is repairing its log",
         );
     }
     let Some(topic) = core.store.topic(&pull.topic) else {
@@ -82,6 +90,23 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
         // Answer at once when there is something to say: messages, a moved offset, or a run of
         // filtered-out messages to skip (so the consumer advances instead of the broker
         // re-reading them).
+        if read.status == ReadStatus::OffsetMoved && pull.offset > read.max_offset {
+            // Past this replica's end: a follower (or a new leader still applying) that is
+            // behind, not a consumer ahead of the queue. Moving the reader back would deliver
+            // messages again; send it to a member that has caught up instead.
+            let status = core.raft.status();
+            let behind = status.role != ferromq_raftlog::Role::Leader
+                || status.applied_index < status.commit_index;
+            if behind {
+                return Reply::error(
+                    Status::ServiceNotAvailable,
+                    format!(
+                        "offset {} is past this replica's end {}; it is behind",
+                        pull.offset, read.max_offset
+                    ),
+                );
+            }
+        }
         let skipped = read.next_offset > pull.offset;
         if read.status != ReadStatus::Empty
             || skipped
