@@ -74,6 +74,7 @@ pub fn router(core: Arc<BrokerCore>) -> Router {
         .route("/v1/raft:transfer-leader", post(transfer_leader))
         .route("/v1/raft/members", get(members).post(change_members))
         .route("/v1/topics", get(topics))
+        .route("/v1/groups", get(groups))
         .with_state(core)
 }
 
@@ -296,6 +297,11 @@ pub async fn hand_over_leadership(core: &BrokerCore, to: Option<u64>) -> Result<
             "leadership did not move to {target} within {patience:?}"
         )),
     }
+}
+
+/// Consumer groups with their live members, as this broker sees them.
+async fn groups(State(core): State<Arc<BrokerCore>>) -> Json<Vec<crate::consumers::GroupView>> {
+    Json(core.consumers.views())
 }
 
 async fn topics(State(core): State<Arc<BrokerCore>>) -> Json<Vec<TopicConfig>> {

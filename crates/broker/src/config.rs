@@ -31,6 +31,9 @@ pub struct BrokerConfig {
     pub nameservers: Vec<String>,
     /// How often the broker re-registers with every nameserver.
     pub heartbeat_interval_ms: u64,
+    /// A consumer that sends no heartbeat for this long leaves its group (consumers beat every
+    /// 2 s by default); the rest of the group rebalances at once.
+    pub consumer_expiry_ms: u64,
     pub storage: StorageSection,
     pub topics: TopicsSection,
     pub pull: PullSection,
@@ -122,6 +125,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("data/broker"),
             nameservers: vec!["127.0.0.1:9876".into()],
             heartbeat_interval_ms: 30_000,
+            consumer_expiry_ms: 5_000,
             storage: StorageSection::default(),
             topics: TopicsSection::default(),
             pull: PullSection::default(),
@@ -188,6 +192,9 @@ impl BrokerConfig {
             .map_err(|e| format!("group: {e}"))?;
         if self.heartbeat_interval_ms == 0 {
             return Err("heartbeat_interval_ms must be positive".into());
+        }
+        if self.consumer_expiry_ms == 0 {
+            return Err("consumer_expiry_ms must be positive".into());
         }
         let storage = &self.storage;
         if storage.segment_bytes < 64 * 1024 {

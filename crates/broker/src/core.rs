@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
+use crate::consumers::ConsumerRegistry;
 use crate::metrics::BrokerMetrics;
 use crate::notifier::QueueNotifier;
 
@@ -18,6 +19,8 @@ pub struct BrokerCore {
     pub raft: RaftNode<ApplyOutcome>,
     /// Where the group's members are reached (configured, and learned from the log).
     pub members: Members,
+    /// Consumer groups and their live members.
+    pub consumers: ConsumerRegistry,
     pub notifier: Arc<QueueNotifier>,
     pub metrics: BrokerMetrics,
     pub topics_changed: watch::Receiver<u64>,

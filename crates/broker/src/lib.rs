@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod config;
+mod consumers;
 mod core;
 mod handlers;
 mod maintenance;
@@ -18,6 +19,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferromq_raftlog::peer::PeerNetwork;
+
+use crate::consumers::ConsumerRegistry;
 use ferromq_raftlog::{
     MemberAddress, Members, NoPeers, PeerSender, RaftError, RaftMetrics, RaftNode, RaftStatus,
 };
@@ -174,6 +177,8 @@ impl Broker {
         .await
         .map_err(|err| BrokerError::Startup(err.to_string()))??;
 
+        let consumers =
+            ConsumerRegistry::new(std::time::Duration::from_millis(config.consumer_expiry_ms));
         let core = Arc::new(BrokerCore {
             advertised_addr: advertised(&config, addr),
             admin_addr: admin_addr.to_string(),
@@ -181,6 +186,7 @@ impl Broker {
             store,
             raft,
             members,
+            consumers,
             notifier,
             metrics,
             topics_changed,
@@ -225,6 +231,10 @@ impl Broker {
         }
         tasks.spawn(maintenance::checkpoint_loop(core.clone(), shutdown.clone()));
         tasks.spawn(maintenance::retention_loop(core.clone(), shutdown.clone()));
+        tasks.spawn(maintenance::consumer_expiry_loop(
+            core.clone(),
+            shutdown.clone(),
+        ));
         tasks.close();
         info!(
             %addr,

@@ -1,4 +1,5 @@
-//! Background upkeep: checkpoints (which bound replay after a crash) and retention.
+//! Background upkeep: checkpoints (which bound replay after a crash), retention, and the
+//! expiry of silent consumers.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,6 +28,20 @@ pub async fn checkpoint_loop(core: Arc<BrokerCore>, shutdown: CancellationToken)
         core.metrics
             .commitlog_bytes
             .set(core.store.log_bytes() as i64);
+    }
+}
+
+/// Removes consumers whose heartbeats stopped and tells their groups.
+pub async fn consumer_expiry_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for group in core.consumers.expire(std::time::Instant::now()) {
+            core.consumers.notify(&group);
+        }
     }
 }
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferromq_protocol::headers::GroupChangedNotice;
 use ferromq_protocol::{
     headers::{CreateTopicRequest, GetClusterResponse, GetRouteRequest, TopicRoute},
     message::{validate_topic, MessageIdGenerator},
     RequestCode, Status,
 };
-use ferromq_transport::{Connection, RejectAll, TransportConfig, TransportError};
+use ferromq_transport::{Connection, Handler, Reply, Request, TransportConfig, TransportError};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +82,40 @@ pub(crate) struct Inner {
     pub(crate) ids: MessageIdGenerator,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Consumers waiting for brokers' group change notices, by group.
+    group_listeners: Arc<GroupListeners>,
+}
+
+/// Consumers of this client that want to hear when their group changes.
+#[derive(Default)]
+pub(crate) struct GroupListeners {
+    by_group: Mutex<HashMap<String, Vec<Arc<tokio::sync::Notify>>>>,
+}
+
+/// What brokers may ask of a client: group change notices; everything else is refused.
+struct ClientHandler {
+    listeners: Arc<GroupListeners>,
+}
+
+impl Handler for ClientHandler {
+    async fn handle(&self, _connection: &Connection, request: Request) -> Reply {
+        if request.code != RequestCode::GroupChanged as u16 {
+            return Reply::error(
+                Status::RequestCodeNotSupported,
+                format!("request code {} is not served by a client", request.code),
+            );
+        }
+        let notice: GroupChangedNotice = match request.decode_header() {
+            Ok(notice) => notice,
+            Err(err) => return Reply::bad_header(&err),
+        };
+        if let Some(listeners) = self.listeners.by_group.lock().get(&notice.group) {
+            for listener in listeners {
+                listener.notify_one();
+            }
+        }
+        Reply::ok(&())
+    }
 }
 
 #[derive(Clone)]
@@ -120,6 +155,7 @@ impl Client {
                 ids: MessageIdGenerator::default(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                group_listeners: Arc::default(),
             }),
         };
         client.cluster().await?;
@@ -168,15 +204,39 @@ impl Client {
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
+        let handler = ClientHandler {
+            listeners: self.inner.group_listeners.clone(),
+        };
         let connection = Connection::connect(
             addr,
             &self.inner.config.client_id,
             self.inner.transport.clone(),
-            Arc::new(RejectAll),
+            Arc::new(handler),
         )
         .await?;
         *slot = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// Wakes `listener` whenever a broker says `group` changed.
+    pub(crate) fn listen_to_group(&self, group: &str, listener: Arc<tokio::sync::Notify>) {
+        self.inner
+            .group_listeners
+            .by_group
+            .lock()
+            .entry(group.to_string())
+            .or_default()
+            .push(listener);
+    }
+
+    pub(crate) fn stop_listening_to_group(&self, group: &str, listener: &Arc<tokio::sync::Notify>) {
+        let mut by_group = self.inner.group_listeners.by_group.lock();
+        if let Some(listeners) = by_group.get_mut(group) {
+            listeners.retain(|l| !Arc::ptr_eq(l, listener));
+            if listeners.is_empty() {
+                by_group.remove(group);
+            }
+        }
     }
 
     /// Sends a request to a nameserver, trying each in turn until one answers.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use ferromq_protocol::headers::ConsumeMode;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +82,20 @@ pub enum StartFrom {
     First,
     /// Only messages sent from now on.
     Last,
+    /// The first message stored at or after this time (milliseconds since the epoch).
+    Timestamp(u64),
+}
+
+/// How the members of a clustering group divide the queues among themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Allocation {
+    /// Contiguous, even shares of the sorted queue list (RocketMQ's default).
+    #[default]
+    Average,
+    /// Each queue to the member with the highest hash of (member, queue): when a member joins
+    /// or leaves, only its own share of queues moves.
+    ConsistentHash,
 }
 
 /// Consumer settings.
@@ -103,6 +118,20 @@ pub struct ConsumerConfig {
     /// read load. Consumers also fall back to a follower for a while when the leader cannot be
     /// reached. Offsets are always committed to the leader.
     pub read_from_followers: bool,
+    /// `clustering` (each queue read by one member of the group) or `broadcast` (every member
+    /// reads everything, with offsets of its own).
+    pub mode: ConsumeMode,
+    /// How a clustering group divides its queues.
+    pub allocation: Allocation,
+    /// How often the consumer tells brokers it is alive; brokers drop it after
+    /// `consumer_expiry_ms` (5 s by default) without one.
+    pub heartbeat_interval_ms: u64,
+    /// Rebalance at least this often, even without a change notice from a broker.
+    pub rebalance_interval_ms: u64,
+    /// Broadcast mode: the stable name under which this member's offsets are kept, so a
+    /// restarted member continues where it left off. Default: the client id (set
+    /// `ClientConfig.client_id` to something stable, such as the host name).
+    pub broadcast_id: Option<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -115,6 +144,11 @@ impl Default for ConsumerConfig {
             max_buffered: 1000,
             commit_interval_ms: 5_000,
             read_from_followers: false,
+            mode: ConsumeMode::Clustering,
+            allocation: Allocation::Average,
+            heartbeat_interval_ms: 2_000,
+            rebalance_interval_ms: 20_000,
+            broadcast_id: None,
         }
     }
 }

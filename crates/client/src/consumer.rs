@@ -9,8 +9,14 @@
 //! `buffered`, `peekable`) ask for the next message early: with them, process each message
 //! before taking more, or use [`Consumer::run`].
 //!
-//! Clustering note: every member of a group currently reads every queue; sharing queues among
-//! the members of a group (rebalancing) is the next step for the consumer.
+//! Groups: in clustering mode (the default) the members of a group share the queues. Each
+//! consumer heartbeats to every broker of its topic; brokers tell the group's members when one
+//! joins or leaves (its connection closes or its heartbeats stop), and every member then
+//! computes its share from the sorted member and queue lists. A queue that moves away is
+//! released only after its consumed offset is committed, so the next owner starts where this
+//! one stopped (at least once: a message in flight during the move can be delivered twice,
+//! none is skipped). In broadcast mode every member reads every queue, with offsets kept under
+//! its own name.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -23,8 +29,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferromq_protocol::{
     headers::{
-        perm, CommitOffsetsRequest, GetQueueOffsetsRequest, GetQueueOffsetsResponse, OffsetCommit,
+        perm, CommitOffsetsRequest, ConsumerHeartbeatRequest, GetGroupMembersRequest,
+        GetGroupMembersResponse, GetQueueOffsetsRequest, GetQueueOffsetsResponse, OffsetCommit,
         PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse,
+        SearchOffsetRequest, SearchOffsetResponse, Subscription, UnregisterConsumerRequest,
     },
     message::{decode_pulled, validate_group, validate_topic},
     MessageId, RequestCode, Status,
@@ -37,7 +45,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use crate::client::Client;
-use crate::config::{ConsumerConfig, StartFrom};
+use crate::config::{Allocation, ConsumeMode, ConsumerConfig, StartFrom};
 use crate::error::ClientError;
 use crate::filter::TagFilter;
 use crate::producer::MAX_ROUTE_QUEUES;
@@ -149,17 +157,41 @@ impl ConsumerBuilder {
         validate_topic(&topic).map_err(ClientError::InvalidMessage)?;
         let filter = TagFilter::parse(&tags)?;
         let (sender, receiver) = mpsc::channel(self.config.max_buffered.max(1));
+        let member_id = format!(
+            "{}#{}",
+            self.client.config().client_id,
+            NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let offsets_group = match self.config.mode {
+            ConsumeMode::Clustering => self.group.clone(),
+            ConsumeMode::Broadcast => {
+                let name = self
+                    .config
+                    .broadcast_id
+                    .clone()
+                    .unwrap_or_else(|| self.client.config().client_id.clone());
+                broadcast_offsets_group(&self.group, &name)?
+            }
+        };
+        let changed = Arc::new(tokio::sync::Notify::new());
+        self.client.listen_to_group(&self.group, changed.clone());
         let shared = Arc::new(Shared {
             client: self.client,
             group: self.group,
+            offsets_group,
+            member_id,
             topic,
+            expression: tags,
             filter,
             config: self.config,
             progress: Mutex::new(HashMap::new()),
+            owned: Mutex::new(BTreeSet::new()),
+            changed,
             shutdown: CancellationToken::new(),
         });
         let tasks = TaskTracker::new();
-        tasks.spawn(assign_queues(shared.clone(), sender, tasks.clone()));
+        tasks.spawn(heartbeat_loop(shared.clone()));
+        tasks.spawn(rebalance_loop(shared.clone(), sender, tasks.clone()));
         tasks.spawn(commit_loop(shared.clone()));
         Ok(Consumer {
             shared,
@@ -170,14 +202,54 @@ impl ConsumerBuilder {
     }
 }
 
+/// Numbers the consumers of this process, for unique member ids.
+static NEXT_MEMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The name a broadcast member's offsets are kept under: `<group>%BROADCAST%<name>`, with
+/// characters a group name may not hold replaced.
+fn broadcast_offsets_group(group: &str, name: &str) -> Result<String, ClientError> {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let offsets_group = format!("{group}%BROADCAST%{name}");
+    validate_group(&offsets_group).map_err(|err| {
+        ClientError::InvalidMessage(format!(
+            "broadcast_id {name:?} makes an unusable name: {err}"
+        ))
+    })?;
+    Ok(offsets_group)
+}
+
 struct Shared {
     client: Client,
     group: String,
+    /// The group name offsets are committed under (the member's own in broadcast mode).
+    offsets_group: String,
+    /// This consumer's identity in the group, unique per consumer instance.
+    member_id: String,
     topic: String,
+    expression: String,
     filter: TagFilter,
     config: ConsumerConfig,
     progress: Mutex<HashMap<QueueKey, QueueProgress>>,
+    /// Queues this member reads now; buffered messages of other queues are dropped.
+    owned: Mutex<BTreeSet<QueueKey>>,
+    /// Woken by brokers' group change notices.
+    changed: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn owns(&self, message: &ReceivedMessage) -> bool {
+        self.owned.lock().contains(&key_of(message))
+    }
 }
 
 pub struct Consumer {
@@ -208,9 +280,16 @@ impl Consumer {
     /// The next message; the previous one counts as consumed. `None` after shutdown.
     pub async fn recv(&mut self) -> Option<ReceivedMessage> {
         self.mark_consumed();
-        let message = self.receiver.recv().await?;
-        self.last_yielded = Some((key_of(&message), message.queue_offset));
-        Some(message)
+        loop {
+            let message = self.receiver.recv().await?;
+            // Fetched before its queue moved to another member, which reads it from the
+            // committed offset: not ours to hand out any more.
+            if !self.shared.owns(&message) {
+                continue;
+            }
+            self.last_yielded = Some((key_of(&message), message.queue_offset));
+            return Some(message);
+        }
     }
 
     /// Commits consumed offsets now (they are also committed every `commit_interval_ms`).
@@ -275,7 +354,9 @@ impl Consumer {
         self.receiver.close();
         self.tasks.close();
         self.tasks.wait().await;
-        commit_consumed(&self.shared).await
+        let committed = commit_consumed(&self.shared).await;
+        leave_group(&self.shared).await;
+        committed
     }
 }
 
@@ -283,6 +364,9 @@ impl Drop for Consumer {
     /// Dropping without [`Consumer::shutdown`] stops pulling but commits nothing more.
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+        self.shared
+            .client
+            .stop_listening_to_group(&self.shared.group, &self.shared.changed);
     }
 }
 
@@ -291,11 +375,16 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReceivedMessage>> {
         self.mark_consumed();
-        let polled = self.receiver.poll_recv(cx);
-        if let Poll::Ready(Some(message)) = &polled {
-            self.last_yielded = Some((key_of(message), message.queue_offset));
+        loop {
+            let polled = self.receiver.poll_recv(cx);
+            if let Poll::Ready(Some(message)) = &polled {
+                if !self.shared.owns(message) {
+                    continue;
+                }
+                self.last_yielded = Some((key_of(message), message.queue_offset));
+            }
+            return polled;
         }
-        polled
     }
 }
 
@@ -306,40 +395,263 @@ fn key_of(message: &ReceivedMessage) -> QueueKey {
     }
 }
 
-/// Starts a pull task for every readable queue of the topic, and for queues that appear later.
-/// A task ends when its queue leaves the route; it is started again if the queue comes back.
-async fn assign_queues(
+/// Every address of every broker group serving the topic (leaders and followers).
+async fn broker_addrs(shared: &Shared) -> Result<Vec<String>, ClientError> {
+    let route = shared.client.route(&shared.topic).await?;
+    let mut addrs: Vec<String> = route
+        .groups
+        .iter()
+        .flat_map(|g| g.leader.iter().chain(&g.followers).cloned())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+async fn send_heartbeats(shared: &Shared) {
+    let addrs = match broker_addrs(shared).await {
+        Ok(addrs) => addrs,
+        Err(err) => {
+            debug!(topic = %shared.topic, %err, "no route to heartbeat to");
+            return;
+        }
+    };
+    let heartbeat = ConsumerHeartbeatRequest {
+        member_id: shared.member_id.clone(),
+        subscriptions: vec![Subscription {
+            group: shared.group.clone(),
+            topic: shared.topic.clone(),
+            expression: shared.expression.clone(),
+            mode: shared.config.mode,
+        }],
+    };
+    for addr in addrs {
+        let sent = async {
+            let connection = shared.client.connection(&addr).await?;
+            connection
+                .request(RequestCode::ConsumerHeartbeat, &heartbeat, Bytes::new())
+                .await?
+                .into_result()?;
+            Ok::<_, ClientError>(())
+        };
+        if let Err(err) = sent.await {
+            debug!(%addr, %err, "heartbeat failed");
+        }
+    }
+}
+
+/// Tells brokers this member is alive, every `heartbeat_interval_ms`.
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let interval = Duration::from_millis(shared.config.heartbeat_interval_ms.max(1));
+    loop {
+        send_heartbeats(&shared).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Says goodbye to every broker, so the group rebalances without waiting for the expiry.
+async fn leave_group(shared: &Shared) {
+    shared
+        .client
+        .stop_listening_to_group(&shared.group, &shared.changed);
+    let Ok(addrs) = broker_addrs(shared).await else {
+        return;
+    };
+    let goodbye = UnregisterConsumerRequest {
+        member_id: shared.member_id.clone(),
+        group: shared.group.clone(),
+    };
+    for addr in addrs {
+        if let Ok(connection) = shared.client.connection(&addr).await {
+            let _ = connection
+                .request(RequestCode::UnregisterConsumer, &goodbye, Bytes::new())
+                .await;
+        }
+    }
+}
+
+/// The group's members as a broker of the topic sees them (the first that answers).
+async fn group_members(shared: &Shared) -> Result<Vec<String>, ClientError> {
+    let mut last_error = ClientError::NoRoute(shared.topic.clone());
+    for addr in broker_addrs(shared).await? {
+        let asked = async {
+            let connection = shared.client.connection(&addr).await?;
+            let members: GetGroupMembersResponse = connection
+                .request(
+                    RequestCode::GetGroupMembers,
+                    &GetGroupMembersRequest {
+                        group: shared.group.clone(),
+                    },
+                    Bytes::new(),
+                )
+                .await?
+                .decode()?;
+            Ok::<_, ClientError>(members.members)
+        };
+        match asked.await {
+            Ok(members) => return Ok(members),
+            Err(err) => last_error = err,
+        }
+    }
+    Err(last_error)
+}
+
+/// The queues `me` reads among `members` (sorted), out of `queues` (sorted).
+fn allocate(
+    allocation: Allocation,
+    members: &[String],
+    me: &str,
+    queues: &[QueueKey],
+) -> BTreeSet<QueueKey> {
+    let Some(index) = members.iter().position(|m| m == me) else {
+        return BTreeSet::new();
+    };
+    match allocation {
+        Allocation::Average => {
+            let (n, m) = (queues.len(), members.len());
+            let remainder = n % m;
+            let share = if n <= m {
+                1
+            } else if index < remainder {
+                n / m + 1
+            } else {
+                n / m
+            };
+            let start = if index < remainder {
+                index * share
+            } else {
+                index * share + remainder
+            };
+            queues
+                .iter()
+                .skip(start)
+                .take(share.min(n.saturating_sub(start)))
+                .cloned()
+                .collect()
+        }
+        Allocation::ConsistentHash => queues
+            .iter()
+            .filter(|queue| {
+                let score = |member: &String| {
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    std::hash::Hash::hash(
+                        &(member, &queue.broker_group, queue.queue_id),
+                        &mut hasher,
+                    );
+                    std::hash::Hasher::finish(&hasher)
+                };
+                members.iter().max_by_key(|m| (score(m), (*m).clone())) == Some(&members[index])
+            })
+            .cloned()
+            .collect(),
+    }
+}
+
+/// A pull task of a queue this member reads, and how to stop it.
+struct QueueTask {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Decides which queues this member reads, at start, on every change notice from a broker, on
+/// route changes and every `rebalance_interval_ms`; starts pull tasks for new queues and
+/// releases (after committing their consumed offsets) queues now owned by others.
+async fn rebalance_loop(
     shared: Arc<Shared>,
     sender: mpsc::Sender<ReceivedMessage>,
     tasks: TaskTracker,
 ) {
-    let mut running: HashMap<QueueKey, tokio::task::JoinHandle<()>> = HashMap::new();
-    let refresh = Duration::from_millis(shared.client.config().route_refresh_interval_ms);
+    let mut running: BTreeMap<QueueKey, QueueTask> = BTreeMap::new();
+    let periodic = Duration::from_millis(shared.config.rebalance_interval_ms.max(1));
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = shared.changed.notified() => {}
             _ = shared.shutdown.cancelled() => return,
         }
-        running.retain(|_, task| !task.is_finished());
-        match shared.client.route(&shared.topic).await {
-            // A route of groups that would create the topic: nothing to read yet.
-            Ok(route) if !route.exists => wait = Duration::from_secs(1),
-            Ok(route) => {
-                for key in readable_queues(&route) {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(key) {
-                        let key = slot.key().clone();
-                        slot.insert(tasks.spawn(pull_queue(shared.clone(), key, sender.clone())));
-                    }
-                }
-                wait = refresh;
+        running.retain(|_, queue| !queue.task.is_finished());
+        let wanted = match wanted_queues(&shared).await {
+            Ok(Some(wanted)) => {
+                wait = periodic;
+                wanted
+            }
+            Ok(None) => {
+                // Not in the member list yet: heartbeat, then look again soon.
+                send_heartbeats(&shared).await;
+                wait = Duration::from_millis(200);
+                continue;
             }
             Err(err) => {
-                debug!(topic = %shared.topic, %err, "no route yet");
+                debug!(topic = %shared.topic, %err, "cannot rebalance yet");
                 wait = Duration::from_secs(1);
+                continue;
+            }
+        };
+        let released: Vec<QueueKey> = running
+            .keys()
+            .filter(|key| !wanted.contains(*key))
+            .cloned()
+            .collect();
+        for key in &released {
+            if let Some(queue) = running.remove(key) {
+                queue.stop.cancel();
+                let _ = queue.task.await;
+            }
+        }
+        if !released.is_empty() {
+            shared.owned.lock().retain(|key| !released.contains(key));
+            // The next owner starts from what was committed here.
+            if let Err(err) = commit_consumed(&shared).await {
+                warn!(group = %shared.group, %err, "committing released queues failed");
+            }
+            let mut progress = shared.progress.lock();
+            for key in &released {
+                progress.remove(key);
+            }
+            debug!(group = %shared.group, released = released.len(), "queues released");
+        }
+        for key in &wanted {
+            if !running.contains_key(key) {
+                shared.owned.lock().insert(key.clone());
+                let stop = shared.shutdown.child_token();
+                let task = tasks.spawn(pull_queue(
+                    shared.clone(),
+                    key.clone(),
+                    sender.clone(),
+                    stop.clone(),
+                ));
+                running.insert(key.clone(), QueueTask { stop, task });
             }
         }
     }
+}
+
+/// The queues this member should read now; `None` while brokers do not list it yet.
+async fn wanted_queues(shared: &Shared) -> Result<Option<BTreeSet<QueueKey>>, ClientError> {
+    let route = shared.client.route(&shared.topic).await?;
+    if !route.exists {
+        return Ok(Some(BTreeSet::new()));
+    }
+    let mut queues = readable_queues(&route);
+    queues.sort();
+    if shared.config.mode == ConsumeMode::Broadcast {
+        return Ok(Some(queues.into_iter().collect()));
+    }
+    let mut members = group_members(shared).await?;
+    members.sort();
+    if !members.contains(&shared.member_id) {
+        return Ok(None);
+    }
+    Ok(Some(allocate(
+        shared.config.allocation,
+        &members,
+        &shared.member_id,
+        &queues,
+    )))
 }
 
 fn readable_queues(route: &ferromq_protocol::headers::TopicRoute) -> Vec<QueueKey> {
@@ -419,7 +731,7 @@ async fn start_offset(
         .request(
             RequestCode::QueryOffset,
             &QueryOffsetRequest {
-                group: shared.group.clone(),
+                group: shared.offsets_group.clone(),
                 topic: shared.topic.clone(),
                 queue_id: key.queue_id,
             },
@@ -444,6 +756,21 @@ async fn start_offset(
             match (shared.config.start_from, range) {
                 (StartFrom::First, Some(range)) => range.min_offset,
                 (StartFrom::Last, Some(range)) => range.max_offset,
+                (StartFrom::Timestamp(timestamp_ms), Some(_)) => {
+                    let found: SearchOffsetResponse = connection
+                        .request(
+                            RequestCode::SearchOffset,
+                            &SearchOffsetRequest {
+                                topic: shared.topic.clone(),
+                                queue_id: key.queue_id,
+                                timestamp_ms,
+                            },
+                            Bytes::new(),
+                        )
+                        .await?
+                        .decode()?;
+                    found.offset
+                }
                 (_, None) => 0,
             }
         }
@@ -455,7 +782,13 @@ async fn start_offset(
     Ok(offset)
 }
 
-async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<ReceivedMessage>) {
+/// Reads one queue until `stop` (the queue moved to another member, or shutdown).
+async fn pull_queue(
+    shared: Arc<Shared>,
+    key: QueueKey,
+    sender: mpsc::Sender<ReceivedMessage>,
+    stop: CancellationToken,
+) {
     let mut offset = None;
     let mut backoff = Duration::from_millis(100);
     let tag_hashes = shared.filter.hashes();
@@ -465,7 +798,7 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
     let mut leader_failed_until: Option<Instant> = None;
     // Counts reads that failed to reach a member, to move on to the next one.
     let mut rotation = 0usize;
-    while !shared.shutdown.is_cancelled() {
+    while !stop.is_cancelled() {
         let leader_failed = leader_failed_until.is_some_and(|until| Instant::now() < until);
         if leader_failed_until.is_some() && !leader_failed {
             // Time to try the leader again.
@@ -493,7 +826,7 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
             };
             let pulled = tokio::select! {
                 pulled = connection.request_with_timeout(RequestCode::Pull, &request, Bytes::new(), timeout) => pulled?,
-                _ = shared.shutdown.cancelled() => return Ok(false),
+                _ = stop.cancelled() => return Ok(false),
             };
             let (header, body): (PullResponse, Bytes) = pulled.decode_with_body()?;
             if header.status == PullStatus::OffsetMoved {
@@ -525,7 +858,7 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
                 }
                 tokio::select! {
                     sent = sender.send(message) => if sent.is_err() { return Ok(false) },
-                    _ = shared.shutdown.cancelled() => return Ok(false),
+                    _ = stop.cancelled() => return Ok(false),
                 }
             }
             if let Some(entry) = shared.progress.lock().get_mut(&key) {
@@ -564,7 +897,7 @@ async fn pull_queue(shared: Arc<Shared>, key: QueueKey, sender: mpsc::Sender<Rec
                 debug!(topic = %shared.topic, queue = key.queue_id, %err, "pull failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -601,7 +934,7 @@ async fn commit_consumed(shared: &Shared) -> Result<(), ClientError> {
     let mut first_error = None;
     for (broker_group, offsets) in by_group {
         let request = CommitOffsetsRequest {
-            group: shared.group.clone(),
+            group: shared.offsets_group.clone(),
             offsets: offsets
                 .iter()
                 .map(|(queue_id, offset)| OffsetCommit {

@@ -30,7 +30,9 @@ mod filter;
 mod producer;
 
 pub use client::{Client, ClientBuilder};
-pub use config::{ClientConfig, ConsumerConfig, ProducerConfig, StartFrom};
+pub use config::{
+    Allocation, ClientConfig, ConsumeMode, ConsumerConfig, ProducerConfig, StartFrom,
+};
 pub use consumer::{ConsumeStatus, Consumer, ConsumerBuilder, ReceivedMessage};
 pub use error::{BatchSendError, ClientError, SendError};
 pub use filter::TagFilter;

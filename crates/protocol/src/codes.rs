@@ -25,13 +25,21 @@ pub enum RequestCode {
     QueryOffset = 203,
     CreateTopic = 204,
     GetQueueOffsets = 205,
+    /// A consumer's periodic sign of life, with its subscriptions.
+    ConsumerHeartbeat = 206,
+    GetGroupMembers = 207,
+    UnregisterConsumer = 208,
+    /// Broker → consumer, one-way: the group's membership changed; rebalance now.
+    GroupChanged = 209,
+    /// The first offset of a queue whose message was stored at or after a time.
+    SearchOffset = 210,
 
     // Between the members of a broker group, on the peer port only.
     RaftMessages = 300,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 13] = [
+    pub const ALL: [RequestCode; 18] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -44,6 +52,11 @@ impl RequestCode {
         RequestCode::QueryOffset,
         RequestCode::CreateTopic,
         RequestCode::GetQueueOffsets,
+        RequestCode::ConsumerHeartbeat,
+        RequestCode::GetGroupMembers,
+        RequestCode::UnregisterConsumer,
+        RequestCode::GroupChanged,
+        RequestCode::SearchOffset,
         RequestCode::RaftMessages,
     ];
 
@@ -68,6 +81,11 @@ impl RequestCode {
             RequestCode::QueryOffset => "query_offset",
             RequestCode::CreateTopic => "create_topic",
             RequestCode::GetQueueOffsets => "get_queue_offsets",
+            RequestCode::ConsumerHeartbeat => "consumer_heartbeat",
+            RequestCode::GetGroupMembers => "get_group_members",
+            RequestCode::UnregisterConsumer => "unregister_consumer",
+            RequestCode::GroupChanged => "group_changed",
+            RequestCode::SearchOffset => "search_offset",
             RequestCode::RaftMessages => "raft_messages",
         }
     }

@@ -229,6 +229,74 @@ pub struct GetQueueOffsetsResponse {
     pub queues: Vec<QueueOffsets>,
 }
 
+/// How a consumer group shares a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumeMode {
+    /// Each queue is read by one member of the group (the default).
+    #[default]
+    Clustering,
+    /// Every member reads every queue, with offsets of its own.
+    Broadcast,
+}
+
+/// What one consumer of a group reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub group: String,
+    pub topic: String,
+    /// The tag expression (`*`, `A || B`).
+    pub expression: String,
+    pub mode: ConsumeMode,
+}
+
+/// Sent every few seconds by each consumer to every broker of its topics. Brokers forget a
+/// member that stops sending (and one whose connection closes) and tell the rest of its group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerHeartbeatRequest {
+    /// Unique per consumer instance (client id plus a counter).
+    pub member_id: String,
+    pub subscriptions: Vec<Subscription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetGroupMembersRequest {
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetGroupMembersResponse {
+    /// Member ids, sorted.
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnregisterConsumerRequest {
+    pub member_id: String,
+    pub group: String,
+}
+
+/// Broker → consumer, one-way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChangedNotice {
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchOffsetRequest {
+    pub topic: String,
+    pub queue_id: u32,
+    /// Milliseconds since the epoch.
+    pub timestamp_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchOffsetResponse {
+    /// The first offset whose message was stored at or after the time (the queue's end if
+    /// none was).
+    pub offset: u64,
+}
+
 /// One-way frame between members of a broker group. Body: the Raft messages (see
 /// `ferromq_raftlog::peer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

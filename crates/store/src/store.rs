@@ -761,6 +761,36 @@ impl Store {
         Ok(read)
     }
 
+    /// The first offset of a queue whose message was stored at or after `timestamp_ms` (store
+    /// times grow with offsets: they are stamped by the leader in log order); the queue's end
+    /// if none was, its start if all were.
+    pub fn search_offset(&self, topic: &str, queue_id: u32, timestamp_ms: u64) -> Result<u64> {
+        let Some(queue) = self.queue(topic, queue_id) else {
+            return Ok(0);
+        };
+        let (mut low, mut high) = (queue.min_offset(), queue.max_offset());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let (at, units) = queue.read(middle, 1)?;
+            let Some(unit) = units.first() else {
+                // Retention moved the start past `middle` meanwhile.
+                low = at.max(middle + 1);
+                continue;
+            };
+            let record = self.read_records(&[(at, *unit)])?;
+            let stored_at = record
+                .first()
+                .and_then(|(_, bytes)| peek_record(bytes).ok())
+                .map_or(0, |peek| peek.store_ts_ms);
+            if stored_at < timestamp_ms {
+                low = at + 1;
+            } else {
+                high = at;
+            }
+        }
+        Ok(low)
+    }
+
     /// Reads the records units point to, merging neighbours into one read.
     fn read_records(&self, units: &[(u64, CqUnit)]) -> Result<Vec<(u64, Bytes)>> {
         let mut records = Vec::with_capacity(units.len());

@@ -1,6 +1,7 @@
 //! Request handlers, one module per request family. Each decodes and validates the header,
 //! acts (through Raft for anything that changes state), and encodes the reply.
 
+mod groups;
 mod offsets;
 mod pull;
 mod send;
@@ -21,9 +22,15 @@ pub struct BrokerHandler {
 }
 
 impl Handler for BrokerHandler {
-    async fn handle(&self, _connection: &Connection, request: Request) -> Reply {
+    async fn handle(&self, connection: &Connection, request: Request) -> Reply {
         let core = &self.core;
         match RequestCode::from_u16(request.code) {
+            Some(RequestCode::ConsumerHeartbeat) => {
+                groups::heartbeat(core, connection, &request).await
+            }
+            Some(RequestCode::GetGroupMembers) => groups::members(core, &request).await,
+            Some(RequestCode::UnregisterConsumer) => groups::unregister(core, &request).await,
+            Some(RequestCode::SearchOffset) => groups::search_offset(core, &request).await,
             Some(RequestCode::Send) => send::handle(core, &request).await,
             Some(RequestCode::Pull) => pull::handle(core, &request).await,
             Some(RequestCode::CommitOffsets) => offsets::commit(core, &request).await,
@@ -34,6 +41,12 @@ impl Handler for BrokerHandler {
                 Status::RequestCodeNotSupported,
                 format!("request code {} is not served by a broker", request.code),
             ),
+        }
+    }
+
+    fn on_close(&self, connection: &Connection) {
+        for group in self.core.consumers.connection_closed(connection.id()) {
+            self.core.consumers.notify(&group);
         }
     }
 }

@@ -1,0 +1,305 @@
+//! Consumer groups through real brokers: clustering members share the queues evenly and take
+//! over a dead member's queues within a couple of heartbeats without skipping a message;
+//! broadcast members each read everything and resume under their own name; a group can start
+//! from a point in time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferromq_client::{Client, ConsumeMode, ConsumerConfig, Message, StartFrom};
+use ferromq_integration_tests::{http_get, start_nameserver, wait_for_route, within, Broker};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What each consumer received: (queue, offset, body).
+type Received = Arc<Mutex<Vec<(u32, u64, String)>>>;
+
+async fn new_client(nameserver: &str, name: &str) -> Client {
+    Client::builder()
+        .name_servers([nameserver])
+        .client_id(name)
+        .request_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A consumer of `group` running in its own task with its own client (so aborting the task
+/// is the member dying: its connections close).
+fn spawn_member(
+    nameserver: String,
+    name: &'static str,
+    group: &'static str,
+    config: ConsumerConfig,
+) -> (tokio::task::JoinHandle<()>, Received) {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let task = tokio::spawn(async move {
+        let client = new_client(&nameserver, name).await;
+        let mut consumer = client
+            .consumer(group)
+            .subscribe("orders", "*")
+            .config(config)
+            .build()
+            .await
+            .unwrap();
+        while let Some(message) = consumer.recv().await {
+            let body = String::from_utf8(message.body.to_vec()).unwrap();
+            sink.lock()
+                .unwrap()
+                .push((message.queue_id, message.queue_offset, body));
+        }
+    });
+    (task, received)
+}
+
+fn queues_of(received: &Received) -> BTreeSet<u32> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(q, _, _)| *q)
+        .collect()
+}
+
+fn bodies(received: &[&Received]) -> BTreeSet<String> {
+    received
+        .iter()
+        .flat_map(|r| {
+            r.lock()
+                .unwrap()
+                .iter()
+                .map(|m| m.2.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn send(client: &Client, prefix: &str, count: usize) -> BTreeSet<String> {
+    let producer = client.producer();
+    let mut sent = BTreeSet::new();
+    for i in 0..count {
+        let body = format!("{prefix}-{i}");
+        // Spread over the queues by sharding on the index.
+        producer
+            .send(Message::new("orders", body.clone()))
+            .await
+            .unwrap();
+        sent.insert(body);
+    }
+    sent
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn member_count(broker: &Broker, group: &str) -> usize {
+    let (_, body) = http_get(&broker.spec.admin, "/v1/groups").unwrap();
+    let groups: serde_json::Value = serde_json::from_str(&body).unwrap();
+    groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == group)
+        .map_or(0, |g| g["members"].as_array().unwrap().len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clustering_members_share_queues_and_take_over_a_dead_member_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 8).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+
+    let config = ConsumerConfig {
+        heartbeat_interval_ms: 500,
+        commit_interval_ms: 200,
+        ..ConsumerConfig::default()
+    };
+    let members: Vec<_> = ["alpha", "beta", "gamma"]
+        .into_iter()
+        .map(|name| spawn_member(nameserver.addr.clone(), name, "billing", config.clone()))
+        .collect();
+    wait_until("three members", || member_count(&broker, "billing") == 3).await;
+
+    // The producer sticks to a queue per send attempt; send enough to touch all eight.
+    let mut sent = BTreeSet::new();
+    for round in 0..8 {
+        sent.extend(send(&client, &format!("first{round}"), 40).await);
+    }
+    let all: Vec<&Received> = members.iter().map(|(_, r)| r).collect();
+    wait_until("first batch consumed", || bodies(&all).is_superset(&sent)).await;
+    let shares: Vec<BTreeSet<u32>> = members.iter().map(|(_, r)| queues_of(r)).collect();
+    for (i, a) in shares.iter().enumerate() {
+        for b in &shares[i + 1..] {
+            assert!(a.is_disjoint(b), "a queue read by two members: {shares:?}");
+        }
+    }
+    let sizes: Vec<usize> = shares.iter().map(BTreeSet::len).collect();
+    assert!(
+        sizes.iter().all(|s| *s <= 3),
+        "8 queues over 3 members are shared 3/3/2 at most: {shares:?}"
+    );
+
+    // A member dies (its connections close): the other two take its queues over.
+    let (dead, _) = &members[2];
+    dead.abort();
+    let died = Instant::now();
+    wait_until("two members", || member_count(&broker, "billing") == 2).await;
+    let mut later = BTreeSet::new();
+    for round in 0..8 {
+        later.extend(send(&client, &format!("later{round}"), 40).await);
+    }
+    let survivors: Vec<&Received> = members[..2].iter().map(|(_, r)| r).collect();
+    wait_until("later batch consumed by the survivors", || {
+        bodies(&survivors).is_superset(&later)
+    })
+    .await;
+    let takeover = died.elapsed();
+    let owned: BTreeSet<u32> = survivors.iter().flat_map(|r| queues_of(r)).collect();
+    assert_eq!(owned.len(), 8, "survivors read every queue: {owned:?}");
+    assert!(takeover < WAIT, "takeover took {takeover:?}");
+    // Nothing skipped: every message sent reached the group.
+    let everyone = bodies(&all);
+    assert!(everyone.is_superset(&sent) && everyone.is_superset(&later));
+    for (task, _) in &members {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_member_is_dropped_after_its_heartbeats_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(
+        &dir.path().join("b"),
+        &nameserver.addr,
+        dir.path(),
+        &[("FERROMQ_CONSUMER_EXPIRY_MS", "1500")],
+    );
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 4).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    // A member whose heartbeats stop but whose connection stays open: a hung process.
+    let hung = ConsumerConfig {
+        heartbeat_interval_ms: 3_600_000,
+        ..ConsumerConfig::default()
+    };
+    let (hung_task, _) = spawn_member(nameserver.addr.clone(), "hung", "audit", hung);
+    wait_until("one member", || member_count(&broker, "audit") == 1).await;
+    let started = Instant::now();
+    wait_until("the silent member expires", || {
+        member_count(&broker, "audit") == 0
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    hung_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_members_each_read_everything_and_resume_under_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 4).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    let sent = send(&client, "news", 100).await;
+
+    let broadcast = |name: &str| ConsumerConfig {
+        mode: ConsumeMode::Broadcast,
+        broadcast_id: Some(name.to_string()),
+        ..ConsumerConfig::default()
+    };
+    let mut seen: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for name in ["screen-1", "screen-2"] {
+        let reader = new_client(&nameserver.addr, name).await;
+        let mut consumer = reader
+            .consumer("screens")
+            .subscribe("orders", "*")
+            .config(broadcast(name))
+            .build()
+            .await
+            .unwrap();
+        let mut got = BTreeSet::new();
+        while got.len() < sent.len() {
+            let message = within(WAIT, consumer.recv()).await.unwrap();
+            got.insert(String::from_utf8(message.body.to_vec()).unwrap());
+        }
+        consumer.commit().await.unwrap();
+        consumer.shutdown().await.unwrap();
+        seen.insert(name, got);
+    }
+    assert_eq!(seen["screen-1"], sent);
+    assert_eq!(seen["screen-2"], sent);
+
+    // screen-1 comes back: it continues after what it consumed.
+    let more = send(&client, "more", 20).await;
+    let reader = new_client(&nameserver.addr, "screen-1").await;
+    let mut consumer = reader
+        .consumer("screens")
+        .subscribe("orders", "*")
+        .config(broadcast("screen-1"))
+        .build()
+        .await
+        .unwrap();
+    let mut got = BTreeSet::new();
+    while got.len() < more.len() {
+        let message = within(WAIT, consumer.recv()).await.unwrap();
+        let body = String::from_utf8(message.body.to_vec()).unwrap();
+        assert!(
+            more.contains(&body),
+            "{body} was consumed before the restart"
+        );
+        got.insert(body);
+    }
+    consumer.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_can_start_from_a_point_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 2).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    send(&client, "old", 50).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let new = send(&client, "new", 50).await;
+
+    let mut consumer = client
+        .consumer("late")
+        .subscribe("orders", "*")
+        .start_from(StartFrom::Timestamp(since))
+        .build()
+        .await
+        .unwrap();
+    let mut got = BTreeSet::new();
+    while got.len() < new.len() {
+        let message = within(WAIT, consumer.recv()).await.unwrap();
+        let body = String::from_utf8(message.body.to_vec()).unwrap();
+        assert!(
+            body.starts_with("new-"),
+            "{body} was stored before the start time"
+        );
+        got.insert(body);
+    }
+    assert_eq!(got, new);
+    consumer.shutdown().await.unwrap();
+}
