@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use ferromq_client::{Client, ReceivedMessage, StartFrom};
+use ferromq_client::{Client, ConsumeMode, ConsumerConfig, ReceivedMessage, StartFrom};
 use serde_json::json;
 
 use crate::duration;
@@ -23,9 +23,18 @@ pub struct ConsumeArgs {
     /// Stop when no message arrived for this long (e.g. 500ms, 10s, 2m).
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     timeout: Duration,
-    /// Where a group without committed offsets starts: first or last.
+    /// Where a group without committed offsets starts: first, last, or a time (RFC 3339, such
+    /// as 2026-11-25T10:00:00Z, or milliseconds since the epoch).
     #[arg(long, default_value = "first", value_parser = parse_start)]
     from: StartFrom,
+    /// Read every message as a broadcast member instead of sharing the queues with the group's
+    /// other members.
+    #[arg(long)]
+    broadcast: bool,
+    /// With --broadcast: the name this member's offsets are kept under, so the next run
+    /// resumes (default: the host name).
+    #[arg(long)]
+    broadcast_id: Option<String>,
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
@@ -33,10 +42,30 @@ pub struct ConsumeArgs {
 
 fn parse_start(text: &str) -> Result<StartFrom, String> {
     match text {
-        "first" => Ok(StartFrom::First),
-        "last" => Ok(StartFrom::Last),
-        other => Err(format!("--from must be first or last, not {other:?}")),
+        "first" => return Ok(StartFrom::First),
+        "last" => return Ok(StartFrom::Last),
+        _ => {}
     }
+    if let Ok(millis) = text.parse::<u64>() {
+        return Ok(StartFrom::Timestamp(millis));
+    }
+    let time = humantime::parse_rfc3339_weak(text).map_err(|err| {
+        format!("--from must be first, last, an RFC 3339 time or epoch milliseconds: {err}")
+    })?;
+    let millis = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "--from is before 1970".to_string())?
+        .as_millis();
+    Ok(StartFrom::Timestamp(millis as u64))
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "ferromq-cli".to_string())
 }
 
 fn print(message: &ReceivedMessage, as_json: bool) {
@@ -81,10 +110,20 @@ fn print(message: &ReceivedMessage, as_json: bool) {
 }
 
 pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    let mode = if args.broadcast {
+        ConsumeMode::Broadcast
+    } else {
+        ConsumeMode::Clustering
+    };
     let mut consumer = client
         .consumer(&args.group)
         .subscribe(&args.topic, &args.tags)
-        .start_from(args.from)
+        .config(ConsumerConfig {
+            start_from: args.from,
+            mode,
+            broadcast_id: Some(args.broadcast_id.unwrap_or_else(host_name)),
+            ..ConsumerConfig::default()
+        })
         .build()
         .await?;
     let mut received = 0u64;
@@ -111,4 +150,23 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_points_parse() {
+        assert_eq!(parse_start("first"), Ok(StartFrom::First));
+        assert_eq!(
+            parse_start("1700000000000"),
+            Ok(StartFrom::Timestamp(1_700_000_000_000))
+        );
+        assert_eq!(
+            parse_start("2023-11-14T22:13:20Z"),
+            Ok(StartFrom::Timestamp(1_700_000_000_000))
+        );
+        assert!(parse_start("yesterday").is_err());
+    }
 }
