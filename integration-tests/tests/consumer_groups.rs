@@ -303,3 +303,107 @@ async fn a_new_group_can_start_from_a_point_in_time() {
     assert_eq!(got, new);
     consumer.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_shows_what_a_group_has_not_consumed_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 2).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    send(&client, "pending", 100).await;
+    let mut consumer = client
+        .consumer("slow")
+        .subscribe("orders", "*")
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        within(WAIT, consumer.recv()).await.unwrap();
+    }
+    consumer.commit().await.unwrap();
+    consumer.shutdown().await.unwrap();
+
+    let lags = client.lag("slow", "orders").await.unwrap();
+    assert_eq!(lags.len(), 2);
+    let total: u64 = lags.iter().map(|l| l.queue.lag).sum();
+    assert_eq!(total, 60, "{lags:?}");
+    assert!(lags
+        .iter()
+        .filter(|l| l.queue.lag > 0)
+        .all(|l| l.queue.oldest_unconsumed_ms.is_some()));
+
+    let (status, body) = http_get(&broker.spec.admin, "/v1/groups/slow/lag").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let topics: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(topics[0]["topic"], "orders");
+    assert_eq!(topics[0]["total_lag"], 60);
+    let (status, _) = http_get(&broker.spec.admin, "/v1/groups/bad%20name/lag").unwrap();
+    assert_eq!(status, 400);
+
+    let output = ferromq_integration_tests::ferromq(&[
+        "--nameserver",
+        &nameserver.addr,
+        "lag",
+        "--group",
+        "slow",
+        "--topic",
+        "orders",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["total_lag"], 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_offsets_moves_a_running_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 1).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    let sent = send(&client, "replay", 30).await;
+    let mut consumer = client
+        .consumer("replayers")
+        .subscribe("orders", "*")
+        .config(ConsumerConfig {
+            heartbeat_interval_ms: 300,
+            ..ConsumerConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let mut first = BTreeSet::new();
+    while first.len() < sent.len() {
+        let message = within(WAIT, consumer.recv()).await.unwrap();
+        first.insert(String::from_utf8(message.body.to_vec()).unwrap());
+    }
+    consumer.commit().await.unwrap();
+    wait_until("the member is known", || {
+        member_count(&broker, "replayers") == 1
+    })
+    .await;
+
+    let (status, body) = ferromq_integration_tests::http_post(
+        &broker.spec.admin,
+        "/v1/groups/replayers/offsets:reset",
+        r#"{"topic":"orders","to":"first"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The running member starts over from the first message.
+    let again = within(WAIT, consumer.recv()).await.unwrap();
+    assert_eq!(again.queue_offset, 0);
+    consumer.shutdown().await.unwrap();
+
+    let (status, body) = ferromq_integration_tests::http_post(
+        &broker.spec.admin,
+        "/v1/groups/replayers/offsets:reset",
+        r#"{"topic":"orders","to":"first","offset":3}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+}

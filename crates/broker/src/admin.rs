@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::{
     extract::{
         rejection::{JsonRejection, QueryRejection},
-        Query, State,
+        Path, Query, State,
     },
     http::StatusCode,
     routing::{get, post},
@@ -75,6 +75,8 @@ pub fn router(core: Arc<BrokerCore>) -> Router {
         .route("/v1/raft/members", get(members).post(change_members))
         .route("/v1/topics", get(topics))
         .route("/v1/groups", get(groups))
+        .route("/v1/groups/{group}/lag", get(group_lag))
+        .route("/v1/groups/{group}/offsets:reset", post(reset_offsets))
         .with_state(core)
 }
 
@@ -297,6 +299,205 @@ pub async fn hand_over_leadership(core: &BrokerCore, to: Option<u64>) -> Result<
             "leadership did not move to {target} within {patience:?}"
         )),
     }
+}
+
+/// Where to move a group's offsets of one topic: exactly one of `to` (`"first"` or
+/// `"last"`), `timestamp_ms` (the first message stored at or after it) or `offset`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    topic: String,
+    to: Option<String>,
+    timestamp_ms: Option<u64>,
+    offset: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ResetView {
+    group: String,
+    topic: String,
+    /// (queue id, new offset)
+    offsets: Vec<(u32, u64)>,
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message,
+        retriable: false,
+    }
+}
+
+/// Moves a group's committed offsets (through Raft) and tells its running members, which drop
+/// their positions and continue from the new offsets.
+async fn reset_offsets(
+    State(core): State<Arc<BrokerCore>>,
+    Path(group): Path<String>,
+    request: Result<Json<ResetRequest>, JsonRejection>,
+) -> Result<Json<ResetView>, ApiError> {
+    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    ferromq_protocol::message::validate_group(&group)
+        .and_then(|()| ferromq_protocol::message::validate_topic(&request.topic))
+        .map_err(bad_request)?;
+    enum Target {
+        First,
+        Last,
+        Time(u64),
+        Offset(u64),
+    }
+    let target =
+        match (&request.to, request.timestamp_ms, request.offset) {
+            (Some(to), None, None) if to == "first" => Target::First,
+            (Some(to), None, None) if to == "last" => Target::Last,
+            (None, Some(time), None) => Target::Time(time),
+            (None, None, Some(offset)) => Target::Offset(offset),
+            _ => return Err(bad_request(
+                "give exactly one of \"to\": \"first\"|\"last\", \"timestamp_ms\" or \"offset\""
+                    .into(),
+            )),
+        };
+    let topic = request.topic;
+    let Some(queues) = core.store.queue_offsets(&topic) else {
+        return Err(ApiError::not_found(format!(
+            "topic {topic:?} does not exist"
+        )));
+    };
+    let store = core.store.clone();
+    let search_topic = topic.clone();
+    let offsets = tokio::task::spawn_blocking(move || {
+        queues
+            .into_iter()
+            .map(|(queue_id, min, max)| {
+                let offset = match target {
+                    Target::First => min,
+                    Target::Last => max,
+                    Target::Offset(offset) => offset.clamp(min, max),
+                    Target::Time(time) => store.search_offset(&search_topic, queue_id, time)?,
+                };
+                Ok((queue_id, offset))
+            })
+            .collect::<Result<Vec<(u32, u64)>, ferromq_store::StoreError>>()
+    })
+    .await
+    .map_err(|err| ApiError::internal(err.to_string()))?
+    .map_err(|err| ApiError::internal(err.to_string()))?;
+    let command = ferromq_store::command::CommitOffsets {
+        group: group.clone(),
+        offsets: offsets
+            .iter()
+            .map(|(queue_id, offset)| (topic.clone(), *queue_id, *offset))
+            .collect(),
+    };
+    let outcome = core
+        .propose(ferromq_store::command::encode_commit_offsets(&command))
+        .await;
+    match outcome {
+        Ok(ferromq_store::ApplyOutcome::OffsetsCommitted) => {}
+        Ok(other) => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        Err(ferromq_raftlog::ProposeError::NotLeader { leader_id }) => {
+            let leader = leader_id
+                .and_then(|id| core.member_addr(id))
+                .map_or_else(String::new, |addr| {
+                    format!("; the leader's client address is {addr}")
+                });
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "not_leader",
+                message: format!("this broker is not the leader{leader}"),
+                retriable: true,
+            });
+        }
+        Err(err) => {
+            return Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "outcome_unknown",
+                message: err.to_string(),
+                retriable: true,
+            })
+        }
+    }
+    core.consumers.notify_with(&group, Some(&topic));
+    Ok(Json(ResetView {
+        group,
+        topic,
+        offsets,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LagQuery {
+    topic: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TopicLag {
+    topic: String,
+    /// Messages not consumed yet, over all queues of this broker group.
+    total_lag: u64,
+    /// Age of the oldest unconsumed message, in seconds.
+    oldest_unconsumed_seconds: Option<f64>,
+    queues: Vec<ferromq_store::QueueLag>,
+}
+
+/// How far a group is behind on this broker group's queues: of one topic, or of every topic
+/// the group has committed offsets for.
+async fn group_lag(
+    State(core): State<Arc<BrokerCore>>,
+    Path(group): Path<String>,
+    query: Result<Query<LagQuery>, QueryRejection>,
+) -> Result<Json<Vec<TopicLag>>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message: rejection.body_text(),
+        retriable: false,
+    })?;
+    ferromq_protocol::message::validate_group(&group).map_err(|message| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        message,
+        retriable: false,
+    })?;
+    let store = core.store.clone();
+    let lags = tokio::task::spawn_blocking(move || {
+        let topics: Vec<String> = match query.topic {
+            Some(topic) => vec![topic],
+            None => store
+                .consumer_groups()?
+                .into_iter()
+                .filter(|(g, _)| *g == group)
+                .map(|(_, topic)| topic)
+                .collect(),
+        };
+        let mut lags = Vec::new();
+        for topic in topics {
+            if let Some(queues) = store.group_lag(&group, &topic)? {
+                lags.push((topic, queues));
+            }
+        }
+        Ok::<_, ferromq_store::StoreError>(lags)
+    })
+    .await
+    .map_err(|err| ApiError::internal(err.to_string()))?
+    .map_err(|err| ApiError::internal(err.to_string()))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Json(
+        lags.into_iter()
+            .map(|(topic, queues)| TopicLag {
+                topic,
+                total_lag: queues.iter().map(|q| q.lag).sum(),
+                oldest_unconsumed_seconds: queues
+                    .iter()
+                    .filter_map(|q| q.oldest_unconsumed_ms)
+                    .min()
+                    .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
+                queues,
+            })
+            .collect(),
+    ))
 }
 
 /// Consumer groups with their live members, as this broker sees them.

@@ -166,6 +166,11 @@ impl ConsumerRegistry {
     /// Tells every member of `group` that it changed (one-way frames; a lost one is covered
     /// by the consumers' periodic rebalance).
     pub fn notify(&self, group: &str) {
+        self.notify_with(group, None);
+    }
+
+    /// Tells every member of `group` that its offsets of `reset_topic` (if any) were reset.
+    pub fn notify_with(&self, group: &str, reset_topic: Option<&str>) {
         let connections: Vec<Connection> = self
             .groups
             .lock()
@@ -174,6 +179,7 @@ impl ConsumerRegistry {
             .unwrap_or_default();
         let notice = GroupChangedNotice {
             group: group.to_string(),
+            reset_topic: reset_topic.map(str::to_string),
         };
         for connection in connections {
             let notice = notice.clone();

@@ -231,6 +231,10 @@ impl Broker {
         }
         tasks.spawn(maintenance::checkpoint_loop(core.clone(), shutdown.clone()));
         tasks.spawn(maintenance::retention_loop(core.clone(), shutdown.clone()));
+        tasks.spawn(maintenance::consumer_lag_loop(
+            core.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(maintenance::consumer_expiry_loop(
             core.clone(),
             shutdown.clone(),

@@ -31,6 +31,65 @@ pub async fn checkpoint_loop(core: Arc<BrokerCore>, shutdown: CancellationToken)
     }
 }
 
+/// At most this many (topic, group) series of lag metrics.
+const MAX_LAG_SERIES: usize = 1000;
+
+/// Keeps the lag gauges current: on the leader, for every group with committed offsets (the
+/// first `MAX_LAG_SERIES`); elsewhere none, so sums over a cluster count each queue once.
+pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let leader = core.raft.status().role == ferromq_raftlog::Role::Leader;
+        let store = core.store.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            if !leader {
+                return Ok(Vec::new());
+            }
+            let mut lags = Vec::new();
+            for (group, topic) in store.consumer_groups()?.into_iter().take(MAX_LAG_SERIES) {
+                if let Some(queues) = store.group_lag(&group, &topic)? {
+                    lags.push((group, topic, queues));
+                }
+            }
+            Ok::<_, ferromq_store::StoreError>(lags)
+        })
+        .await;
+        let lags = match lags {
+            Ok(Ok(lags)) => lags,
+            Ok(Err(err)) => {
+                warn!(%err, "consumer lag not computed");
+                continue;
+            }
+            Err(err) => {
+                error!(%err, "consumer lag task failed");
+                continue;
+            }
+        };
+        core.metrics.consumer_lag_messages.reset();
+        core.metrics.consumer_lag_seconds.reset();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for (group, topic, queues) in lags {
+            let total: u64 = queues.iter().map(|q| q.lag).sum();
+            let oldest = queues.iter().filter_map(|q| q.oldest_unconsumed_ms).min();
+            let labels = [topic.as_str(), group.as_str()];
+            core.metrics
+                .consumer_lag_messages
+                .with_label_values(&labels)
+                .set(total as i64);
+            core.metrics
+                .consumer_lag_seconds
+                .with_label_values(&labels)
+                .set(oldest.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0));
+        }
+    }
+}
+
 /// Removes consumers whose heartbeats stopped and tells their groups.
 pub async fn consumer_expiry_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_millis(500));

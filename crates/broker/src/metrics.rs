@@ -2,7 +2,9 @@
 //! names, never message ids or keys.
 
 use ferromq_service::metrics::register;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Message sizes from 64 B to 4 MiB.
 const SIZE_BUCKETS: &[f64] = &[
@@ -19,6 +21,8 @@ pub struct BrokerMetrics {
     pub message_size: Histogram,
     pub commitlog_bytes: IntGauge,
     pub topics: IntGauge,
+    pub consumer_lag_messages: IntGaugeVec,
+    pub consumer_lag_seconds: GaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -31,6 +35,28 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 impl BrokerMetrics {
     pub fn new(registry: &Registry) -> BrokerMetrics {
         BrokerMetrics {
+            consumer_lag_messages: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mq_consumer_lag_messages",
+                        "Messages stored but not consumed by a group (this broker group's queues; exported by the leader)",
+                    ),
+                    &["topic", "group"],
+                )
+                .expect("valid metric"),
+            ),
+            consumer_lag_seconds: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "mq_consumer_lag_seconds",
+                        "Age of the oldest message a group has not consumed (exported by the leader)",
+                    ),
+                    &["topic", "group"],
+                )
+                .expect("valid metric"),
+            ),
             messages_in: counter(
                 registry,
                 "mq_messages_in_total",

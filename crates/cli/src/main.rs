@@ -3,6 +3,7 @@
 mod bench;
 mod consume;
 mod duration;
+mod lag;
 mod send;
 mod standalone;
 
@@ -33,6 +34,8 @@ enum Command {
     Send(send::SendArgs),
     /// Consume messages as a member of a consumer group and print them.
     Consume(consume::ConsumeArgs),
+    /// How far a consumer group is behind on each queue of a topic.
+    Lag(lag::LagArgs),
     /// Load generators for produce and consume throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -79,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Standalone(_) => unreachable!("handled above"),
         Command::Send(args) => send::run(&client, args, body.unwrap_or_default()).await,
         Command::Consume(args) => consume::run(&client, args).await,
+        Command::Lag(args) => lag::run(&client, args).await,
         Command::Bench(command) => bench::run(&client, command).await,
     };
     client.shutdown().await;

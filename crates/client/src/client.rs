@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferromq_protocol::headers::GroupChangedNotice;
+use ferromq_protocol::headers::{
+    GetConsumerLagRequest, GetConsumerLagResponse, GroupChangedNotice, QueueLagInfo,
+};
 use ferromq_protocol::{
     headers::{CreateTopicRequest, GetClusterResponse, GetRouteRequest, TopicRoute},
     message::{validate_topic, MessageIdGenerator},
@@ -21,9 +23,16 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
-use crate::consumer::ConsumerBuilder;
+use crate::consumer::{ConsumerBuilder, GroupSignal};
 use crate::error::ClientError;
 use crate::producer::Producer;
+
+/// How far a consumer group is behind on one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueLag {
+    pub broker_group: String,
+    pub queue: QueueLagInfo,
+}
 
 /// Builds a [`Client`].
 #[derive(Debug, Clone, Default)]
@@ -89,7 +98,7 @@ pub(crate) struct Inner {
 /// Consumers of this client that want to hear when their group changes.
 #[derive(Default)]
 pub(crate) struct GroupListeners {
-    by_group: Mutex<HashMap<String, Vec<Arc<tokio::sync::Notify>>>>,
+    by_group: Mutex<HashMap<String, Vec<Arc<GroupSignal>>>>,
 }
 
 /// What brokers may ask of a client: group change notices; everything else is refused.
@@ -111,7 +120,7 @@ impl Handler for ClientHandler {
         };
         if let Some(listeners) = self.listeners.by_group.lock().get(&notice.group) {
             for listener in listeners {
-                listener.notify_one();
+                listener.changed(notice.reset_topic.as_deref());
             }
         }
         Reply::ok(&())
@@ -219,7 +228,7 @@ impl Client {
     }
 
     /// Wakes `listener` whenever a broker says `group` changed.
-    pub(crate) fn listen_to_group(&self, group: &str, listener: Arc<tokio::sync::Notify>) {
+    pub(crate) fn listen_to_group(&self, group: &str, listener: Arc<GroupSignal>) {
         self.inner
             .group_listeners
             .by_group
@@ -229,7 +238,7 @@ impl Client {
             .push(listener);
     }
 
-    pub(crate) fn stop_listening_to_group(&self, group: &str, listener: &Arc<tokio::sync::Notify>) {
+    pub(crate) fn stop_listening_to_group(&self, group: &str, listener: &Arc<GroupSignal>) {
         let mut by_group = self.inner.group_listeners.by_group.lock();
         if let Some(listeners) = by_group.get_mut(group) {
             listeners.retain(|l| !Arc::ptr_eq(l, listener));
@@ -357,6 +366,34 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// How far `group` is behind on every queue of `topic`, asked of each broker group's
+    /// leader.
+    pub async fn lag(&self, group: &str, topic: &str) -> Result<Vec<QueueLag>, ClientError> {
+        validate_topic(topic).map_err(ClientError::InvalidMessage)?;
+        ferromq_protocol::message::validate_group(group).map_err(ClientError::InvalidMessage)?;
+        let route = self.fetch_route(topic).await?;
+        let request = GetConsumerLagRequest {
+            group: group.to_string(),
+            topic: topic.to_string(),
+        };
+        let mut lags = Vec::new();
+        for broker_group in &route.groups {
+            let Some(leader) = &broker_group.leader else {
+                return Err(ClientError::NoRoute(topic.to_string()));
+            };
+            let connection = self.connection(leader).await?;
+            let answer: GetConsumerLagResponse = connection
+                .request(RequestCode::GetConsumerLag, &request, Bytes::new())
+                .await?
+                .decode()?;
+            lags.extend(answer.queues.into_iter().map(|queue| QueueLag {
+                broker_group: broker_group.group.clone(),
+                queue,
+            }));
+        }
+        Ok(lags)
     }
 
     /// Closes every connection and stops background work.

@@ -42,7 +42,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client::Client;
 use crate::config::{Allocation, ConsumeMode, ConsumerConfig, StartFrom};
@@ -173,7 +173,7 @@ impl ConsumerBuilder {
                 broadcast_offsets_group(&self.group, &name)?
             }
         };
-        let changed = Arc::new(tokio::sync::Notify::new());
+        let changed = Arc::new(GroupSignal::default());
         self.client.listen_to_group(&self.group, changed.clone());
         let shared = Arc::new(Shared {
             client: self.client,
@@ -185,7 +185,8 @@ impl ConsumerBuilder {
             filter,
             config: self.config,
             progress: Mutex::new(HashMap::new()),
-            owned: Mutex::new(BTreeSet::new()),
+            owned: Mutex::new(BTreeMap::new()),
+            next_epoch: std::sync::atomic::AtomicU64::new(1),
             changed,
             shutdown: CancellationToken::new(),
         });
@@ -199,6 +200,27 @@ impl ConsumerBuilder {
             tasks,
             last_yielded: None,
         })
+    }
+}
+
+/// How brokers reach a consumer: a change notice wakes its rebalance, and an offset reset of
+/// one of its topics is remembered until the rebalance sees it.
+#[derive(Default)]
+pub(crate) struct GroupSignal {
+    pub(crate) notify: tokio::sync::Notify,
+    resets: Mutex<BTreeSet<String>>,
+}
+
+impl GroupSignal {
+    pub(crate) fn changed(&self, reset_topic: Option<&str>) {
+        if let Some(topic) = reset_topic {
+            self.resets.lock().insert(topic.to_string());
+        }
+        self.notify.notify_one();
+    }
+
+    fn take_reset(&self, topic: &str) -> bool {
+        self.resets.lock().remove(topic)
     }
 }
 
@@ -239,22 +261,26 @@ struct Shared {
     filter: TagFilter,
     config: ConsumerConfig,
     progress: Mutex<HashMap<QueueKey, QueueProgress>>,
-    /// Queues this member reads now; buffered messages of other queues are dropped.
-    owned: Mutex<BTreeSet<QueueKey>>,
-    /// Woken by brokers' group change notices.
-    changed: Arc<tokio::sync::Notify>,
+    /// Queues this member reads now, each with the epoch its pull task was started in;
+    /// buffered messages of other queues or older epochs are dropped.
+    owned: Mutex<BTreeMap<QueueKey, u64>>,
+    next_epoch: std::sync::atomic::AtomicU64,
+    /// Woken by brokers' group change notices (and told about offset resets).
+    changed: Arc<GroupSignal>,
     shutdown: CancellationToken,
 }
 
 impl Shared {
-    fn owns(&self, message: &ReceivedMessage) -> bool {
-        self.owned.lock().contains(&key_of(message))
+    /// Whether a buffered message still belongs to a queue this member reads, in the same
+    /// epoch (not from before a release or an offset reset).
+    fn owns(&self, (epoch, message): &(u64, ReceivedMessage)) -> bool {
+        self.owned.lock().get(&key_of(message)) == Some(epoch)
     }
 }
 
 pub struct Consumer {
     shared: Arc<Shared>,
-    receiver: mpsc::Receiver<ReceivedMessage>,
+    receiver: mpsc::Receiver<(u64, ReceivedMessage)>,
     tasks: TaskTracker,
     /// The last message handed out; consumed once the next one is asked for.
     last_yielded: Option<(QueueKey, u64)>,
@@ -281,12 +307,13 @@ impl Consumer {
     pub async fn recv(&mut self) -> Option<ReceivedMessage> {
         self.mark_consumed();
         loop {
-            let message = self.receiver.recv().await?;
-            // Fetched before its queue moved to another member, which reads it from the
-            // committed offset: not ours to hand out any more.
-            if !self.shared.owns(&message) {
+            let item = self.receiver.recv().await?;
+            // Fetched before its queue moved to another member (which reads it from the
+            // committed offset) or before an offset reset: not to be handed out any more.
+            if !self.shared.owns(&item) {
                 continue;
             }
+            let message = item.1;
             self.last_yielded = Some((key_of(&message), message.queue_offset));
             return Some(message);
         }
@@ -376,14 +403,18 @@ impl Stream for Consumer {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReceivedMessage>> {
         self.mark_consumed();
         loop {
-            let polled = self.receiver.poll_recv(cx);
-            if let Poll::Ready(Some(message)) = &polled {
-                if !self.shared.owns(message) {
-                    continue;
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Some(item)) => {
+                    if !self.shared.owns(&item) {
+                        continue;
+                    }
+                    let message = item.1;
+                    self.last_yielded = Some((key_of(&message), message.queue_offset));
+                    return Poll::Ready(Some(message));
                 }
-                self.last_yielded = Some((key_of(message), message.queue_offset));
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
-            return polled;
         }
     }
 }
@@ -561,7 +592,7 @@ struct QueueTask {
 /// releases (after committing their consumed offsets) queues now owned by others.
 async fn rebalance_loop(
     shared: Arc<Shared>,
-    sender: mpsc::Sender<ReceivedMessage>,
+    sender: mpsc::Sender<(u64, ReceivedMessage)>,
     tasks: TaskTracker,
 ) {
     let mut running: BTreeMap<QueueKey, QueueTask> = BTreeMap::new();
@@ -570,10 +601,21 @@ async fn rebalance_loop(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shared.changed.notified() => {}
+            _ = shared.changed.notify.notified() => {}
             _ = shared.shutdown.cancelled() => return,
         }
         running.retain(|_, queue| !queue.task.is_finished());
+        if shared.changed.take_reset(&shared.topic) {
+            // An operator moved the group's offsets: forget every position (committing none)
+            // and start again from the committed offsets.
+            info!(group = %shared.group, topic = %shared.topic, "offsets reset; restarting every queue");
+            for (_, queue) in std::mem::take(&mut running) {
+                queue.stop.cancel();
+                let _ = queue.task.await;
+            }
+            shared.owned.lock().clear();
+            shared.progress.lock().clear();
+        }
         let wanted = match wanted_queues(&shared).await {
             Ok(Some(wanted)) => {
                 wait = periodic;
@@ -603,7 +645,7 @@ async fn rebalance_loop(
             }
         }
         if !released.is_empty() {
-            shared.owned.lock().retain(|key| !released.contains(key));
+            shared.owned.lock().retain(|key, _| !released.contains(key));
             // The next owner starts from what was committed here.
             if let Err(err) = commit_consumed(&shared).await {
                 warn!(group = %shared.group, %err, "committing released queues failed");
@@ -616,12 +658,15 @@ async fn rebalance_loop(
         }
         for key in &wanted {
             if !running.contains_key(key) {
-                shared.owned.lock().insert(key.clone());
+                let epoch = shared
+                    .next_epoch
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared.owned.lock().insert(key.clone(), epoch);
                 let stop = shared.shutdown.child_token();
                 let task = tasks.spawn(pull_queue(
                     shared.clone(),
                     key.clone(),
-                    sender.clone(),
+                    (epoch, sender.clone()),
                     stop.clone(),
                 ));
                 running.insert(key.clone(), QueueTask { stop, task });
@@ -786,7 +831,7 @@ async fn start_offset(
 async fn pull_queue(
     shared: Arc<Shared>,
     key: QueueKey,
-    sender: mpsc::Sender<ReceivedMessage>,
+    (epoch, sender): (u64, mpsc::Sender<(u64, ReceivedMessage)>),
     stop: CancellationToken,
 ) {
     let mut offset = None;
@@ -857,7 +902,7 @@ async fn pull_queue(
                     entry.pending.insert(message.queue_offset);
                 }
                 tokio::select! {
-                    sent = sender.send(message) => if sent.is_err() { return Ok(false) },
+                    sent = sender.send((epoch, message)) => if sent.is_err() { return Ok(false) },
                     _ = stop.cancelled() => return Ok(false),
                 }
             }

@@ -29,7 +29,7 @@ mod error;
 mod filter;
 mod producer;
 
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, QueueLag};
 pub use config::{
     Allocation, ClientConfig, ConsumeMode, ConsumerConfig, ProducerConfig, StartFrom,
 };

@@ -33,13 +33,15 @@ pub enum RequestCode {
     GroupChanged = 209,
     /// The first offset of a queue whose message was stored at or after a time.
     SearchOffset = 210,
+    /// How far a consumer group is behind on each queue of a topic.
+    GetConsumerLag = 211,
 
     // Between the members of a broker group, on the peer port only.
     RaftMessages = 300,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 18] = [
+    pub const ALL: [RequestCode; 19] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -57,6 +59,7 @@ impl RequestCode {
         RequestCode::UnregisterConsumer,
         RequestCode::GroupChanged,
         RequestCode::SearchOffset,
+        RequestCode::GetConsumerLag,
         RequestCode::RaftMessages,
     ];
 
@@ -86,6 +89,7 @@ impl RequestCode {
             RequestCode::UnregisterConsumer => "unregister_consumer",
             RequestCode::GroupChanged => "group_changed",
             RequestCode::SearchOffset => "search_offset",
+            RequestCode::GetConsumerLag => "get_consumer_lag",
             RequestCode::RaftMessages => "raft_messages",
         }
     }

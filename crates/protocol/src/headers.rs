@@ -280,6 +280,9 @@ pub struct UnregisterConsumerRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupChangedNotice {
     pub group: String,
+    /// Set when an operator reset the group's offsets of this topic: members drop their
+    /// positions and start again from the committed offsets.
+    pub reset_topic: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +298,31 @@ pub struct SearchOffsetResponse {
     /// The first offset whose message was stored at or after the time (the queue's end if
     /// none was).
     pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetConsumerLagRequest {
+    pub group: String,
+    pub topic: String,
+}
+
+/// How far a group is behind on one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLagInfo {
+    pub queue_id: u32,
+    /// What the group committed; `None` if it never did.
+    pub committed: Option<u64>,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// Messages stored but not consumed by the group yet.
+    pub lag: u64,
+    /// Store time of the oldest unconsumed message (ms since the epoch), if any.
+    pub oldest_unconsumed_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetConsumerLagResponse {
+    pub queues: Vec<QueueLagInfo>,
 }
 
 /// One-way frame between members of a broker group. Body: the Raft messages (see

@@ -21,6 +21,6 @@ pub use commit_log::{CommitLog, LogEntry, LogPoint};
 pub use error::{Result, StoreError};
 pub use snapshot::{SnapshotBase, REPLICATED_RAFT_KEYS};
 pub use store::{
-    default_topic, ApplyOutcome, CommittedEntry, FoundMessage, QueueRead, ReadStatus, Store,
-    StoreConfig, ENTRY_NORMAL,
+    default_topic, ApplyOutcome, CommittedEntry, FoundMessage, QueueLag, QueueRead, ReadStatus,
+    Store, StoreConfig, ENTRY_NORMAL,
 };

@@ -113,6 +113,20 @@ pub struct QueueRead {
     pub max_offset: u64,
 }
 
+/// How far a consumer group is behind on one queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueLag {
+    pub queue_id: u32,
+    /// What the group committed; `None` if it never did.
+    pub committed: Option<u64>,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// Messages stored but not yet consumed by the group.
+    pub lag: u64,
+    /// Store time of the oldest unconsumed message, if there is one.
+    pub oldest_unconsumed_ms: Option<u64>,
+}
+
 /// A message found through the key index.
 #[derive(Debug, Clone)]
 pub struct FoundMessage {
@@ -759,6 +773,50 @@ impl Store {
             read.status = ReadStatus::Found;
         }
         Ok(read)
+    }
+
+    /// How far behind `group` is on each queue of `topic`.
+    pub fn group_lag(&self, group: &str, topic: &str) -> Result<Option<Vec<QueueLag>>> {
+        let Some(queues) = self.queue_offsets(topic) else {
+            return Ok(None);
+        };
+        let mut lags = Vec::with_capacity(queues.len());
+        for (queue_id, min_offset, max_offset) in queues {
+            let committed = self.consumer_offset(group, topic, queue_id)?;
+            let next = committed
+                .unwrap_or(min_offset)
+                .clamp(min_offset, max_offset);
+            let oldest_unconsumed_ms = if next < max_offset {
+                let read = self.read_queue(topic, queue_id, next, 1, 1, &[])?;
+                read.messages
+                    .first()
+                    .and_then(|(_, record)| peek_record(record).ok())
+                    .map(|peek| peek.store_ts_ms)
+            } else {
+                None
+            };
+            lags.push(QueueLag {
+                queue_id,
+                committed,
+                min_offset,
+                max_offset,
+                lag: max_offset - next,
+                oldest_unconsumed_ms,
+            });
+        }
+        Ok(Some(lags))
+    }
+
+    /// Every (group, topic) with committed offsets.
+    pub fn consumer_groups(&self) -> Result<Vec<(String, String)>> {
+        let mut pairs: Vec<(String, String)> = self
+            .db
+            .all_offsets()?
+            .into_iter()
+            .map(|(group, topic, _, _)| (group, topic))
+            .collect();
+        pairs.dedup();
+        Ok(pairs)
     }
 
     /// The first offset of a queue whose message was stored at or after `timestamp_ms` (store

@@ -31,6 +31,7 @@ impl Handler for BrokerHandler {
             Some(RequestCode::GetGroupMembers) => groups::members(core, &request).await,
             Some(RequestCode::UnregisterConsumer) => groups::unregister(core, &request).await,
             Some(RequestCode::SearchOffset) => groups::search_offset(core, &request).await,
+            Some(RequestCode::GetConsumerLag) => offsets::lag(core, &request).await,
             Some(RequestCode::Send) => send::handle(core, &request).await,
             Some(RequestCode::Pull) => pull::handle(core, &request).await,
             Some(RequestCode::CommitOffsets) => offsets::commit(core, &request).await,

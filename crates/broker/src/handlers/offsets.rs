@@ -2,8 +2,9 @@
 
 use ferromq_protocol::{
     headers::{
-        CommitOffsetsRequest, GetQueueOffsetsRequest, GetQueueOffsetsResponse, QueryOffsetRequest,
-        QueryOffsetResponse, QueueOffsets,
+        CommitOffsetsRequest, GetConsumerLagRequest, GetConsumerLagResponse,
+        GetQueueOffsetsRequest, GetQueueOffsetsResponse, QueryOffsetRequest, QueryOffsetResponse,
+        QueueLagInfo, QueueOffsets,
     },
     message::{validate_group, validate_topic},
     Status,
@@ -91,6 +92,38 @@ pub async fn query(core: &BrokerCore, request: &Request) -> Reply {
     match blocking(move || store.consumer_offset(&query.group, &query.topic, query.queue_id)).await
     {
         Ok(offset) => Reply::ok(&QueryOffsetResponse { offset }),
+        Err(reply) => reply,
+    }
+}
+
+pub async fn lag(core: &BrokerCore, request: &Request) -> Reply {
+    let query: GetConsumerLagRequest = match request.decode_header() {
+        Ok(query) => query,
+        Err(err) => return Reply::bad_header(&err),
+    };
+    if let Err(message) = validate_group(&query.group).and_then(|()| validate_topic(&query.topic)) {
+        return Reply::error(Status::ParameterError, message);
+    }
+    let store = core.store.clone();
+    let topic = query.topic.clone();
+    match blocking(move || store.group_lag(&query.group, &query.topic)).await {
+        Ok(Some(queues)) => Reply::ok(&GetConsumerLagResponse {
+            queues: queues
+                .into_iter()
+                .map(|q| QueueLagInfo {
+                    queue_id: q.queue_id,
+                    committed: q.committed,
+                    min_offset: q.min_offset,
+                    max_offset: q.max_offset,
+                    lag: q.lag,
+                    oldest_unconsumed_ms: q.oldest_unconsumed_ms,
+                })
+                .collect(),
+        }),
+        Ok(None) => Reply::error(
+            Status::TopicNotExist,
+            format!("topic {topic:?} does not exist"),
+        ),
         Err(reply) => reply,
     }
 }
