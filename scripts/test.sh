@@ -4,8 +4,8 @@
 # Runs the whole test suite, exactly as CI does (.ci/run calls this): installs what it needs,
 # then format check, clippy, cargo deny, unit + property + integration tests (cargo nextest,
 # with the real binaries on loopback), doc tests, the client-dependency invariant, and a fuzz
-# smoke run of the wire decoders. Environment:
-#   FUZZ_SECONDS   length of the fuzz smoke run (default 60)
+# smoke run of every fuzz target (wire decoders, SQL selector parser). Environment:
+#   FUZZ_SECONDS   length of the fuzz smoke run of each target (default 45)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -48,9 +48,12 @@ if cargo tree -p ferromq-client -e normal --locked | grep -Ei '(rocksdb|raft)'; 
     exit 1
 fi
 
-step "fuzz smoke (${FUZZ_SECONDS:-60} s)"
+step "fuzz smoke (${FUZZ_SECONDS:-45} s per target)"
 if rustup toolchain list | grep -q '^nightly'; then
-    cargo +nightly fuzz run wire_decode -- -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 -max_len=65536 -timeout=1 2>&1 | tail -n 3
+    for target in wire_decode selector_parse; do
+        echo "-- $target"
+        cargo +nightly fuzz run "$target" -- -max_total_time="${FUZZ_SECONDS:-45}" -rss_limit_mb=2048 -max_len=65536 -timeout=1 2>&1 | tail -n 3
+    done
 else
     echo "WARNING: no nightly toolchain; fuzz smoke skipped (the decoders' property tests ran above)"
 fi

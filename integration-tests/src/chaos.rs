@@ -608,6 +608,7 @@ async fn read_replica(
         let mut offset = 0;
         loop {
             let request = PullRequest {
+                sql: None,
                 group: "chaos-auditor".into(),
                 topic: topic.into(),
                 queue_id,

@@ -407,3 +407,67 @@ async fn resetting_offsets_moves_a_running_group() {
     .unwrap();
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sql_selector_delivers_exactly_the_matching_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 2).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    let producer = client.producer();
+    let mut wanted = BTreeSet::new();
+    for i in 0..200u32 {
+        let region = ["eu", "us", "apac"][i as usize % 3];
+        let mut message = Message::new("orders", format!("order-{i}"))
+            .with_property("region", region)
+            .with_property("amount", (i * 7 % 300).to_string());
+        if i % 10 == 0 {
+            message = message.with_property("vip", "yes");
+        }
+        let selected = region == "eu" && (i * 7 % 300 > 150 || i % 10 == 0);
+        if selected {
+            wanted.insert(format!("order-{i}"));
+        }
+        producer.send(message).await.unwrap();
+    }
+    // A syntax error is refused when subscribing, with where it is.
+    let refused = client
+        .consumer("picky")
+        .subscribe_sql("orders", "region = 'eu' AND (amount >")
+        .build()
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("at byte"), "{refused}");
+
+    let mut consumer = client
+        .consumer("picky")
+        .subscribe_sql(
+            "orders",
+            "region = 'eu' AND (amount > 150 OR vip IS NOT NULL)",
+        )
+        .build()
+        .await
+        .unwrap();
+    let mut got = BTreeSet::new();
+    while got.len() < wanted.len() {
+        let message = within(WAIT, consumer.recv()).await.unwrap();
+        got.insert(String::from_utf8(message.body.to_vec()).unwrap());
+    }
+    assert_eq!(got, wanted);
+    // Filtered-out messages advanced the group's offsets: nothing is left to deliver.
+    consumer.commit().await.unwrap();
+    consumer.shutdown().await.unwrap();
+    let lags = client.lag("picky", "orders").await.unwrap();
+    assert_eq!(lags.iter().map(|l| l.queue.lag).sum::<u64>(), 0, "{lags:?}");
+    // The broker did the filtering: it sent only the selected messages.
+    let (_, metrics) = http_get(&broker.spec.admin, "/metrics").unwrap();
+    let sent_out: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mq_messages_out_total") && l.contains("group=\"picky\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sent_out as usize, wanted.len());
+}

@@ -15,8 +15,12 @@ pub struct ConsumeArgs {
     #[arg(long)]
     group: String,
     /// Tag expression: "*", "TagA" or "TagA || TagB".
-    #[arg(long, default_value = "*")]
+    #[arg(long, visible_alias = "filter", default_value = "*")]
     tags: String,
+    /// SQL92 selector over message properties, e.g. "region = 'eu' AND amount > 100" (the tag
+    /// is the property TAGS); replaces --tags.
+    #[arg(long, conflicts_with = "tags")]
+    sql: Option<String>,
     /// Stop after this many messages.
     #[arg(long)]
     count: Option<u64>,
@@ -115,9 +119,12 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     } else {
         ConsumeMode::Clustering
     };
-    let mut consumer = client
-        .consumer(&args.group)
-        .subscribe(&args.topic, &args.tags)
+    let builder = client.consumer(&args.group);
+    let builder = match &args.sql {
+        Some(sql) => builder.subscribe_sql(&args.topic, sql),
+        None => builder.subscribe(&args.topic, &args.tags),
+    };
+    let mut consumer = builder
         .config(ConsumerConfig {
             start_from: args.from,
             mode,

@@ -35,6 +35,7 @@ use ferromq_protocol::{
         SearchOffsetRequest, SearchOffsetResponse, Subscription, UnregisterConsumerRequest,
     },
     message::{decode_pulled, validate_group, validate_topic},
+    selector::Selector,
     MessageId, RequestCode, Status,
 };
 use futures::{FutureExt, Stream};
@@ -109,6 +110,7 @@ pub struct ConsumerBuilder {
     group: String,
     config: ConsumerConfig,
     subscription: Option<(String, String)>,
+    sql: Option<String>,
 }
 
 impl ConsumerBuilder {
@@ -118,6 +120,7 @@ impl ConsumerBuilder {
             group,
             config,
             subscription: None,
+            sql: None,
         }
     }
 
@@ -128,6 +131,20 @@ impl ConsumerBuilder {
         tags: impl Into<String>,
     ) -> ConsumerBuilder {
         self.subscription = Some((topic.into(), tags.into()));
+        self
+    }
+
+    /// The topic to consume, keeping only messages an SQL92 selector over their properties
+    /// selects (`"region = 'eu' AND amount > 100"`, see `ferromq_protocol::selector`; the tag
+    /// is the property `TAGS`). Filtered on the broker and checked again here; a syntax error
+    /// fails [`ConsumerBuilder::build`].
+    pub fn subscribe_sql(
+        mut self,
+        topic: impl Into<String>,
+        sql: impl Into<String>,
+    ) -> ConsumerBuilder {
+        self.subscription = Some((topic.into(), "*".to_string()));
+        self.sql = Some(sql.into());
         self
     }
 
@@ -156,6 +173,12 @@ impl ConsumerBuilder {
             .ok_or_else(|| ClientError::InvalidMessage("subscribe to a topic first".into()))?;
         validate_topic(&topic).map_err(ClientError::InvalidMessage)?;
         let filter = TagFilter::parse(&tags)?;
+        let selector = match &self.sql {
+            Some(sql) => Some(
+                Selector::parse(sql).map_err(|err| ClientError::InvalidMessage(err.to_string()))?,
+            ),
+            None => None,
+        };
         let (sender, receiver) = mpsc::channel(self.config.max_buffered.max(1));
         let member_id = format!(
             "{}#{}",
@@ -183,6 +206,8 @@ impl ConsumerBuilder {
             topic,
             expression: tags,
             filter,
+            selector,
+            sql: self.sql,
             config: self.config,
             progress: Mutex::new(HashMap::new()),
             owned: Mutex::new(BTreeMap::new()),
@@ -259,6 +284,9 @@ struct Shared {
     topic: String,
     expression: String,
     filter: TagFilter,
+    /// The SQL selector, parsed (to check messages again) and as text (for the broker).
+    selector: Option<Selector>,
+    sql: Option<String>,
     config: ConsumerConfig,
     progress: Mutex<HashMap<QueueKey, QueueProgress>>,
     /// Queues this member reads now, each with the epoch its pull task was started in;
@@ -452,7 +480,10 @@ async fn send_heartbeats(shared: &Shared) {
         subscriptions: vec![Subscription {
             group: shared.group.clone(),
             topic: shared.topic.clone(),
-            expression: shared.expression.clone(),
+            expression: match &shared.sql {
+                Some(sql) => format!("SQL {sql}"),
+                None => shared.expression.clone(),
+            },
             mode: shared.config.mode,
         }],
     };
@@ -868,6 +899,7 @@ async fn pull_queue(
                 max_bytes: shared.config.pull_max_bytes,
                 max_wait_ms: shared.config.long_poll_ms as u32,
                 tag_hashes: tag_hashes.clone(),
+                sql: shared.sql.clone(),
             };
             let pulled = tokio::select! {
                 pulled = connection.request_with_timeout(RequestCode::Pull, &request, Bytes::new(), timeout) => pulled?,
@@ -881,7 +913,10 @@ async fn pull_queue(
                 decode_pulled(body).map_err(|err| ClientError::InvalidMessage(err.to_string()))?;
             for pulled in messages {
                 let record = pulled.record;
-                if !shared.filter.matches(record.tag.as_deref()) {
+                let selected = shared.selector.as_ref().is_none_or(|selector| {
+                    selector.matches(&record.properties, record.tag.as_deref())
+                });
+                if !selected || !shared.filter.matches(record.tag.as_deref()) {
                     continue;
                 }
                 let message = ReceivedMessage {

@@ -154,6 +154,9 @@ pub struct PullRequest {
     pub max_wait_ms: u32,
     /// Only messages whose tag hash is listed; empty means every message.
     pub tag_hashes: Vec<u64>,
+    /// Only messages this SQL92 selector over their properties selects (see
+    /// `ferromq_protocol::selector`).
+    pub sql: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

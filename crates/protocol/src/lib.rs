@@ -6,6 +6,7 @@ pub mod codes;
 pub mod frame;
 pub mod headers;
 pub mod message;
+pub mod selector;
 
 pub use codes::{RequestCode, Status};
 pub use frame::{Frame, FrameCodec, FrameError, FrameKind, MAGIC, PROTOCOL_VERSION};

@@ -719,6 +719,30 @@ impl Store {
         max_bytes: usize,
         tag_hashes: &[u64],
     ) -> Result<QueueRead> {
+        self.read_queue_filtered(
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            max_bytes,
+            tag_hashes,
+            None,
+        )
+    }
+
+    /// Like [`Store::read_queue`], also dropping records `keep` refuses (an SQL selector over
+    /// their properties); `next_offset` moves past them all the same.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_queue_filtered(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        tag_hashes: &[u64],
+        keep: Option<&(dyn Fn(&Bytes) -> bool + Send + Sync)>,
+    ) -> Result<QueueRead> {
         let Some(queue) = self.queue(topic, queue_id) else {
             return Ok(QueueRead {
                 status: if offset == 0 {
@@ -769,6 +793,9 @@ impl Store {
             }
         }
         read.messages = self.read_records(&selected)?;
+        if let Some(keep) = keep {
+            read.messages.retain(|(_, record)| keep(record));
+        }
         if !read.messages.is_empty() {
             read.status = ReadStatus::Found;
         }

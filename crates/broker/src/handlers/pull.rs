@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferromq_protocol::{
     headers::{perm, PullRequest, PullResponse, PullStatus},
-    message::{encode_pulled, validate_group, validate_topic},
+    message::{decode_record, encode_pulled, validate_group, validate_topic},
+    selector::Selector,
     Status,
 };
 use ferromq_store::{QueueRead, ReadStatus};
@@ -61,6 +62,10 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
             ),
         );
     }
+    let selector = match pull.sql.as_deref().map(Selector::parse).transpose() {
+        Ok(selector) => selector.map(Arc::new),
+        Err(err) => return Reply::error(Status::ParameterError, err.to_string()),
+    };
     let limits = &core.config.pull;
     let max_messages = pull.max_messages.clamp(1, limits.max_messages) as usize;
     let max_bytes = pull.max_bytes.clamp(1, limits.max_bytes) as usize;
@@ -71,14 +76,23 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
         let read = {
             let store = core.store.clone();
             let pull = pull.clone();
+            let selector = selector.clone();
             blocking(move || {
-                store.read_queue(
+                let keep = selector.map(|selector| {
+                    move |record: &bytes::Bytes| {
+                        decode_record(record.clone())
+                            .is_ok_and(|r| selector.matches(&r.properties, r.tag.as_deref()))
+                    }
+                });
+                store.read_queue_filtered(
                     &pull.topic,
                     pull.queue_id,
                     pull.offset,
                     max_messages,
                     max_bytes,
                     &pull.tag_hashes,
+                    keep.as_ref()
+                        .map(|k| k as &(dyn Fn(&bytes::Bytes) -> bool + Send + Sync)),
                 )
             })
             .await
