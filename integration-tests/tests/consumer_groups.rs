@@ -471,3 +471,90 @@ async fn an_sql_selector_delivers_exactly_the_matching_messages() {
         .sum();
     assert_eq!(sent_out as usize, wanted.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_slows_pulling_instead_of_buffering_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 1).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    send(&client, "backlog", 300).await;
+    let mut consumer = client
+        .consumer("slow")
+        .subscribe("orders", "*")
+        .config(ConsumerConfig {
+            max_buffered_per_queue: 10,
+            ..ConsumerConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    within(WAIT, consumer.recv()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, metrics) = http_get(&broker.spec.admin, "/metrics").unwrap();
+    let pulled: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mq_messages_out_total") && l.contains("group=\"slow\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        pulled <= 11.0,
+        "pulled {pulled} messages for a consumer that took 1"
+    );
+    // Consuming makes room: everything arrives.
+    for _ in 1..300 {
+        within(WAIT, consumer.recv()).await.unwrap();
+    }
+    consumer.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_times_out_gets_the_message_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 1).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    send(&client, "once", 1).await;
+    let consumer = client
+        .consumer("patient")
+        .subscribe("orders", "*")
+        .config(ConsumerConfig {
+            consume_timeout_ms: 200,
+            ..ConsumerConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (seen, stopper) = (calls.clone(), stop.clone());
+    let running = tokio::spawn(consumer.run(
+        move |message| {
+            let (seen, stopper) = (seen.clone(), stopper.clone());
+            async move {
+                let attempt = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(message.queue_offset);
+                    seen.len()
+                };
+                if attempt == 1 {
+                    // Hangs past the consume timeout.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                stopper.cancel();
+                ferromq_client::ConsumeStatus::Success
+            }
+        },
+        stop,
+    ));
+    within(WAIT, running).await.unwrap().unwrap();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![0, 0],
+        "handed again after the timeout"
+    );
+}

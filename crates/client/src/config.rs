@@ -112,6 +112,13 @@ pub struct ConsumerConfig {
     /// Messages fetched but not yet handed to the application, per consumer; pulling pauses
     /// beyond this.
     pub max_buffered: usize,
+    /// Per queue: messages fetched but not consumed yet, and their body bytes; the queue is
+    /// not pulled further beyond either.
+    pub max_buffered_per_queue: usize,
+    pub max_buffered_bytes_per_queue: usize,
+    /// A [`crate::Consumer::run`] handler that takes longer than this counts as failed (the
+    /// message is handed to it again).
+    pub consume_timeout_ms: u64,
     /// How often consumed offsets are committed to the broker.
     pub commit_interval_ms: u64,
     /// Pull from a follower of each broker group instead of the leader (slave read): spreads
@@ -142,6 +149,9 @@ impl Default for ConsumerConfig {
             pull_max_bytes: 1024 * 1024,
             long_poll_ms: 15_000,
             max_buffered: 1000,
+            max_buffered_per_queue: 1000,
+            max_buffered_bytes_per_queue: 100 * 1024 * 1024,
+            consume_timeout_ms: 15 * 60 * 1000,
             commit_interval_ms: 5_000,
             read_from_followers: false,
             mode: ConsumeMode::Clustering,

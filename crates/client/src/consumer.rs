@@ -91,7 +91,9 @@ struct QueueKey {
 /// application or filtered out; `pending` are the offsets handed out but not yet consumed.
 #[derive(Debug, Default, Clone)]
 struct QueueProgress {
-    pending: BTreeSet<u64>,
+    /// Offset → body bytes of each message handed out but not consumed yet.
+    pending: BTreeMap<u64, usize>,
+    pending_bytes: usize,
     fetched_to: u64,
     /// What the broker has stored for the group.
     committed: Option<u64>,
@@ -100,7 +102,9 @@ struct QueueProgress {
 impl QueueProgress {
     /// Next offset the group has to consume: everything below it is consumed.
     fn consumed(&self) -> u64 {
-        self.pending.first().copied().unwrap_or(self.fetched_to)
+        self.pending
+            .first_key_value()
+            .map_or(self.fetched_to, |(offset, _)| *offset)
     }
 }
 
@@ -172,6 +176,20 @@ impl ConsumerBuilder {
             .subscription
             .ok_or_else(|| ClientError::InvalidMessage("subscribe to a topic first".into()))?;
         validate_topic(&topic).map_err(ClientError::InvalidMessage)?;
+        let config = &self.config;
+        if config.max_buffered == 0
+            || config.max_buffered_per_queue == 0
+            || config.max_buffered_bytes_per_queue == 0
+            || config.pull_batch == 0
+            || config.heartbeat_interval_ms == 0
+            || config.rebalance_interval_ms == 0
+            || config.commit_interval_ms == 0
+            || config.consume_timeout_ms == 0
+        {
+            return Err(ClientError::Config(
+                "consumer limits and intervals must be positive".into(),
+            ));
+        }
         let filter = TagFilter::parse(&tags)?;
         let selector = match &self.sql {
             Some(sql) => Some(
@@ -326,7 +344,9 @@ impl Consumer {
     fn mark_consumed(&mut self) {
         if let Some((key, offset)) = self.last_yielded.take() {
             if let Some(entry) = self.shared.progress.lock().get_mut(&key) {
-                entry.pending.remove(&offset);
+                if let Some(bytes) = entry.pending.remove(&offset) {
+                    entry.pending_bytes -= bytes;
+                }
             }
         }
     }
@@ -365,6 +385,7 @@ impl Consumer {
         F: FnMut(ReceivedMessage) -> Fut,
         Fut: Future<Output = ConsumeStatus>,
     {
+        let consume_timeout = Duration::from_millis(self.shared.config.consume_timeout_ms.max(1));
         'messages: loop {
             let message = tokio::select! {
                 message = self.recv() => match message {
@@ -374,17 +395,20 @@ impl Consumer {
                 _ = stop.cancelled() => break,
             };
             loop {
-                let outcome = AssertUnwindSafe(handler(message.clone()))
-                    .catch_unwind()
-                    .await;
+                let handled = AssertUnwindSafe(handler(message.clone())).catch_unwind();
+                let outcome = tokio::time::timeout(consume_timeout, handled).await;
                 let delay = match outcome {
-                    Ok(ConsumeStatus::Success) => {
+                    Ok(Ok(ConsumeStatus::Success)) => {
                         self.mark_consumed();
                         break;
                     }
-                    Ok(ConsumeStatus::RetryLater(delay)) => delay,
-                    Err(_) => {
+                    Ok(Ok(ConsumeStatus::RetryLater(delay))) => delay,
+                    Ok(Err(_)) => {
                         error!(id = %message.id, "message handler panicked; retrying");
+                        None
+                    }
+                    Err(_) => {
+                        error!(id = %message.id, ?consume_timeout, "message handler timed out; retrying");
                         None
                     }
                 };
@@ -875,6 +899,24 @@ async fn pull_queue(
     // Counts reads that failed to reach a member, to move on to the next one.
     let mut rotation = 0usize;
     while !stop.is_cancelled() {
+        // Flow control: a queue whose messages wait unconsumed is not pulled further, so a
+        // slow handler slows pulling instead of growing memory.
+        let waiting = shared
+            .progress
+            .lock()
+            .get(&key)
+            .map_or((0, 0), |entry| (entry.pending.len(), entry.pending_bytes));
+        let room = shared
+            .config
+            .max_buffered_per_queue
+            .saturating_sub(waiting.0);
+        if room == 0 || waiting.1 >= shared.config.max_buffered_bytes_per_queue {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = stop.cancelled() => return,
+            }
+            continue;
+        }
         let leader_failed = leader_failed_until.is_some_and(|until| Instant::now() < until);
         if leader_failed_until.is_some() && !leader_failed {
             // Time to try the leader again.
@@ -895,7 +937,7 @@ async fn pull_queue(
                 topic: shared.topic.clone(),
                 queue_id: key.queue_id,
                 offset: from,
-                max_messages: shared.config.pull_batch,
+                max_messages: shared.config.pull_batch.min(room as u32).max(1),
                 max_bytes: shared.config.pull_max_bytes,
                 max_wait_ms: shared.config.long_poll_ms as u32,
                 tag_hashes: tag_hashes.clone(),
@@ -934,7 +976,13 @@ async fn pull_queue(
                     reconsume_times: record.reconsume_times,
                 };
                 if let Some(entry) = shared.progress.lock().get_mut(&key) {
-                    entry.pending.insert(message.queue_offset);
+                    if entry
+                        .pending
+                        .insert(message.queue_offset, message.body.len())
+                        .is_none()
+                    {
+                        entry.pending_bytes += message.body.len();
+                    }
                 }
                 tokio::select! {
                     sent = sender.send((epoch, message)) => if sent.is_err() { return Ok(false) },
