@@ -27,6 +27,7 @@ mod config;
 mod consumer;
 mod error;
 mod filter;
+pub mod idempotent;
 mod producer;
 
 pub use client::{Client, ClientBuilder, QueueLag};
@@ -36,6 +37,7 @@ pub use config::{
 pub use consumer::{ConsumeStatus, Consumer, ConsumerBuilder, ReceivedMessage};
 pub use error::{BatchSendError, ClientError, SendError};
 pub use filter::TagFilter;
+pub use idempotent::{Idempotent, KeyStore, MemoryKeyStore};
 pub use producer::{Producer, SendHandle, SendReceipt};
 
 pub use ferromq_protocol::{Message, MessageId, RequestCode};
