@@ -109,6 +109,10 @@ impl Broker {
 
         let registry = new_registry("broker");
         let metrics = BrokerMetrics::new(&registry);
+        metrics
+            .info
+            .with_label_values(&[&config.cluster, &config.group, &config.node_id.to_string()])
+            .set(1);
         let notifier = Arc::new(QueueNotifier::default());
         let (topics_changed_tx, topics_changed) = watch::channel(0u64);
         let state_machine = BrokerStateMachine {
@@ -197,6 +201,10 @@ impl Broker {
         core.metrics
             .commitlog_bytes
             .set(core.store.log_bytes() as i64);
+        if let Ok((free, total)) = core.store.disk_space() {
+            core.metrics.disk_free_bytes.set(free as i64);
+            core.metrics.disk_total_bytes.set(total as i64);
+        }
 
         let tasks = TaskTracker::new();
         let handler = Arc::new(Instrumented::new(

@@ -28,13 +28,21 @@ pub async fn checkpoint_loop(core: Arc<BrokerCore>, shutdown: CancellationToken)
         core.metrics
             .commitlog_bytes
             .set(core.store.log_bytes() as i64);
+        match core.store.disk_space() {
+            Ok((free, total)) => {
+                core.metrics.disk_free_bytes.set(free as i64);
+                core.metrics.disk_total_bytes.set(total as i64);
+            }
+            Err(err) => warn!(%err, "cannot read the data directory's free space"),
+        }
     }
 }
 
 /// At most this many (topic, group) series of lag metrics.
 const MAX_LAG_SERIES: usize = 1000;
 
-/// Keeps the lag gauges current: on the leader, for every group with committed offsets (the
+/// Keeps the lag gauges current (also the followers' replication lag): on the leader, for every
+/// group with committed offsets (the
 /// first `MAX_LAG_SERIES`); elsewhere none, so sums over a cluster count each queue once.
 pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(10));
@@ -43,7 +51,19 @@ pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToke
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let leader = core.raft.status().role == ferromq_raftlog::Role::Leader;
+        let status = core.raft.status();
+        let leader = status.role == ferromq_raftlog::Role::Leader;
+        core.metrics.follower_lag_entries.reset();
+        if leader {
+            for peer in core.raft.peer_progress().await.unwrap_or_default() {
+                if peer.id != core.config.node_id {
+                    core.metrics
+                        .follower_lag_entries
+                        .with_label_values(&[&peer.id.to_string()])
+                        .set(status.last_index.saturating_sub(peer.match_index) as i64);
+                }
+            }
+        }
         let store = core.store.clone();
         let lags = tokio::task::spawn_blocking(move || {
             if !leader {

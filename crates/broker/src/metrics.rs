@@ -23,6 +23,11 @@ pub struct BrokerMetrics {
     pub topics: IntGauge,
     pub consumer_lag_messages: IntGaugeVec,
     pub consumer_lag_seconds: GaugeVec,
+    pub follower_lag_entries: IntGaugeVec,
+    pub disk_free_bytes: IntGauge,
+    pub disk_total_bytes: IntGauge,
+    /// Always 1; its labels say which cluster, group and member this broker is, for joins.
+    pub info: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -43,6 +48,44 @@ impl BrokerMetrics {
                         "Messages stored but not consumed by a group (this broker group's queues; exported by the leader)",
                     ),
                     &["topic", "group"],
+                )
+                .expect("valid metric"),
+            ),
+            info: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mq_broker_info",
+                        "Which cluster, broker group and member this broker is (always 1)",
+                    ),
+                    &["cluster", "group", "node_id"],
+                )
+                .expect("valid metric"),
+            ),
+            follower_lag_entries: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mq_raft_follower_lag_entries",
+                        "Entries a member is behind the leader's log (exported by the leader)",
+                    ),
+                    &["peer"],
+                )
+                .expect("valid metric"),
+            ),
+            disk_free_bytes: register(
+                registry,
+                IntGauge::new(
+                    "mq_storage_disk_free_bytes",
+                    "Free bytes on the file system of the data directory",
+                )
+                .expect("valid metric"),
+            ),
+            disk_total_bytes: register(
+                registry,
+                IntGauge::new(
+                    "mq_storage_disk_total_bytes",
+                    "Size of the file system of the data directory",
                 )
                 .expect("valid metric"),
             ),

@@ -318,6 +318,18 @@ impl Store {
         self.applied_index.load(Ordering::Acquire)
     }
 
+    /// (free, total) bytes of the file system holding the store, for "disk filling" alerts.
+    pub fn disk_space(&self) -> Result<(u64, u64)> {
+        let stats = rustix::fs::statvfs(&self.dir).map_err(|err| StoreError::Io {
+            path: self.dir.clone(),
+            source: err.into(),
+        })?;
+        Ok((
+            stats.f_bavail.saturating_mul(stats.f_frsize),
+            stats.f_blocks.saturating_mul(stats.f_frsize),
+        ))
+    }
+
     /// Bytes of commit log on disk.
     pub fn log_bytes(&self) -> u64 {
         self.log.end_position() - self.log.start_position()
