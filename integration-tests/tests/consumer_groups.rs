@@ -558,3 +558,50 @@ async fn a_handler_that_times_out_gets_the_message_again() {
         "handed again after the timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_finds_messages_by_key_and_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", 1).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    let producer = client.producer();
+    for i in 0..5 {
+        producer
+            .send(
+                Message::new("orders", format!("order {i}"))
+                    .with_key(format!("order-{i}"))
+                    .with_property("region", "eu"),
+            )
+            .await
+            .unwrap();
+    }
+    let get = |path: &str| {
+        let (status, body) = http_get(&broker.spec.admin, path).unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let (status, found) = get("/v1/messages?topic=orders&key=order-3");
+    assert_eq!(status, 200);
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    assert_eq!(found[0]["body"], "order 3");
+    assert_eq!(found[0]["properties"]["region"], "eu");
+    assert_eq!(found[0]["offset"], 3);
+    let (_, found) = get("/v1/messages?topic=orders&queue=0&offset=1&limit=2");
+    let bodies: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["order 1", "order 2"]);
+    let (status, error) = get("/v1/messages?topic=orders");
+    assert_eq!(status, 400);
+    assert_eq!(error["code"], "invalid_request");
+    let (status, _) = get("/v1/messages?topic=nothing&key=x");
+    assert_eq!(status, 404);
+}

@@ -75,6 +75,7 @@ pub fn router(core: Arc<BrokerCore>) -> Router {
         .route("/v1/raft/members", get(members).post(change_members))
         .route("/v1/topics", get(topics))
         .route("/v1/groups", get(groups))
+        .route("/v1/messages", get(messages))
         .route("/v1/groups/{group}/lag", get(group_lag))
         .route("/v1/groups/{group}/offsets:reset", post(reset_offsets))
         .with_state(core)
@@ -299,6 +300,105 @@ pub async fn hand_over_leadership(core: &BrokerCore, to: Option<u64>) -> Result<
             "leadership did not move to {target} within {patience:?}"
         )),
     }
+}
+
+/// Which messages to show: of `topic`, with `key`, or the one at `queue` and `offset`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageQuery {
+    topic: String,
+    key: Option<String>,
+    queue: Option<u32>,
+    offset: Option<u64>,
+    /// At most this many (default 32, at most 1000).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct MessageView {
+    id: String,
+    topic: String,
+    queue: u32,
+    offset: u64,
+    tag: Option<String>,
+    keys: Vec<String>,
+    properties: std::collections::BTreeMap<String, String>,
+    born_time_ms: u64,
+    store_time_ms: u64,
+    reconsume_times: u32,
+    /// The body as text, or as hex digits when it is not UTF-8 (see `body_encoding`).
+    body: String,
+    body_encoding: &'static str,
+}
+
+fn message_view(topic: &str, queue: u32, offset: u64, record: bytes::Bytes) -> Option<MessageView> {
+    let record = ferromq_protocol::message::decode_record(record).ok()?;
+    let (body, body_encoding) = match std::str::from_utf8(&record.body) {
+        Ok(text) => (text.to_string(), "utf8"),
+        Err(_) => (hex::encode(&record.body), "hex"),
+    };
+    Some(MessageView {
+        id: record.id.to_string(),
+        topic: topic.to_string(),
+        queue,
+        offset,
+        tag: record.tag,
+        keys: record.keys,
+        properties: record.properties,
+        born_time_ms: record.born_ts_ms,
+        store_time_ms: record.store_ts_ms,
+        reconsume_times: record.reconsume_times,
+        body,
+        body_encoding,
+    })
+}
+
+/// `GET /v1/messages?topic=T&key=K` (messages stored with a key, oldest first) or
+/// `?topic=T&queue=Q&offset=O` (one message, or up to `limit` from there).
+async fn messages(
+    State(core): State<Arc<BrokerCore>>,
+    query: Result<Query<MessageQuery>, QueryRejection>,
+) -> Result<Json<Vec<MessageView>>, ApiError> {
+    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    ferromq_protocol::message::validate_topic(&query.topic).map_err(bad_request)?;
+    if core.store.topic(&query.topic).is_none() {
+        return Err(ApiError::not_found(format!(
+            "topic {:?} does not exist",
+            query.topic
+        )));
+    }
+    let limit = query.limit.unwrap_or(32).clamp(1, 1000);
+    enum Lookup {
+        Key(String),
+        At(u32, u64),
+    }
+    let lookup = match (query.key, query.queue, query.offset) {
+        (Some(key), None, None) => Lookup::Key(key),
+        (None, Some(queue), Some(offset)) => Lookup::At(queue, offset),
+        _ => return Err(bad_request("give either key, or queue and offset".into())),
+    };
+    let store = core.store.clone();
+    let topic = query.topic;
+    let found = tokio::task::spawn_blocking(move || {
+        let views: Vec<MessageView> = match lookup {
+            Lookup::Key(key) => store
+                .find_by_key(&topic, &key, limit)?
+                .into_iter()
+                .filter_map(|m| message_view(&topic, m.queue_id, m.queue_offset, m.record))
+                .collect(),
+            Lookup::At(queue, offset) => store
+                .read_queue(&topic, queue, offset, limit, 16 * 1024 * 1024, &[])?
+                .messages
+                .into_iter()
+                .filter_map(|(at, record)| message_view(&topic, queue, at, record))
+                .collect(),
+        };
+        Ok::<_, ferromq_store::StoreError>(views)
+    })
+    .await
+    .map_err(|err| ApiError::internal(err.to_string()))?
+    .map_err(|err| ApiError::internal(err.to_string()))?;
+    Ok(Json(found))
 }
 
 /// Where to move a group's offsets of one topic: exactly one of `to` (`"first"` or
