@@ -578,6 +578,18 @@ async fn the_admin_api_finds_messages_by_key_and_by_position() {
             .await
             .unwrap();
     }
+    // One group consumed the first three messages.
+    let mut consumer = client
+        .consumer("fulfilment")
+        .subscribe("orders", "*")
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        within(WAIT, consumer.recv()).await.unwrap();
+    }
+    consumer.commit().await.unwrap();
+    consumer.shutdown().await.unwrap();
     let get = |path: &str| {
         let (status, body) = http_get(&broker.spec.admin, path).unwrap();
         (
@@ -585,12 +597,16 @@ async fn the_admin_api_finds_messages_by_key_and_by_position() {
             serde_json::from_str::<serde_json::Value>(&body).unwrap(),
         )
     };
+    let (_, found) = get("/v1/messages?topic=orders&key=order-1");
+    assert_eq!(found[0]["consumed_by"][0]["group"], "fulfilment");
+    assert_eq!(found[0]["consumed_by"][0]["consumed"], true);
     let (status, found) = get("/v1/messages?topic=orders&key=order-3");
     assert_eq!(status, 200);
     assert_eq!(found.as_array().unwrap().len(), 1);
     assert_eq!(found[0]["body"], "order 3");
     assert_eq!(found[0]["properties"]["region"], "eu");
     assert_eq!(found[0]["offset"], 3);
+    assert_eq!(found[0]["consumed_by"][0]["consumed"], false, "{found}");
     let (_, found) = get("/v1/messages?topic=orders&queue=0&offset=1&limit=2");
     let bodies: Vec<&str> = found
         .as_array()

@@ -329,6 +329,16 @@ struct MessageView {
     /// The body as text, or as hex digits when it is not UTF-8 (see `body_encoding`).
     body: String,
     body_encoding: &'static str,
+    /// Every consumer group that committed offsets on this queue, and whether its committed
+    /// offset is past this message (it consumed and acknowledged it).
+    consumed_by: Vec<GroupConsumption>,
+}
+
+#[derive(Serialize)]
+struct GroupConsumption {
+    group: String,
+    consumed: bool,
+    committed_offset: u64,
 }
 
 fn message_view(topic: &str, queue: u32, offset: u64, record: bytes::Bytes) -> Option<MessageView> {
@@ -350,7 +360,36 @@ fn message_view(topic: &str, queue: u32, offset: u64, record: bytes::Bytes) -> O
         reconsume_times: record.reconsume_times,
         body,
         body_encoding,
+        consumed_by: Vec::new(),
     })
+}
+
+/// Fills in which groups consumed each message (from their committed offsets).
+fn add_consumption(
+    store: &ferromq_store::Store,
+    views: &mut [MessageView],
+) -> Result<(), ferromq_store::StoreError> {
+    let Some(topic) = views.first().map(|v| v.topic.clone()) else {
+        return Ok(());
+    };
+    let groups: Vec<String> = store
+        .consumer_groups()?
+        .into_iter()
+        .filter(|(_, t)| *t == topic)
+        .map(|(group, _)| group)
+        .collect();
+    for view in views.iter_mut() {
+        for group in &groups {
+            if let Some(committed) = store.consumer_offset(group, &topic, view.queue)? {
+                view.consumed_by.push(GroupConsumption {
+                    group: group.clone(),
+                    consumed: committed > view.offset,
+                    committed_offset: committed,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `GET /v1/messages?topic=T&key=K` (messages stored with a key, oldest first) or
@@ -380,7 +419,7 @@ async fn messages(
     let store = core.store.clone();
     let topic = query.topic;
     let found = tokio::task::spawn_blocking(move || {
-        let views: Vec<MessageView> = match lookup {
+        let mut views: Vec<MessageView> = match lookup {
             Lookup::Key(key) => store
                 .find_by_key(&topic, &key, limit)?
                 .into_iter()
@@ -393,6 +432,7 @@ async fn messages(
                 .filter_map(|(at, record)| message_view(&topic, queue, at, record))
                 .collect(),
         };
+        add_consumption(&store, &mut views)?;
         Ok::<_, ferromq_store::StoreError>(views)
     })
     .await
