@@ -1113,3 +1113,83 @@ async fn commit_consumed(shared: &Shared) -> Result<(), ClientError> {
     }
     first_error.map_or(Ok(()), Err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(groups: &[&str], per_group: u32) -> Vec<QueueKey> {
+        let mut queues: Vec<QueueKey> = groups
+            .iter()
+            .flat_map(|g| {
+                (0..per_group).map(|queue_id| QueueKey {
+                    broker_group: g.to_string(),
+                    queue_id,
+                })
+            })
+            .collect();
+        queues.sort();
+        queues
+    }
+
+    fn members(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// Every queue goes to exactly one member.
+    fn assert_partition(shares: &[BTreeSet<QueueKey>], queues: &[QueueKey]) {
+        let mut all = BTreeSet::new();
+        for share in shares {
+            for queue in share {
+                assert!(all.insert(queue.clone()), "{queue:?} given twice");
+            }
+        }
+        assert_eq!(all.len(), queues.len());
+    }
+
+    #[test]
+    fn average_allocation_gives_even_contiguous_shares() {
+        let queues = queues(&["a"], 8);
+        let members = members(&["m1", "m2", "m3"]);
+        let shares: Vec<BTreeSet<QueueKey>> = members
+            .iter()
+            .map(|m| allocate(Allocation::Average, &members, m, &queues))
+            .collect();
+        assert_partition(&shares, &queues);
+        let sizes: Vec<usize> = shares.iter().map(BTreeSet::len).collect();
+        assert_eq!(sizes, [3, 3, 2]);
+        // More members than queues: the extra members get nothing.
+        let many = members_of(10);
+        let shares: Vec<BTreeSet<QueueKey>> = many
+            .iter()
+            .map(|m| allocate(Allocation::Average, &many, m, &queues))
+            .collect();
+        assert_partition(&shares, &queues);
+        assert!(allocate(Allocation::Average, &many, "stranger", &queues).is_empty());
+    }
+
+    fn members_of(count: usize) -> Vec<String> {
+        let mut members: Vec<String> = (0..count).map(|i| format!("m{i:02}")).collect();
+        members.sort();
+        members
+    }
+
+    #[test]
+    fn consistent_hash_moves_only_the_leaving_members_queues() {
+        let queues = queues(&["a", "b"], 16);
+        let before = members_of(4);
+        let share =
+            |members: &[String], m: &str| allocate(Allocation::ConsistentHash, members, m, &queues);
+        let old: Vec<BTreeSet<QueueKey>> = before.iter().map(|m| share(&before, m)).collect();
+        assert_partition(&old, &queues);
+        let after: Vec<String> = before[..3].to_vec();
+        let new: Vec<BTreeSet<QueueKey>> = after.iter().map(|m| share(&after, m)).collect();
+        assert_partition(&new, &queues);
+        for (i, member) in after.iter().enumerate() {
+            assert!(
+                old[i].is_subset(&new[i]),
+                "{member} lost queues when another member left"
+            );
+        }
+    }
+}
