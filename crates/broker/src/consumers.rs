@@ -154,12 +154,18 @@ impl ConsumerRegistry {
         changed
     }
 
-    /// Member ids of a group, sorted.
-    pub fn members(&self, group: &str) -> Vec<String> {
+    /// Ids of the members of a group subscribed to `topic`, sorted.
+    pub fn members(&self, group: &str, topic: &str) -> Vec<String> {
         self.groups
             .lock()
             .get(group)
-            .map(|members| members.keys().cloned().collect())
+            .map(|members| {
+                members
+                    .iter()
+                    .filter(|(_, member)| member.subscription.topic == topic)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -136,8 +136,8 @@ pub struct ConsumerConfig {
     /// Rebalance at least this often, even without a change notice from a broker.
     pub rebalance_interval_ms: u64,
     /// Broadcast mode: the stable name under which this member's offsets are kept, so a
-    /// restarted member continues where it left off. Default: the client id (set
-    /// `ClientConfig.client_id` to something stable, such as the host name).
+    /// restarted member continues where it left off. Default: the host name (else the client
+    /// id); set it when one host runs several broadcast members of a group.
     pub broadcast_id: Option<String>,
 }
 

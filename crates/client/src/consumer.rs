@@ -198,19 +198,20 @@ impl ConsumerBuilder {
             None => None,
         };
         let (sender, receiver) = mpsc::channel(self.config.max_buffered.max(1));
+        // Unique even when processes share a client id (every container's pid is 1).
         let member_id = format!(
-            "{}#{}",
+            "{}#{}-{:016x}",
             self.client.config().client_id,
-            NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            random_u64()
         );
         let offsets_group = match self.config.mode {
             ConsumeMode::Clustering => self.group.clone(),
             ConsumeMode::Broadcast => {
-                let name = self
-                    .config
-                    .broadcast_id
-                    .clone()
-                    .unwrap_or_else(|| self.client.config().client_id.clone());
+                // Stable across restarts, and distinct per host by default.
+                let name = self.config.broadcast_id.clone().unwrap_or_else(|| {
+                    host_name().unwrap_or_else(|| self.client.config().client_id.clone())
+                });
                 broadcast_offsets_group(&self.group, &name)?
             }
         };
@@ -242,6 +243,7 @@ impl ConsumerBuilder {
             receiver,
             tasks,
             last_yielded: None,
+            last_epoch: 0,
         })
     }
 }
@@ -265,6 +267,27 @@ impl GroupSignal {
     fn take_reset(&self, topic: &str) -> bool {
         self.resets.lock().remove(topic)
     }
+}
+
+/// This host's name, if it can be found.
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+}
+
+/// A random number from the standard library's randomly keyed hasher.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    hasher.finish()
 }
 
 /// Numbers the consumers of this process, for unique member ids.
@@ -330,6 +353,8 @@ pub struct Consumer {
     tasks: TaskTracker,
     /// The last message handed out; consumed once the next one is asked for.
     last_yielded: Option<(QueueKey, u64)>,
+    /// The epoch of the queue the last message came from (see `Shared::owned`).
+    last_epoch: u64,
 }
 
 impl Consumer {
@@ -361,8 +386,9 @@ impl Consumer {
             if !self.shared.owns(&item) {
                 continue;
             }
-            let message = item.1;
+            let (epoch, message) = item;
             self.last_yielded = Some((key_of(&message), message.queue_offset));
+            self.last_epoch = epoch;
             return Some(message);
         }
     }
@@ -395,6 +421,14 @@ impl Consumer {
                 _ = stop.cancelled() => break,
             };
             loop {
+                // The queue may have moved to another member (or been reset) while this
+                // message waited for a retry: then it is no longer this member's to handle.
+                let still_owned =
+                    self.shared.owned.lock().get(&key_of(&message)) == Some(&self.last_epoch);
+                if !still_owned {
+                    self.last_yielded = None;
+                    break;
+                }
                 let handled = AssertUnwindSafe(handler(message.clone())).catch_unwind();
                 let outcome = tokio::time::timeout(consume_timeout, handled).await;
                 let delay = match outcome {
@@ -460,8 +494,9 @@ impl Stream for Consumer {
                     if !self.shared.owns(&item) {
                         continue;
                     }
-                    let message = item.1;
+                    let (epoch, message) = item;
                     self.last_yielded = Some((key_of(&message), message.queue_offset));
+                    self.last_epoch = epoch;
                     return Poll::Ready(Some(message));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
@@ -511,19 +546,28 @@ async fn send_heartbeats(shared: &Shared) {
             mode: shared.config.mode,
         }],
     };
-    for addr in addrs {
-        let sent = async {
-            let connection = shared.client.connection(&addr).await?;
-            connection
-                .request(RequestCode::ConsumerHeartbeat, &heartbeat, Bytes::new())
-                .await?
-                .into_result()?;
-            Ok::<_, ClientError>(())
-        };
-        if let Err(err) = sent.await {
-            debug!(%addr, %err, "heartbeat failed");
+    // All at once, each bounded by the interval: one unreachable broker must not delay the
+    // heartbeats of the others past their expiry.
+    let patience = Duration::from_millis(shared.config.heartbeat_interval_ms.max(100));
+    let beats = addrs.into_iter().map(|addr| {
+        let heartbeat = &heartbeat;
+        async move {
+            let sent = async {
+                let connection = shared.client.connection(&addr).await?;
+                connection
+                    .request(RequestCode::ConsumerHeartbeat, heartbeat, Bytes::new())
+                    .await?
+                    .into_result()?;
+                Ok::<_, ClientError>(())
+            };
+            match tokio::time::timeout(patience, sent).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!(%addr, %err, "heartbeat failed"),
+                Err(_) => debug!(%addr, "heartbeat timed out"),
+            }
         }
-    }
+    });
+    futures::future::join_all(beats).await;
 }
 
 /// Tells brokers this member is alive, every `heartbeat_interval_ms`.
@@ -570,6 +614,7 @@ async fn group_members(shared: &Shared) -> Result<Vec<String>, ClientError> {
                     RequestCode::GetGroupMembers,
                     &GetGroupMembersRequest {
                         group: shared.group.clone(),
+                        topic: shared.topic.clone(),
                     },
                     Bytes::new(),
                 )
@@ -621,13 +666,22 @@ fn allocate(
         Allocation::ConsistentHash => queues
             .iter()
             .filter(|queue| {
+                // A fixed hash (FNV-1a), so members built by different toolchains agree.
                 let score = |member: &String| {
-                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                    std::hash::Hash::hash(
-                        &(member, &queue.broker_group, queue.queue_id),
-                        &mut hasher,
-                    );
-                    std::hash::Hasher::finish(&hasher)
+                    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+                    let queue_id = queue.queue_id.to_be_bytes();
+                    let parts: [&[u8]; 5] = [
+                        member.as_bytes(),
+                        &[0],
+                        queue.broker_group.as_bytes(),
+                        &[0],
+                        &queue_id,
+                    ];
+                    for byte in parts.into_iter().flatten() {
+                        hash ^= u64::from(*byte);
+                        hash = hash.wrapping_mul(0x0100_0000_01b3);
+                    }
+                    hash
                 };
                 members.iter().max_by_key(|m| (score(m), (*m).clone())) == Some(&members[index])
             })

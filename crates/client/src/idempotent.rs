@@ -108,6 +108,22 @@ pub struct Idempotent<S, H> {
     lease: Duration,
 }
 
+/// Releases a claim when dropped while still armed.
+struct ClaimGuard<S: KeyStore> {
+    store: Arc<S>,
+    key: Option<String>,
+}
+
+impl<S: KeyStore> Drop for ClaimGuard<S> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            if let Err(err) = self.store.release(&key) {
+                tracing::warn!(%key, %err, "claim of an interrupted handler not released");
+            }
+        }
+    }
+}
+
 impl<S, H> Clone for Idempotent<S, H> {
     fn clone(&self) -> Self {
         Idempotent {
@@ -181,10 +197,17 @@ where
                     return ConsumeStatus::RetryLater(None);
                 }
             }
+            // If the handler panics or is cancelled (a consume timeout), the guard releases the
+            // claim, so the retry does not wait out the lease.
+            let mut guard = ClaimGuard {
+                store: this.store.clone(),
+                key: Some(key.clone()),
+            };
             let status = {
                 let mut handler = this.handler.lock().await;
                 (handler)(message).await
             };
+            guard.key = None;
             let store = this.store.clone();
             let recorded = tokio::task::spawn_blocking(move || match status {
                 ConsumeStatus::Success => store.done(&key),

@@ -265,6 +265,9 @@ pub struct ConsumerHeartbeatRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetGroupMembersRequest {
     pub group: String,
+    /// Only members subscribed to this topic (a group may consume several topics, each
+    /// shared among its own subscribers).
+    pub topic: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

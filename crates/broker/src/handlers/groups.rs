@@ -60,11 +60,11 @@ pub async fn members(core: &BrokerCore, request: &Request) -> Reply {
         Ok(query) => query,
         Err(err) => return Reply::bad_header(&err),
     };
-    if let Err(message) = validate_group(&query.group) {
+    if let Err(message) = validate_group(&query.group).and_then(|()| validate_topic(&query.topic)) {
         return Reply::error(Status::ParameterError, message);
     }
     Reply::ok(&GetGroupMembersResponse {
-        members: core.consumers.members(&query.group),
+        members: core.consumers.members(&query.group, &query.topic),
     })
 }
 
