@@ -18,6 +18,8 @@ pub(crate) const KEY_CONF_STATE: &str = "conf_state";
 const KEY_WATERMARK: &str = "log_watermark";
 /// Set while the node must fetch lost entries before it may vote again (see `repair_target`).
 const KEY_REPAIR_TARGET: &str = "repair_target";
+/// Largest snapshot sent: one Raft message in one peer frame (64 MiB by default).
+const MAX_SNAPSHOT_BYTES: usize = 60 * 1024 * 1024;
 /// Bytes of recent entries kept in memory.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -136,7 +138,9 @@ impl RaftStorage {
         let watermark = read_u64(state, KEY_WATERMARK)?.unwrap_or(0);
         let mut repair_target = read_u64(state, KEY_REPAIR_TARGET)?.filter(|t| *t > 0);
         let lost_up_to = watermark.max(hard_state.commit);
-        if repair_target.is_none() && lost_up_to > last {
+        // Also raised when a repairing node lost more (it may have acknowledged entries past
+        // its old target meanwhile).
+        if lost_up_to > last && repair_target.is_none_or(|target| target < lost_up_to) {
             tracing::warn!(
                 lost_up_to,
                 last,
@@ -182,6 +186,17 @@ impl RaftStorage {
         Ok(())
     }
 
+    /// Durably lowers the watermark to `index` (before the log is cut or replaced).
+    fn lower_watermark(&mut self, index: u64) -> Result<(), StoreError> {
+        if index < self.watermark {
+            self.store
+                .state()
+                .save_raft_value(KEY_WATERMARK, &index.to_be_bytes(), true)?;
+            self.watermark = index;
+        }
+        Ok(())
+    }
+
     /// Records that the log is synced up to its last index (after each commit-log sync).
     pub fn note_synced(&mut self) -> Result<(), StoreError> {
         let last = self.store.log().last_index();
@@ -211,6 +226,20 @@ impl RaftStorage {
     /// founder, so membership is in the log from its first entry and a member added later
     /// learns it by replicating the log. The entries are applied by the startup replay.
     pub fn bootstrap(&mut self, voters: &[u64]) -> Result<bool, StoreError> {
+        let last = self.store.log().last_index();
+        // A crash between writing the founding entries and the hard state leaves term 0 and
+        // nothing but term-1 entries: nothing else can have happened yet, so start over.
+        let interrupted = self.conf_state.voters.is_empty()
+            && self.hard_state.term == 0
+            && last > 0
+            && last <= voters.len() as u64
+            && self.store.log().term(last) == Some(1);
+        if interrupted {
+            tracing::warn!(last, "finishing an interrupted bootstrap");
+            self.store.log().truncate_from(1)?;
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
         if !self.conf_state.voters.is_empty() || self.store.log().last_index() > 0 {
             return Ok(false);
         }
@@ -248,13 +277,16 @@ impl RaftStorage {
     /// membership and the commit index follow.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let metadata = snapshot.get_metadata();
-        let base = self.store.install_snapshot(&snapshot.data)?;
+        // Checked before anything is replaced.
+        let base = ferromq_store::SnapshotBase::decode(&snapshot.data)?;
         if base.index != metadata.index || base.term != metadata.term {
             return Err(StoreError::Inconsistent(format!(
                 "snapshot data is at {}/{} but its metadata says {}/{}",
                 base.index, base.term, metadata.index, metadata.term
             )));
         }
+        self.lower_watermark(base.index)?;
+        self.store.install_snapshot(&snapshot.data)?;
         self.cache.clear();
         self.cache_bytes = 0;
         self.set_conf_state(metadata.get_conf_state().clone())?;
@@ -325,8 +357,12 @@ impl RaftStorage {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        let log = self.store.log();
+        let store = self.store.clone();
+        let log = store.log();
         if first.index <= log.last_index() {
+            // Entries a leader overwrites were never committed: lower the watermark first, so
+            // a crash right after the cut does not look like lost data (and force repair).
+            self.lower_watermark(first.index - 1)?;
             log.truncate_from(first.index)?;
             while self
                 .cache
@@ -429,7 +465,13 @@ impl raft::Storage for RaftStorage {
         if (entries.len() as u64) < high - low {
             entries = log
                 .entries(low, high, max_size)
-                .map_err(store_error)?
+                .map_err(|err| match err {
+                    // Retention deleted the segment since the check above.
+                    StoreError::Unavailable { .. } if low < log.first_index() => {
+                        raft::Error::Store(StorageError::Compacted)
+                    }
+                    other => store_error(other),
+                })?
                 .into_iter()
                 .map(|(_, e)| to_raft_entry(e))
                 .collect::<Result<_, _>>()
@@ -468,6 +510,16 @@ impl raft::Storage for RaftStorage {
                 return Err(unavailable);
             }
         };
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            // It would not fit one peer frame; say so loudly rather than retry forever.
+            tracing::error!(
+                to,
+                bytes = bytes.len(),
+                limit = MAX_SNAPSHOT_BYTES,
+                "snapshot base too large to send; the member cannot catch up"
+            );
+            return Err(unavailable);
+        }
         // The current membership, not the one at the base: the receiver must find itself in
         // it (a member added after the base would refuse the snapshot), and replaying the
         // conf changes after the base onto it changes nothing, since each sets one member's

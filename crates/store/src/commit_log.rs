@@ -117,6 +117,7 @@ pub struct SegmentFile {
     file: File,
     len: AtomicU64,
     dirty: AtomicBool,
+    sync_lock: Mutex<()>,
     /// Length known durable (after the last successful sync).
     synced_len: AtomicU64,
 }
@@ -132,7 +133,7 @@ impl SegmentFile {
 
     fn sync(&self) -> Result<()> {
         let len = self.len.load(Ordering::Acquire);
-        sync_if_dirty(&self.file, &self.dirty, &self.path)?;
+        sync_if_dirty(&self.file, &self.dirty, &self.sync_lock, &self.path)?;
         self.synced_len.fetch_max(len, Ordering::AcqRel);
         Ok(())
     }
@@ -253,6 +254,7 @@ fn open_segment_file(path: PathBuf, base: u64) -> Result<SegmentFile> {
         file,
         len: AtomicU64::new(len),
         dirty: AtomicBool::new(false),
+        sync_lock: Mutex::new(()),
         synced_len: AtomicU64::new(len),
     })
 }
@@ -526,14 +528,17 @@ impl CommitLog {
         fail::fail_point!("commitlog::before_sync", |_| Err(StoreError::injected(
             "commitlog::before_sync"
         )));
+        // The newest segment always (another thread may be syncing it right now: its sync
+        // waits for that one), and older ones still written since their last sync.
         let files: Vec<Arc<SegmentFile>> = self
             .state
             .read()
             .segments
             .iter()
             .rev()
-            .take_while(|s| s.file.dirty.load(Ordering::Acquire))
-            .map(|s| s.file.clone())
+            .enumerate()
+            .take_while(|(i, s)| *i == 0 || s.file.dirty.load(Ordering::Acquire))
+            .map(|(_, s)| s.file.clone())
             .collect();
         for file in files.iter().rev() {
             file.sync()?;
@@ -567,8 +572,11 @@ impl CommitLog {
             let doomed = state.segments.pop().expect("checked above");
             fs::remove_file(&doomed.file.path).map_err(StoreError::io(&doomed.file.path))?;
         }
+        // Durable at once: cut entries must never come back after a power loss (they would
+        // sit where the leader's replacements were acknowledged).
         file.file
             .set_len(offset)
+            .and_then(|()| file.file.sync_data())
             .map_err(StoreError::io(&file.path))?;
         file.len.store(offset, Ordering::Release);
         file.synced_len.fetch_min(offset, Ordering::AcqRel);

@@ -51,6 +51,7 @@ struct CqFile {
     first_offset: u64,
     file: File,
     dirty: AtomicBool,
+    sync_lock: parking_lot::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -105,6 +106,7 @@ fn open_file(path: PathBuf, first_offset: u64) -> Result<CqFile> {
         first_offset,
         file,
         dirty: AtomicBool::new(false),
+        sync_lock: parking_lot::Mutex::new(()),
     })
 }
 
@@ -274,7 +276,7 @@ impl ConsumeQueue {
     pub fn sync(&self) -> Result<()> {
         let files: Vec<Arc<CqFile>> = self.files.read().clone();
         for file in files {
-            sync_if_dirty(&file.file, &file.dirty, &file.path)?;
+            sync_if_dirty(&file.file, &file.dirty, &file.sync_lock, &file.path)?;
         }
         Ok(())
     }

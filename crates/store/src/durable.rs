@@ -14,8 +14,16 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// fdatasyncs `file` if it was written since the last sync. A failed sync leaves it dirty, so
-/// nothing can later claim the unsynced data is durable.
-pub(crate) fn sync_if_dirty(file: &File, dirty: &AtomicBool, path: &Path) -> Result<()> {
+/// nothing can later claim the unsynced data is durable. `lock` (one per file) is held across
+/// the check and the fsync: a caller that finds the file clean while another thread's fsync of
+/// it is still running waits for that fsync instead of returning early.
+pub(crate) fn sync_if_dirty(
+    file: &File,
+    dirty: &AtomicBool,
+    lock: &parking_lot::Mutex<()>,
+    path: &Path,
+) -> Result<()> {
+    let _one_sync_at_a_time = lock.lock();
     if dirty.swap(false, Ordering::AcqRel) {
         if let Err(source) = file.sync_data() {
             dirty.store(true, Ordering::Release);

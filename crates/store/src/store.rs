@@ -987,6 +987,9 @@ impl Store {
     /// checkpointed), then forgets the consume-queue units and index entries pointing into them.
     /// Returns the new log start, if anything was deleted.
     pub fn enforce_retention(&self, now: SystemTime) -> Result<Option<LogPoint>> {
+        // Not while a snapshot is installed (which moves the log start itself) or a checkpoint
+        // is taken: the log start must only ever move forward.
+        let _one_at_a_time = self.checkpoint_lock.lock();
         let limit = self.checkpointed_index.load(Ordering::Acquire);
         let Some(cutoff) = now.checked_sub(self.config.retention) else {
             return Ok(None);
@@ -1008,6 +1011,9 @@ impl Store {
         let Some(point) = self.log.compaction_point(index) else {
             return Ok(None);
         };
+        if point.index <= self.log.start().index {
+            return Ok(None);
+        }
         // Record the new start first: a crash before the files are gone finishes the job at open.
         self.db.save_log_start(point)?;
         self.log.compact_to(index)?;
