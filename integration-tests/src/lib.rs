@@ -405,31 +405,15 @@ pub fn start_group_on(
     let peers = format!("[{}]", peers.join(", "));
     let mut members = Vec::new();
     for (i, ((client, raft), host)) in ports.iter().zip(hosts).enumerate() {
-        let node_id = (i + 1).to_string();
-        let raft_listen = format!("{host}:{raft}");
-        let mut member_env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        member_env.extend([
-            ("FERROMQ_GROUP".to_string(), group.to_string()),
-            ("FERROMQ_NODE_ID".to_string(), node_id),
-            ("FERROMQ_RAFT__LISTEN".to_string(), raft_listen),
-            ("FERROMQ_RAFT__PEERS".to_string(), peers.clone()),
-        ]);
-        let mut spec = BrokerSpec {
-            addr: format!("{host}:{client}"),
-            admin: String::new(),
-            data_dir: root.join(format!("{group}-{}", i + 1)),
-            nameserver: nameserver.to_string(),
-            env: member_env,
-            log_dir: root.to_path_buf(),
+        let member = MemberSpec {
+            group,
+            node_id: i as u64 + 1,
+            client_addr: format!("{host}:{client}"),
+            raft_addr: format!("{host}:{raft}"),
+            peers: peers.clone(),
+            join: false,
         };
-        let file = addr_file(root, "member");
-        let mut process = spec.spawn(&spec.addr, "127.0.0.1:0", Some(&file));
-        let addresses = read_addr_file(&file, &mut process);
-        spec.admin = field(&addresses, "admin_addr");
-        members.push(Broker { spec, process });
+        members.push(member.spawn(root, nameserver, env));
     }
     for member in &members {
         wait_http_ok(&member.spec.admin, "/readyz", Duration::from_secs(30));
@@ -474,33 +458,58 @@ pub fn join_group(
     peers.push(format!(
         r#"{{ id = {node_id}, raft_addr = "{raft_addr}", client_addr = "127.0.0.1:{client}" }}"#
     ));
-    let mut member_env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    member_env.extend([
-        ("FERROMQ_GROUP".to_string(), group.to_string()),
-        ("FERROMQ_NODE_ID".to_string(), node_id.to_string()),
-        ("FERROMQ_RAFT__LISTEN".to_string(), raft_addr.clone()),
-        (
-            "FERROMQ_RAFT__PEERS".to_string(),
-            format!("[{}]", peers.join(", ")),
-        ),
-        ("FERROMQ_RAFT__JOIN".to_string(), "true".to_string()),
-    ]);
-    let mut spec = BrokerSpec {
-        addr: format!("127.0.0.1:{client}"),
-        admin: String::new(),
-        data_dir: root.join(format!("{group}-{node_id}")),
-        nameserver: nameserver.to_string(),
-        env: member_env,
-        log_dir: root.to_path_buf(),
+    let member = MemberSpec {
+        group,
+        node_id,
+        client_addr: format!("127.0.0.1:{client}"),
+        raft_addr: raft_addr.clone(),
+        peers: format!("[{}]", peers.join(", ")),
+        join: true,
     };
-    let file = addr_file(root, "joiner");
-    let mut process = spec.spawn(&spec.addr, "127.0.0.1:0", Some(&file));
-    let addresses = read_addr_file(&file, &mut process);
-    spec.admin = field(&addresses, "admin_addr");
-    (Broker { spec, process }, raft_addr)
+    (member.spawn(root, nameserver, env), raft_addr)
+}
+
+/// One member of a broker group, as the group helpers start it.
+struct MemberSpec<'a> {
+    group: &'a str,
+    node_id: u64,
+    client_addr: String,
+    raft_addr: String,
+    /// The `raft.peers` TOML list.
+    peers: String,
+    join: bool,
+}
+
+impl MemberSpec<'_> {
+    /// Starts the member's process and waits for its addresses (not for it to be ready).
+    fn spawn(self, root: &Path, nameserver: &str, env: &[(&str, &str)]) -> Broker {
+        let mut member_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        member_env.extend([
+            ("FERROMQ_GROUP".to_string(), self.group.to_string()),
+            ("FERROMQ_NODE_ID".to_string(), self.node_id.to_string()),
+            ("FERROMQ_RAFT__LISTEN".to_string(), self.raft_addr),
+            ("FERROMQ_RAFT__PEERS".to_string(), self.peers),
+        ]);
+        if self.join {
+            member_env.push(("FERROMQ_RAFT__JOIN".to_string(), "true".to_string()));
+        }
+        let mut spec = BrokerSpec {
+            addr: self.client_addr,
+            admin: String::new(),
+            data_dir: root.join(format!("{}-{}", self.group, self.node_id)),
+            nameserver: nameserver.to_string(),
+            env: member_env,
+            log_dir: root.to_path_buf(),
+        };
+        let file = addr_file(root, "member");
+        let mut process = spec.spawn(&spec.addr, "127.0.0.1:0", Some(&file));
+        let addresses = read_addr_file(&file, &mut process);
+        spec.admin = field(&addresses, "admin_addr");
+        Broker { spec, process }
+    }
 }
 
 /// `/v1/raft` of a broker, or `None` if it does not answer (down, starting, paused).

@@ -10,12 +10,44 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferromq_client::{Client, ConsumeMode, ConsumerConfig, Message, StartFrom};
-use ferromq_integration_tests::{http_get, start_nameserver, wait_for_route, within, Broker};
+use ferromq_integration_tests::{
+    http_get, start_nameserver, wait_for_route, within, Broker, Nameserver,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// What each consumer received: (queue, offset, body).
 type Received = Arc<Mutex<Vec<(u32, u64, String)>>>;
+
+/// A nameserver, a broker and a producer client, with the topic `orders` of `queues` queues.
+async fn setup(
+    queues: u32,
+    broker_env: &[(&str, &str)],
+) -> (tempfile::TempDir, Nameserver, Broker, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let broker = Broker::start(
+        &dir.path().join("b"),
+        &nameserver.addr,
+        dir.path(),
+        broker_env,
+    );
+    let client = new_client(&nameserver.addr, "producer").await;
+    client.create_topic("orders", queues).await.unwrap();
+    wait_for_route(&client, "orders", WAIT).await;
+    (dir, nameserver, broker, client)
+}
+
+/// Messages the broker delivered to `group` by pulls (`mq_messages_out_total`).
+fn messages_out(broker: &Broker, group: &str) -> f64 {
+    let (_, metrics) = http_get(&broker.spec.admin, "/metrics").unwrap();
+    let label = format!("group=\"{group}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mq_messages_out_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 
 async fn new_client(nameserver: &str, name: &str) -> Client {
     Client::builder()
@@ -114,12 +146,7 @@ fn member_count(broker: &Broker, group: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clustering_members_share_queues_and_take_over_a_dead_member_without_gaps() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 8).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, nameserver, broker, client) = setup(8, &[]).await;
 
     let config = ConsumerConfig {
         heartbeat_interval_ms: 500,
@@ -179,17 +206,8 @@ async fn clustering_members_share_queues_and_take_over_a_dead_member_without_gap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_member_is_dropped_after_its_heartbeats_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let broker = Broker::start(
-        &dir.path().join("b"),
-        &nameserver.addr,
-        dir.path(),
-        &[("FERROMQ_CONSUMER_EXPIRY_MS", "1500")],
-    );
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 4).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, nameserver, broker, _client) =
+        setup(4, &[("FERROMQ_CONSUMER_EXPIRY_MS", "1500")]).await;
     // A member whose heartbeats stop but whose connection stays open: a hung process.
     let hung = ConsumerConfig {
         heartbeat_interval_ms: 3_600_000,
@@ -208,12 +226,7 @@ async fn a_silent_member_is_dropped_after_its_heartbeats_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_members_each_read_everything_and_resume_under_their_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 4).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, nameserver, _broker, client) = setup(4, &[]).await;
     let sent = send(&client, "news", 100).await;
 
     let broadcast = |name: &str| ConsumerConfig {
@@ -268,12 +281,7 @@ async fn broadcast_members_each_read_everything_and_resume_under_their_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_can_start_from_a_point_in_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 2).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, _nameserver, _broker, client) = setup(2, &[]).await;
     send(&client, "old", 50).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let since = SystemTime::now()
@@ -306,12 +314,7 @@ async fn a_new_group_can_start_from_a_point_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_shows_what_a_group_has_not_consumed_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 2).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, nameserver, broker, client) = setup(2, &[]).await;
     send(&client, "pending", 100).await;
     let mut consumer = client
         .consumer("slow")
@@ -359,12 +362,7 @@ async fn lag_shows_what_a_group_has_not_consumed_yet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resetting_offsets_moves_a_running_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 1).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, _nameserver, broker, client) = setup(1, &[]).await;
     let sent = send(&client, "replay", 30).await;
     let mut consumer = client
         .consumer("replayers")
@@ -410,12 +408,7 @@ async fn resetting_offsets_moves_a_running_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sql_selector_delivers_exactly_the_matching_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 2).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, _nameserver, broker, client) = setup(2, &[]).await;
     let producer = client.producer();
     let mut wanted = BTreeSet::new();
     for i in 0..200u32 {
@@ -463,23 +456,12 @@ async fn an_sql_selector_delivers_exactly_the_matching_messages() {
     let lags = client.lag("picky", "orders").await.unwrap();
     assert_eq!(lags.iter().map(|l| l.queue.lag).sum::<u64>(), 0, "{lags:?}");
     // The broker did the filtering: it sent only the selected messages.
-    let (_, metrics) = http_get(&broker.spec.admin, "/metrics").unwrap();
-    let sent_out: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mq_messages_out_total") && l.contains("group=\"picky\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(sent_out as usize, wanted.len());
+    assert_eq!(messages_out(&broker, "picky") as usize, wanted.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_slows_pulling_instead_of_buffering_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 1).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, _nameserver, broker, client) = setup(1, &[]).await;
     send(&client, "backlog", 300).await;
     let mut consumer = client
         .consumer("slow")
@@ -493,12 +475,7 @@ async fn a_slow_consumer_slows_pulling_instead_of_buffering_everything() {
         .unwrap();
     within(WAIT, consumer.recv()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, metrics) = http_get(&broker.spec.admin, "/metrics").unwrap();
-    let pulled: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mq_messages_out_total") && l.contains("group=\"slow\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let pulled = messages_out(&broker, "slow");
     assert!(
         pulled <= 11.0,
         "pulled {pulled} messages for a consumer that took 1"
@@ -512,12 +489,7 @@ async fn a_slow_consumer_slows_pulling_instead_of_buffering_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_times_out_gets_the_message_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 1).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, _nameserver, _broker, client) = setup(1, &[]).await;
     send(&client, "once", 1).await;
     let consumer = client
         .consumer("patient")
@@ -561,12 +533,7 @@ async fn a_handler_that_times_out_gets_the_message_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_finds_messages_by_key_and_by_position() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
-    let client = new_client(&nameserver.addr, "producer").await;
-    client.create_topic("orders", 1).await.unwrap();
-    wait_for_route(&client, "orders", WAIT).await;
+    let (_dir, _nameserver, broker, client) = setup(1, &[]).await;
     let producer = client.producer();
     for i in 0..5 {
         producer

@@ -166,12 +166,7 @@ async fn change_members(
     State(core): State<Arc<BrokerCore>>,
     request: Result<Json<MemberRequest>, JsonRejection>,
 ) -> Result<Json<MembersView>, ApiError> {
-    let Json(request) = request.map_err(|rejection| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_request",
-        message: rejection.body_text(),
-        retriable: false,
-    })?;
+    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
     let change = match request {
         MemberRequest::Add {
             id,
@@ -203,16 +198,8 @@ fn membership_error(core: &BrokerCore, err: MembershipError) -> ApiError {
         }
     };
     let mut message = err.to_string();
-    if let MembershipError::NotLeader {
-        leader_id: Some(leader),
-    } = err
-    {
-        if let Some(address) = core.members.get(leader) {
-            message = format!(
-                "{message}; send it to node {leader} (client address {})",
-                address.client_addr
-            );
-        }
+    if let MembershipError::NotLeader { leader_id } = err {
+        message.push_str(&leader_hint(core, leader_id));
     }
     ApiError {
         status,
@@ -220,6 +207,15 @@ fn membership_error(core: &BrokerCore, err: MembershipError) -> ApiError {
         message,
         retriable,
     }
+}
+
+/// Where to send a request this broker refused as not the leader.
+fn leader_hint(core: &BrokerCore, leader_id: Option<u64>) -> String {
+    leader_id
+        .and_then(|id| core.member_addr(id).map(|addr| (id, addr)))
+        .map_or_else(String::new, |(id, addr)| {
+            format!("; send it to node {id} (client address {addr})")
+        })
 }
 
 #[derive(Serialize)]
@@ -237,12 +233,7 @@ async fn transfer_leader(
     State(core): State<Arc<BrokerCore>>,
     target: Result<Query<TransferTarget>, QueryRejection>,
 ) -> Result<Json<Transferred>, ApiError> {
-    let Query(target) = target.map_err(|rejection| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_request",
-        message: rejection.body_text(),
-        retriable: false,
-    })?;
+    let Query(target) = target.map_err(|rejection| bad_request(rejection.body_text()))?;
     match hand_over_leadership(&core, target.to).await {
         Ok(leader_id) => Ok(Json(Transferred { leader_id })),
         Err(message) => Err(ApiError {
@@ -536,15 +527,13 @@ async fn reset_offsets(
         Ok(ferromq_store::ApplyOutcome::OffsetsCommitted) => {}
         Ok(other) => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
         Err(ferromq_raftlog::ProposeError::NotLeader { leader_id }) => {
-            let leader = leader_id
-                .and_then(|id| core.member_addr(id))
-                .map_or_else(String::new, |addr| {
-                    format!("; the leader's client address is {addr}")
-                });
             return Err(ApiError {
                 status: StatusCode::CONFLICT,
                 code: "not_leader",
-                message: format!("this broker is not the leader{leader}"),
+                message: format!(
+                    "this broker is not the leader{}",
+                    leader_hint(&core, leader_id)
+                ),
                 retriable: true,
             });
         }
@@ -587,18 +576,8 @@ async fn group_lag(
     Path(group): Path<String>,
     query: Result<Query<LagQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TopicLag>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_request",
-        message: rejection.body_text(),
-        retriable: false,
-    })?;
-    ferromq_protocol::message::validate_group(&group).map_err(|message| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_request",
-        message,
-        retriable: false,
-    })?;
+    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    ferromq_protocol::message::validate_group(&group).map_err(bad_request)?;
     let store = core.store.clone();
     let lags = tokio::task::spawn_blocking(move || {
         let topics: Vec<String> = match query.topic {

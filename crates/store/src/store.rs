@@ -195,14 +195,7 @@ impl Store {
             .is_none_or(|c| c.applied_index < start.index);
         if start.index > 0 && behind_start {
             // Derived state older than the log start: a snapshot install was interrupted.
-            let bytes = snapshots.read(start.index)?.ok_or_else(|| {
-                StoreError::Inconsistent(format!(
-                    "the log starts after index {} but neither a checkpoint nor a snapshot \
-                     base covers it",
-                    start.index
-                ))
-            })?;
-            let base = SnapshotBase::decode(&bytes)?;
+            let base = base_at(&snapshots, start.index)?;
             checkpoint = Some(restore_from_base(dir, &config, &db, &base)?);
             info!(index = base.index, "finished installing a snapshot");
         }
@@ -225,14 +218,7 @@ impl Store {
             );
             let base = match start.index {
                 0 => SnapshotBase::default(),
-                index => {
-                    let bytes = snapshots.read(index)?.ok_or_else(|| {
-                        StoreError::Inconsistent(format!(
-                            "no snapshot base at the log start {index}"
-                        ))
-                    })?;
-                    SnapshotBase::decode(&bytes)?
-                }
+                index => base_at(&snapshots, index)?,
             };
             checkpoint = restore_from_base(dir, &config, &db, &base)?;
         }
@@ -244,16 +230,7 @@ impl Store {
             )));
         }
 
-        let mut queues = HashMap::new();
-        for (topic, queue_id, length) in &checkpoint.queues {
-            let queue = ConsumeQueue::open(
-                &queue_dir(dir, topic, *queue_id),
-                config.cq_units_per_file,
-                *length,
-            )?;
-            queue.trim_before(log.start_position())?;
-            queues.insert((topic.clone(), *queue_id), Arc::new(queue));
-        }
+        let queues = open_queues(dir, &config, &checkpoint, log.start_position())?;
         remove_unlisted_queue_dirs(&dir.join("cq"), &queues)?;
 
         let topics = db
@@ -461,16 +438,8 @@ impl Store {
             self.log_start_position
                 .store(self.log.start_position(), Ordering::Release);
             let checkpoint = restore_from_base(&self.dir, &self.config, &self.db, &base)?;
-            let mut queues = HashMap::new();
-            for (topic, queue_id, length) in &checkpoint.queues {
-                let queue = ConsumeQueue::open(
-                    &queue_dir(&self.dir, topic, *queue_id),
-                    self.config.cq_units_per_file,
-                    *length,
-                )?;
-                queues.insert((topic.clone(), *queue_id), Arc::new(queue));
-            }
-            *self.queues.write() = queues;
+            let start = self.log.start_position();
+            *self.queues.write() = open_queues(&self.dir, &self.config, &checkpoint, start)?;
             *self.topics.write() = base
                 .topics
                 .iter()
@@ -1031,6 +1000,37 @@ impl Store {
         );
         Ok(Some(point))
     }
+}
+
+/// The snapshot base saved at `index`, which must exist (the log starts after it).
+fn base_at(snapshots: &SnapshotDir, index: u64) -> Result<SnapshotBase> {
+    let bytes = snapshots.read(index)?.ok_or_else(|| {
+        StoreError::Inconsistent(format!(
+            "the log starts after index {index} but neither a checkpoint nor a snapshot base \
+             covers it"
+        ))
+    })?;
+    SnapshotBase::decode(&bytes)
+}
+
+/// Opens the consume queues a checkpoint lists, cut to its lengths and to the log start.
+fn open_queues(
+    dir: &Path,
+    config: &StoreConfig,
+    checkpoint: &Checkpoint,
+    log_start_position: u64,
+) -> Result<HashMap<QueueKey, Arc<ConsumeQueue>>> {
+    let mut queues = HashMap::new();
+    for (topic, queue_id, length) in &checkpoint.queues {
+        let queue = ConsumeQueue::open(
+            &queue_dir(dir, topic, *queue_id),
+            config.cq_units_per_file,
+            *length,
+        )?;
+        queue.trim_before(log_start_position)?;
+        queues.insert((topic.clone(), *queue_id), Arc::new(queue));
+    }
+    Ok(queues)
 }
 
 /// Writes a snapshot base's derived state to disk (RocksDB, empty consume queues at the
