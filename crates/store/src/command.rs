@@ -2,18 +2,50 @@
 //! Raft and applied by every replica in the same order.
 //!
 //! Layout: `tag u8 | body`. Messages are laid out by hand so apply can point consume-queue units
-//! straight at each record: `topic: u16 len + utf8 | queue_id u32 | count u32 | count × (u32 len
-//! + record)`. Other commands are small and encoded with `ferromq_protocol::codec`.
+//! straight at each record: `[prefix] | topic: u16 len + utf8 | queue_id u32 | count u32 |
+//! count × (u32 len + record)`, where the prefix depends on the kind (see [`MessagesKind`]).
+//! Other commands are small and encoded with `ferromq_protocol::codec`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ferromq_protocol::{codec, headers::TopicConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::state::ScheduledMessage;
 
 const TAG_MESSAGES: u8 = 1;
 const TAG_COMMIT_OFFSETS: u8 = 2;
 const TAG_CREATE_TOPIC: u8 = 3;
+const TAG_INTERNAL_MESSAGES: u8 = 4;
+const TAG_SCHEDULE: u8 = 5;
+const TAG_DELIVER: u8 = 6;
+const TAG_CANCEL_SCHEDULED: u8 = 7;
+
+/// What a messages entry does with its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessagesKind {
+    /// A producer's send: appended to the queue; a retried send is recognised by its first
+    /// message id and not stored twice.
+    Send,
+    /// Copies the broker makes (dead letters, re-sends): appended, never deduplicated (they
+    /// keep the original's message id on purpose).
+    Internal,
+    /// Held back until `due_ms`, then delivered by the leader's timer (prefix `dedup u8 |
+    /// due_ms u64`). `dedup` for producers' sends, not for the broker's retries.
+    Schedule { due_ms: u64, dedup: bool },
+    /// Scheduled records that fell due: appended, and removed from the schedule (prefix
+    /// `count u32 | count × due_ms u64`, one due time per record).
+    Deliver { due_ms: Vec<u64> },
+}
+
+/// Recalls a scheduled message before it is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelScheduled {
+    pub due_ms: u64,
+    pub id: [u8; 16],
+    /// The topic it was to be delivered to.
+    pub topic: String,
+}
 
 /// A consumer group's progress on some queues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +61,7 @@ pub enum Command {
     /// An empty entry: what a new Raft leader appends first.
     Noop,
     Messages {
+        kind: MessagesKind,
         topic: String,
         queue_id: u32,
         /// Each record with its offset inside the payload.
@@ -36,15 +69,19 @@ pub enum Command {
     },
     CommitOffsets(CommitOffsets),
     CreateTopic(TopicConfig),
+    CancelScheduled(CancelScheduled),
 }
 
-/// Bytes before the first length-prefixed record of a messages payload.
-pub fn messages_header_len(topic: &str) -> usize {
-    1 + 2 + topic.len() + 4 + 4
+fn prefix_len(kind: &MessagesKind) -> usize {
+    match kind {
+        MessagesKind::Send | MessagesKind::Internal => 0,
+        MessagesKind::Schedule { .. } => 1 + 8,
+        MessagesKind::Deliver { due_ms } => 4 + 8 * due_ms.len(),
+    }
 }
 
-/// Builds a messages payload from a send body (`count` length-prefixed records), stamping
-/// every record with `store_ts_ms`. The body must already be validated.
+/// Builds a producer's send payload from a send body (`count` length-prefixed records),
+/// stamping every record with `store_ts_ms`. The body must already be validated.
 pub fn encode_messages(
     topic: &str,
     queue_id: u32,
@@ -52,8 +89,43 @@ pub fn encode_messages(
     body: &[u8],
     store_ts_ms: u64,
 ) -> Vec<u8> {
-    let mut payload = BytesMut::with_capacity(messages_header_len(topic) + body.len());
-    payload.put_u8(TAG_MESSAGES);
+    encode_messages_of(
+        &MessagesKind::Send,
+        topic,
+        queue_id,
+        count,
+        body,
+        store_ts_ms,
+    )
+}
+
+/// Builds a messages payload of any kind; see [`encode_messages`].
+pub fn encode_messages_of(
+    kind: &MessagesKind,
+    topic: &str,
+    queue_id: u32,
+    count: u32,
+    body: &[u8],
+    store_ts_ms: u64,
+) -> Vec<u8> {
+    let mut payload =
+        BytesMut::with_capacity(1 + prefix_len(kind) + 2 + topic.len() + 8 + body.len());
+    match kind {
+        MessagesKind::Send => payload.put_u8(TAG_MESSAGES),
+        MessagesKind::Internal => payload.put_u8(TAG_INTERNAL_MESSAGES),
+        MessagesKind::Schedule { due_ms, dedup } => {
+            payload.put_u8(TAG_SCHEDULE);
+            payload.put_u8(u8::from(*dedup));
+            payload.put_u64(*due_ms);
+        }
+        MessagesKind::Deliver { due_ms } => {
+            payload.put_u8(TAG_DELIVER);
+            payload.put_u32(due_ms.len() as u32);
+            for due in due_ms {
+                payload.put_u64(*due);
+            }
+        }
+    }
     payload.put_u16(topic.len() as u16);
     payload.put_slice(topic.as_bytes());
     payload.put_u32(queue_id);
@@ -78,6 +150,29 @@ pub fn encode_messages(
     payload.to_vec()
 }
 
+/// A deliver entry for due scheduled messages, all bound for the same queue (the caller
+/// groups them), stamped with the delivery time.
+pub fn encode_deliver(due: &[ScheduledMessage], store_ts_ms: u64) -> Vec<u8> {
+    let Some(first) = due.first() else {
+        return Vec::new();
+    };
+    let mut body = BytesMut::new();
+    for message in due {
+        ferromq_protocol::message::put_length_prefixed(&mut body, &message.record);
+    }
+    let kind = MessagesKind::Deliver {
+        due_ms: due.iter().map(|m| m.due_ms).collect(),
+    };
+    encode_messages_of(
+        &kind,
+        &first.topic,
+        first.queue_id,
+        due.len() as u32,
+        &body,
+        store_ts_ms,
+    )
+}
+
 pub fn encode_commit_offsets(commit: &CommitOffsets) -> Vec<u8> {
     let mut payload = vec![TAG_COMMIT_OFFSETS];
     payload.extend_from_slice(&codec::encode(commit));
@@ -87,6 +182,12 @@ pub fn encode_commit_offsets(commit: &CommitOffsets) -> Vec<u8> {
 pub fn encode_create_topic(topic: &TopicConfig) -> Vec<u8> {
     let mut payload = vec![TAG_CREATE_TOPIC];
     payload.extend_from_slice(&codec::encode(topic));
+    payload
+}
+
+pub fn encode_cancel_scheduled(cancel: &CancelScheduled) -> Vec<u8> {
+    let mut payload = vec![TAG_CANCEL_SCHEDULED];
+    payload.extend_from_slice(&codec::encode(cancel));
     payload
 }
 
@@ -102,41 +203,44 @@ pub fn decode(payload: &Bytes) -> Result<Command, StoreError> {
         return Ok(Command::Noop);
     };
     match tag {
-        TAG_MESSAGES => {
-            let mut buf = payload.slice(1..);
-            if buf.remaining() < 2 {
-                return Err(bad("truncated topic"));
+        TAG_MESSAGES => decode_messages(payload, 1, MessagesKind::Send),
+        TAG_INTERNAL_MESSAGES => decode_messages(payload, 1, MessagesKind::Internal),
+        TAG_SCHEDULE => {
+            let mut prefix = payload.slice(1..);
+            if prefix.remaining() < 9 {
+                return Err(bad("truncated schedule prefix"));
             }
-            let topic_len = buf.get_u16() as usize;
-            if buf.remaining() < topic_len + 8 {
-                return Err(bad("truncated messages header"));
-            }
-            let topic = String::from_utf8(buf.split_to(topic_len).to_vec())
-                .map_err(|_| bad("topic is not UTF-8"))?;
-            let queue_id = buf.get_u32();
-            let count = buf.get_u32() as usize;
-            let mut records = Vec::with_capacity(count.min(1 << 16));
-            let mut at = messages_header_len(&topic);
-            for _ in 0..count {
-                if buf.remaining() < 4 {
-                    return Err(bad("truncated record length"));
-                }
-                let len = buf.get_u32() as usize;
-                if buf.remaining() < len {
-                    return Err(bad("truncated record"));
-                }
-                records.push((at + 4, buf.split_to(len)));
-                at += 4 + len;
-            }
-            if buf.has_remaining() {
-                return Err(bad("trailing bytes after records"));
-            }
-            Ok(Command::Messages {
-                topic,
-                queue_id,
-                records,
-            })
+            let dedup = prefix.get_u8() != 0;
+            let due_ms = prefix.get_u64();
+            decode_messages(payload, 10, MessagesKind::Schedule { due_ms, dedup })
         }
+        TAG_DELIVER => {
+            let mut prefix = payload.slice(1..);
+            if prefix.remaining() < 4 {
+                return Err(bad("truncated deliver prefix"));
+            }
+            let count = prefix.get_u32() as usize;
+            if prefix.remaining() < count.saturating_mul(8) {
+                return Err(bad("truncated deliver due times"));
+            }
+            let due_ms: Vec<u64> = (0..count).map(|_| prefix.get_u64()).collect();
+            let command =
+                decode_messages(payload, 5 + 8 * count, MessagesKind::Deliver { due_ms })?;
+            if let Command::Messages {
+                kind: MessagesKind::Deliver { due_ms },
+                records,
+                ..
+            } = &command
+            {
+                if due_ms.len() != records.len() {
+                    return Err(bad("deliver entry: one due time per record expected"));
+                }
+            }
+            Ok(command)
+        }
+        TAG_CANCEL_SCHEDULED => codec::decode(&payload[1..])
+            .map(Command::CancelScheduled)
+            .map_err(|err| bad(err.to_string())),
         TAG_COMMIT_OFFSETS => codec::decode(&payload[1..])
             .map(Command::CommitOffsets)
             .map_err(|err| bad(err.to_string())),
@@ -145,6 +249,44 @@ pub fn decode(payload: &Bytes) -> Result<Command, StoreError> {
             .map_err(|err| bad(err.to_string())),
         other => Err(bad(format!("unknown command tag {other}"))),
     }
+}
+
+/// Decodes the messages layout starting at `at` (after the tag and the kind's prefix).
+fn decode_messages(payload: &Bytes, at: usize, kind: MessagesKind) -> Result<Command, StoreError> {
+    let mut buf = payload.slice(at..);
+    if buf.remaining() < 2 {
+        return Err(bad("truncated topic"));
+    }
+    let topic_len = buf.get_u16() as usize;
+    if buf.remaining() < topic_len + 8 {
+        return Err(bad("truncated messages header"));
+    }
+    let topic = String::from_utf8(buf.split_to(topic_len).to_vec())
+        .map_err(|_| bad("topic is not UTF-8"))?;
+    let queue_id = buf.get_u32();
+    let count = buf.get_u32() as usize;
+    let mut records = Vec::with_capacity(count.min(1 << 16));
+    let mut offset = at + 2 + topic_len + 8;
+    for _ in 0..count {
+        if buf.remaining() < 4 {
+            return Err(bad("truncated record length"));
+        }
+        let len = buf.get_u32() as usize;
+        if buf.remaining() < len {
+            return Err(bad("truncated record"));
+        }
+        records.push((offset + 4, buf.split_to(len)));
+        offset += 4 + len;
+    }
+    if buf.has_remaining() {
+        return Err(bad("trailing bytes after records"));
+    }
+    Ok(Command::Messages {
+        kind,
+        topic,
+        queue_id,
+        records,
+    })
 }
 
 #[cfg(test)]
@@ -173,6 +315,7 @@ mod tests {
             topic,
             queue_id,
             records,
+            ..
         } = decode(&payload).unwrap()
         else {
             panic!("not messages");
@@ -187,6 +330,55 @@ mod tests {
     }
 
     #[test]
+    fn every_messages_kind_round_trips_with_record_offsets() {
+        let ids = MessageIdGenerator::default();
+        let mut body = BytesMut::new();
+        for i in 0..2 {
+            let mut record = BytesMut::new();
+            encode_record(
+                ids.next_id(),
+                1,
+                &Message::new("T", vec![i; 5]),
+                &mut record,
+            );
+            put_length_prefixed(&mut body, &record);
+        }
+        let kinds = [
+            MessagesKind::Internal,
+            MessagesKind::Schedule {
+                due_ms: 99,
+                dedup: true,
+            },
+            MessagesKind::Deliver { due_ms: vec![7, 8] },
+        ];
+        for kind in kinds {
+            let payload = Bytes::from(encode_messages_of(&kind, "T", 1, 2, &body, 5));
+            let Command::Messages {
+                kind: decoded,
+                records,
+                ..
+            } = decode(&payload).unwrap()
+            else {
+                panic!("not messages");
+            };
+            assert_eq!(decoded, kind);
+            for (offset, record) in records {
+                assert_eq!(&payload[offset..offset + record.len()], &record[..]);
+                assert_eq!(peek_record(&record).unwrap().store_ts_ms, 5);
+            }
+        }
+        let one_due_for_two_records = Bytes::from(encode_messages_of(
+            &MessagesKind::Deliver { due_ms: vec![7] },
+            "T",
+            1,
+            2,
+            &body,
+            5,
+        ));
+        assert!(decode(&one_due_for_two_records).is_err());
+    }
+
+    #[test]
     fn other_commands_round_trip() {
         let commit = CommitOffsets {
             group: "g".into(),
@@ -195,6 +387,15 @@ mod tests {
         assert_eq!(
             decode(&Bytes::from(encode_commit_offsets(&commit))).unwrap(),
             Command::CommitOffsets(commit)
+        );
+        let cancel = CancelScheduled {
+            due_ms: 5,
+            id: [3; 16],
+            topic: "T".into(),
+        };
+        assert_eq!(
+            decode(&Bytes::from(encode_cancel_scheduled(&cancel))).unwrap(),
+            Command::CancelScheduled(cancel)
         );
         assert_eq!(decode(&Bytes::new()).unwrap(), Command::Noop);
         assert!(decode(&Bytes::from_static(&[99])).is_err());

@@ -6,7 +6,9 @@
 //! A base holds what applying the entries up to its index produced (topics, consumer offsets,
 //! consume-queue lengths, the idempotent-producer window) and the Raft layer's replicated
 //! values (membership). Message bodies are not in it: they stay in the log, and the entries a
-//! base covers are exactly the ones retention has deleted.
+//! base covers are exactly the ones retention has deleted. Scheduled messages are the exception:
+//! they wait outside the log (their entries may be deleted before they are due), so the base
+//! carries them whole.
 //!
 //! File: `snapshots/<index, 20 digits>.snap` = `crc32c u32 | bincode(SnapshotBase)`, written to
 //! a temporary name, synced, renamed and the directory synced.
@@ -22,6 +24,7 @@ use crate::commit_log::LogPoint;
 use crate::dedup::StoredSend;
 use crate::durable::sync_dir;
 use crate::error::{Result, StoreError};
+use crate::state::ScheduledMessage;
 
 /// Raft-layer values (in the `raft` column family) that are replicated state, not per-node
 /// state: they travel in snapshots. Hard state (term, vote) never does.
@@ -40,6 +43,8 @@ pub struct SnapshotBase {
     pub recent_sends: Vec<StoredSend>,
     /// (key, value) of [`REPLICATED_RAFT_KEYS`] that were set.
     pub raft_values: Vec<(String, Vec<u8>)>,
+    /// Messages waiting for their delivery time.
+    pub scheduled: Vec<ScheduledMessage>,
 }
 
 impl SnapshotBase {

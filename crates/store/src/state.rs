@@ -1,6 +1,7 @@
 //! RocksDB state: Raft's hard and conf state (written with the WAL, synced when Raft asks),
-//! and the derived state apply maintains: topics, consumer offsets, the key index, and the
-//! checkpoint that says how far all derived state is durable.
+//! and the derived state apply maintains: topics, consumer offsets, the key and message-id
+//! index, scheduled messages (with their records: they outlive the log segments they came in),
+//! and the checkpoint that says how far all derived state is durable.
 //!
 //! Derived writes skip the WAL: they are rebuilt from the log after a crash, starting at the
 //! checkpoint, which is only written after the consume queues are synced and RocksDB's memtables
@@ -25,7 +26,14 @@ const CF_META: &str = "meta";
 const CF_TOPICS: &str = "topics";
 const CF_OFFSETS: &str = "offsets";
 const CF_KEYS: &str = "keys";
-const DERIVED_CFS: [&str; 3] = [CF_TOPICS, CF_OFFSETS, CF_KEYS];
+/// `due_ms u64 | id [16] | topic` → `queue_id u32 | record`, in due order for the timer.
+const CF_SCHEDULE: &str = "schedule";
+/// `id [16] | topic` → `due_ms u64`, to find a scheduled message by its id.
+const CF_SCHEDULE_IDS: &str = "schedule_ids";
+const DERIVED_CFS: [&str; 5] = [CF_TOPICS, CF_OFFSETS, CF_KEYS, CF_SCHEDULE, CF_SCHEDULE_IDS];
+/// Message-id entries share the key index's column family (and its retention by position);
+/// they start with a byte no topic name starts with.
+const ID_INDEX_PREFIX: u8 = 0;
 
 const KEY_LOG_START: &[u8] = b"log_start";
 const KEY_CHECKPOINT: &[u8] = b"checkpoint";
@@ -48,6 +56,67 @@ pub struct KeyHit {
     pub queue_offset: u64,
     pub position: u64,
     pub size: u32,
+}
+
+/// Where a message with a given id is (the original and every copy: retries, dead letter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdHit {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub position: u64,
+    pub size: u32,
+}
+
+/// A message waiting for its delivery time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledMessage {
+    pub due_ms: u64,
+    pub id: [u8; 16],
+    /// Where it will be delivered.
+    pub topic: String,
+    pub queue_id: u32,
+    pub record: Vec<u8>,
+}
+
+fn schedule_key(due_ms: u64, id: &[u8; 16], topic: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24 + topic.len());
+    key.extend_from_slice(&due_ms.to_be_bytes());
+    key.extend_from_slice(id);
+    key.extend_from_slice(topic.as_bytes());
+    key
+}
+
+fn schedule_id_key(id: &[u8; 16], topic: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + topic.len());
+    key.extend_from_slice(id);
+    key.extend_from_slice(topic.as_bytes());
+    key
+}
+
+fn decode_scheduled(key: &[u8], value: &[u8]) -> Result<ScheduledMessage> {
+    if key.len() < 24 || value.len() < 4 {
+        return Err(StoreError::Decode {
+            what: "scheduled message",
+            reason: format!("key of {} bytes, value of {}", key.len(), value.len()),
+        });
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&key[8..24]);
+    Ok(ScheduledMessage {
+        due_ms: decode_u64(&key[..8], "scheduled message due time")?,
+        id,
+        topic: String::from_utf8_lossy(&key[24..]).into_owned(),
+        queue_id: u32::from_be_bytes([value[0], value[1], value[2], value[3]]),
+        record: value[4..].to_vec(),
+    })
+}
+
+fn id_prefix(id: &[u8; 16]) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(17);
+    prefix.push(ID_INDEX_PREFIX);
+    prefix.extend_from_slice(id);
+    prefix
 }
 
 pub struct StateDb {
@@ -133,6 +202,8 @@ impl StateDb {
             ColumnFamilyDescriptor::new(CF_TOPICS, Options::default()),
             ColumnFamilyDescriptor::new(CF_OFFSETS, Options::default()),
             ColumnFamilyDescriptor::new(CF_KEYS, keys_options),
+            ColumnFamilyDescriptor::new(CF_SCHEDULE, Options::default()),
+            ColumnFamilyDescriptor::new(CF_SCHEDULE_IDS, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
         let mut derived_writes = WriteOptions::default();
@@ -251,6 +322,110 @@ impl StateDb {
         Ok(hits)
     }
 
+    /// Every copy of the message with this id (the original, retries, its dead letter), in log
+    /// order; entries before `log_start_position` are skipped.
+    pub fn find_by_id(&self, id: &[u8; 16], log_start_position: u64) -> Result<Vec<IdHit>> {
+        let prefix = id_prefix(id);
+        let mut hits = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_KEYS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || hits.len() >= 1024 {
+                break;
+            }
+            let position = decode_u64(&k[prefix.len()..], "id index position")?;
+            if position < log_start_position || v.len() < 16 {
+                continue;
+            }
+            hits.push(IdHit {
+                queue_id: u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+                queue_offset: decode_u64(&v[4..12], "id index offset")?,
+                size: u32::from_be_bytes([v[12], v[13], v[14], v[15]]),
+                topic: String::from_utf8_lossy(&v[16..]).into_owned(),
+                position,
+            });
+        }
+        Ok(hits)
+    }
+
+    /// Scheduled messages due at or before `due_by_ms`, from `after` (a due time: earlier ones
+    /// are skipped), in due order, at most `limit`.
+    pub fn scheduled_due(
+        &self,
+        after_ms: u64,
+        due_by_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ScheduledMessage>> {
+        let mut due = Vec::new();
+        let from = after_ms.to_be_bytes();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_SCHEDULE),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            let message = decode_scheduled(&key, &value)?;
+            if message.due_ms > due_by_ms || due.len() >= limit {
+                break;
+            }
+            due.push(message);
+        }
+        Ok(due)
+    }
+
+    /// Every scheduled message (for a snapshot base).
+    pub fn all_scheduled(&self) -> Result<Vec<ScheduledMessage>> {
+        self.scheduled_due(0, u64::MAX, usize::MAX)
+    }
+
+    /// The scheduled message with this id bound for `topic`, if it is still waiting.
+    pub fn scheduled_by_id(&self, id: &[u8; 16], topic: &str) -> Result<Option<ScheduledMessage>> {
+        let Some(due) = self
+            .db
+            .get_cf(self.cf(CF_SCHEDULE_IDS), schedule_id_key(id, topic))?
+        else {
+            return Ok(None);
+        };
+        let due_ms = decode_u64(&due, "scheduled message due time")?;
+        let key = schedule_key(due_ms, id, topic);
+        match self.db.get_cf(self.cf(CF_SCHEDULE), &key)? {
+            Some(value) => Ok(Some(decode_scheduled(&key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Scheduled messages with this id, whatever their topic: (due time, topic).
+    pub fn scheduled_with_id(&self, id: &[u8; 16]) -> Result<Vec<(u64, String)>> {
+        let mut found = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_SCHEDULE_IDS),
+            IteratorMode::From(id, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(id) {
+                break;
+            }
+            found.push((
+                decode_u64(&value, "scheduled message due time")?,
+                String::from_utf8_lossy(&key[16..]).into_owned(),
+            ));
+        }
+        Ok(found)
+    }
+
+    /// About how many messages are scheduled (RocksDB's estimate).
+    pub fn scheduled_estimate(&self) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(CF_SCHEDULE_IDS), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     /// Every consumer offset: (group, topic, queue id, offset).
     pub fn all_offsets(&self) -> Result<Vec<(String, String, u32, u64)>> {
         let mut offsets = Vec::new();
@@ -279,16 +454,19 @@ impl StateDb {
         Ok(offsets)
     }
 
-    /// Replaces all derived state (topics, offsets, key index) with a snapshot's, durably.
+    /// Replaces all derived state (topics, offsets, key index, schedule) with a snapshot's,
+    /// durably.
     pub fn replace_derived(
         &self,
         topics: &[TopicConfig],
         offsets: &[(String, String, u32, u64)],
+        scheduled: &[ScheduledMessage],
     ) -> Result<()> {
-        // Keys are names (never starting with 0xff) followed by binary suffixes.
         for cf in DERIVED_CFS {
+            // Every key sorts below 17 bytes of 0xff: names never start with 0xff, and due
+            // times and ids that do are followed by more bytes or are smaller.
             self.db
-                .delete_range_cf(self.cf(cf), &b""[..], &b"\xff"[..])?;
+                .delete_range_cf(self.cf(cf), &b""[..], &[0xffu8; 32][..])?;
         }
         let mut batch = self.batch();
         for topic in topics {
@@ -296,6 +474,9 @@ impl StateDb {
         }
         for (group, topic, queue_id, offset) in offsets {
             batch.put_offset(group, topic, *queue_id, *offset);
+        }
+        for message in scheduled {
+            batch.put_scheduled(message);
         }
         batch.write()?;
         for cf in DERIVED_CFS {
@@ -343,6 +524,42 @@ impl DerivedBatch<'_> {
         v.extend_from_slice(&hit.queue_offset.to_be_bytes());
         v.extend_from_slice(&hit.size.to_be_bytes());
         self.batch.put_cf(self.db.cf(CF_KEYS), k, v);
+    }
+
+    /// Indexes a stored message (or copy) by its id.
+    pub fn put_id(&mut self, id: &[u8; 16], topic: &str, hit: KeyHit) {
+        let mut k = id_prefix(id);
+        k.extend_from_slice(&hit.position.to_be_bytes());
+        let mut v = Vec::with_capacity(16 + topic.len());
+        v.extend_from_slice(&hit.queue_id.to_be_bytes());
+        v.extend_from_slice(&hit.queue_offset.to_be_bytes());
+        v.extend_from_slice(&hit.size.to_be_bytes());
+        v.extend_from_slice(topic.as_bytes());
+        self.batch.put_cf(self.db.cf(CF_KEYS), k, v);
+    }
+
+    pub fn put_scheduled(&mut self, message: &ScheduledMessage) {
+        let mut value = Vec::with_capacity(4 + message.record.len());
+        value.extend_from_slice(&message.queue_id.to_be_bytes());
+        value.extend_from_slice(&message.record);
+        self.batch.put_cf(
+            self.db.cf(CF_SCHEDULE),
+            schedule_key(message.due_ms, &message.id, &message.topic),
+            value,
+        );
+        self.batch.put_cf(
+            self.db.cf(CF_SCHEDULE_IDS),
+            schedule_id_key(&message.id, &message.topic),
+            message.due_ms.to_be_bytes(),
+        );
+    }
+
+    /// Forgets a scheduled message (delivered or cancelled); nothing if it is not there.
+    pub fn delete_scheduled(&mut self, due_ms: u64, id: &[u8; 16], topic: &str) {
+        self.batch
+            .delete_cf(self.db.cf(CF_SCHEDULE), schedule_key(due_ms, id, topic));
+        self.batch
+            .delete_cf(self.db.cf(CF_SCHEDULE_IDS), schedule_id_key(id, topic));
     }
 
     pub fn write(self) -> Result<()> {

@@ -17,13 +17,13 @@ use ferromq_protocol::{
 use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 
-use crate::command::{self, Command};
+use crate::command::{self, Command, MessagesKind};
 use crate::commit_log::{CommitLog, LogPoint, OpenReport, RECORD_HEADER_BYTES};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::dedup::{DedupWindow, StoredSend};
 use crate::error::{Result, StoreError};
 use crate::snapshot::{SnapshotBase, SnapshotDir, REPLICATED_RAFT_KEYS};
-use crate::state::{Checkpoint, KeyHit, StateDb};
+use crate::state::{Checkpoint, IdHit, KeyHit, ScheduledMessage, StateDb};
 
 /// Raft's entry type for ordinary entries; other types (membership changes) carry no command.
 pub const ENTRY_NORMAL: u8 = 0;
@@ -86,6 +86,14 @@ pub enum ApplyOutcome {
         count: u32,
         store_ts_ms: u64,
     },
+    /// Held back until `due_ms` (see [`Store::scheduled_due`]).
+    Scheduled {
+        topic: String,
+        queue_id: u32,
+        due_ms: u64,
+        count: u32,
+    },
+    Cancelled,
     OffsetsCommitted,
     TopicCreated {
         created: bool,
@@ -406,6 +414,7 @@ impl Store {
             queues,
             recent_sends: self.dedup.lock().snapshot(),
             raft_values,
+            scheduled: self.db.all_scheduled()?,
         };
         self.snapshots.save(&base.encode(), point.index)
     }
@@ -552,25 +561,24 @@ impl Store {
                 }
                 ApplyOutcome::OffsetsCommitted
             }
+            Command::CancelScheduled(cancel) => {
+                batch.delete_scheduled(cancel.due_ms, &cancel.id, &cancel.topic);
+                ApplyOutcome::Cancelled
+            }
             Command::Messages {
+                kind,
                 topic,
                 queue_id,
                 records,
             } => {
                 let queues = self.topics.read().get(&topic).map(|t| t.queues);
-                match queues {
-                    None => {
-                        return Ok(ApplyOutcome::Rejected(format!(
-                            "topic {topic:?} does not exist"
-                        )))
-                    }
-                    Some(queues) if queue_id >= queues => {
-                        return Ok(ApplyOutcome::Rejected(format!(
-                            "queue {queue_id} out of range: topic {topic:?} has {queues} queues"
-                        )))
-                    }
-                    Some(_) => {}
-                }
+                let refused = match queues {
+                    None => Some(format!("topic {topic:?} does not exist")),
+                    Some(queues) if queue_id >= queues => Some(format!(
+                        "queue {queue_id} out of range: topic {topic:?} has {queues} queues"
+                    )),
+                    Some(_) => None,
+                };
                 // Check every record before changing anything: a bad one rejects the whole entry,
                 // the same way on every replica.
                 let mut peeks = Vec::with_capacity(records.len());
@@ -584,9 +592,25 @@ impl Store {
                         }
                     }
                 }
+                if let MessagesKind::Deliver { due_ms } = &kind {
+                    // Due messages leave the schedule even if their topic is gone meanwhile:
+                    // otherwise the timer would offer them forever.
+                    for ((_, record), due) in records.iter().zip(due_ms) {
+                        if let Some(id) = record_id(record) {
+                            batch.delete_scheduled(*due, &id, &topic);
+                        }
+                    }
+                }
+                if let Some(reason) = refused {
+                    return Ok(ApplyOutcome::Rejected(reason));
+                }
                 let first_id = peeks_first_id(&records);
                 let now_ms = peeks.first().map_or(0, |p| p.store_ts_ms);
-                let earlier = first_id.and_then(|id| {
+                let dedup_applies = matches!(
+                    kind,
+                    MessagesKind::Send | MessagesKind::Schedule { dedup: true, .. }
+                );
+                let earlier = first_id.filter(|_| dedup_applies).and_then(|id| {
                     staged
                         .iter()
                         .find(|send| send.first_id == id)
@@ -602,6 +626,38 @@ impl Store {
                         store_ts_ms: original.store_ts_ms,
                     });
                 }
+                let stage = |staged: &mut Vec<StoredSend>, first_offset: u64| {
+                    if let (true, Some(first_id)) = (dedup_applies, first_id) {
+                        staged.push(StoredSend {
+                            first_id,
+                            queue_id,
+                            first_offset,
+                            count: records.len() as u32,
+                            store_ts_ms: now_ms,
+                        });
+                    }
+                };
+                if let MessagesKind::Schedule { due_ms, .. } = kind {
+                    for (_, record) in &records {
+                        let Some(id) = record_id(record) else {
+                            continue;
+                        };
+                        batch.put_scheduled(&ScheduledMessage {
+                            due_ms,
+                            id,
+                            topic: topic.clone(),
+                            queue_id,
+                            record: record.to_vec(),
+                        });
+                    }
+                    stage(staged, 0);
+                    return Ok(ApplyOutcome::Scheduled {
+                        topic,
+                        queue_id,
+                        due_ms,
+                        count: records.len() as u32,
+                    });
+                }
                 let queue = self.queue_or_create(&topic, queue_id)?;
                 let slot = match pending.iter().position(|(q, _)| Arc::ptr_eq(q, &queue)) {
                     Some(slot) => slot,
@@ -611,49 +667,38 @@ impl Store {
                     }
                 };
                 let first_offset = queue.max_offset() + pending[slot].1.len() as u64;
-                let mut store_ts_ms = 0;
                 let mut bytes = 0u64;
                 for (i, ((offset_in_payload, record), peek)) in
                     records.iter().zip(&peeks).enumerate()
                 {
-                    store_ts_ms = peek.store_ts_ms;
                     let position =
                         entry.position + RECORD_HEADER_BYTES as u64 + *offset_in_payload as u64;
-                    let size = record.len() as u32;
+                    let hit = KeyHit {
+                        queue_id,
+                        queue_offset: first_offset + i as u64,
+                        position,
+                        size: record.len() as u32,
+                    };
                     bytes += record.len() as u64;
                     for key in &peek.keys {
-                        batch.put_key(
-                            &topic,
-                            key,
-                            KeyHit {
-                                queue_id,
-                                queue_offset: first_offset + i as u64,
-                                position,
-                                size,
-                            },
-                        );
+                        batch.put_key(&topic, key, hit);
+                    }
+                    if let Some(id) = record_id(record) {
+                        batch.put_id(&id, &topic, hit);
                     }
                     pending[slot].1.push(CqUnit {
                         position,
-                        size,
+                        size: hit.size,
                         tag_hash: tag_hash(peek.tag),
                     });
                 }
-                if let Some(first_id) = first_id {
-                    staged.push(StoredSend {
-                        first_id,
-                        queue_id,
-                        first_offset,
-                        count: records.len() as u32,
-                        store_ts_ms,
-                    });
-                }
+                stage(staged, first_offset);
                 ApplyOutcome::Appended {
                     topic,
                     queue_id,
                     first_offset,
                     count: records.len() as u32,
-                    store_ts_ms,
+                    store_ts_ms: peeks.last().map_or(0, |p| p.store_ts_ms),
                     bytes,
                 }
             }
@@ -908,6 +953,45 @@ impl Store {
             .collect()
     }
 
+    /// Every stored copy of the message with this id (the original, retries, its dead letter)
+    /// with its record, in log order.
+    pub fn find_by_id(&self, id: &[u8; 16]) -> Result<Vec<(IdHit, Bytes)>> {
+        let start = self.log_start_position.load(Ordering::Acquire);
+        self.db
+            .find_by_id(id, start)?
+            .into_iter()
+            .map(|hit| {
+                let record = self.log.read_at(hit.position, hit.size as usize)?;
+                Ok((hit, record))
+            })
+            .collect()
+    }
+
+    /// Scheduled messages due by `due_by_ms`, from due time `after_ms` on, in due order.
+    pub fn scheduled_due(
+        &self,
+        after_ms: u64,
+        due_by_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ScheduledMessage>> {
+        self.db.scheduled_due(after_ms, due_by_ms, limit)
+    }
+
+    /// The scheduled message with this id bound for `topic`, if it is still waiting.
+    pub fn scheduled_by_id(&self, id: &[u8; 16], topic: &str) -> Result<Option<ScheduledMessage>> {
+        self.db.scheduled_by_id(id, topic)
+    }
+
+    /// (due time, topic) of every waiting message with this id.
+    pub fn scheduled_with_id(&self, id: &[u8; 16]) -> Result<Vec<(u64, String)>> {
+        self.db.scheduled_with_id(id)
+    }
+
+    /// About how many messages wait for their delivery time.
+    pub fn scheduled_estimate(&self) -> u64 {
+        self.db.scheduled_estimate()
+    }
+
     /// Makes derived state durable up to the current applied index, so a restart replays only
     /// what comes after. Safe to call while apply runs.
     pub fn checkpoint(&self) -> Result<u64> {
@@ -1041,7 +1125,7 @@ fn restore_from_base(
     db: &StateDb,
     base: &SnapshotBase,
 ) -> Result<Checkpoint> {
-    db.replace_derived(&base.topics, &base.offsets)?;
+    db.replace_derived(&base.topics, &base.offsets, &base.scheduled)?;
     for (key, value) in &base.raft_values {
         db.save_raft_value(key, value, true)?;
     }
@@ -1065,6 +1149,11 @@ fn restore_from_base(
 
 fn peeks_first_id(records: &[(usize, Bytes)]) -> Option<[u8; 16]> {
     let (_, record) = records.first()?;
+    record_id(record)
+}
+
+/// The message id of a record (already checked by `peek_record`).
+fn record_id(record: &[u8]) -> Option<[u8; 16]> {
     record.get(2..18)?.try_into().ok()
 }
 

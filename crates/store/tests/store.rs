@@ -9,7 +9,10 @@ use ferromq_protocol::message::{
     decode_record, encode_record, put_length_prefixed, tag_hash, Message, MessageIdGenerator,
 };
 use ferromq_store::{
-    command::{encode_commit_offsets, encode_create_topic, encode_messages, CommitOffsets},
+    command::{
+        encode_cancel_scheduled, encode_commit_offsets, encode_create_topic, encode_deliver,
+        encode_messages, encode_messages_of, CancelScheduled, CommitOffsets, MessagesKind,
+    },
     default_topic, ApplyOutcome, CommittedEntry, LogEntry, ReadStatus, Store, StoreConfig,
     ENTRY_NORMAL,
 };
@@ -584,4 +587,125 @@ fn a_corrupt_log_opened_for_repair_is_cut_and_derived_state_rebuilt() {
         )],
     );
     assert_eq!(store.queue_offsets("T").unwrap()[0].2, max + 1);
+}
+
+fn scheduled_send(topic: &str, queue: u32, body: &Bytes, count: u32, due_ms: u64) -> Vec<u8> {
+    encode_messages_of(
+        &MessagesKind::Schedule {
+            due_ms,
+            dedup: true,
+        },
+        topic,
+        queue,
+        count,
+        body,
+        1,
+    )
+}
+
+#[test]
+fn scheduled_messages_wait_outside_the_queue_until_delivered_once_and_survive_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(&store, vec![encode_create_topic(&default_topic("T", 2))]);
+    let early = send_body(&messages("T", 2, "early"));
+    let late = send_body(&messages("T", 1, "late"));
+    let outcomes = propose(
+        &store,
+        vec![
+            scheduled_send("T", 0, &early, 2, 1_000),
+            scheduled_send("T", 1, &late, 1, 5_000),
+            // A producer's retry of the first send: recognised, not scheduled twice.
+            scheduled_send("T", 0, &early, 2, 1_000),
+        ],
+    );
+    assert!(matches!(
+        outcomes[0],
+        ApplyOutcome::Scheduled {
+            due_ms: 1_000,
+            count: 2,
+            ..
+        }
+    ));
+    assert!(matches!(outcomes[2], ApplyOutcome::Duplicate { .. }));
+    assert_eq!(
+        store.queue_offsets("T").unwrap(),
+        vec![(0, 0, 0), (1, 0, 0)]
+    );
+    assert_eq!(store.scheduled_due(0, u64::MAX, 100).unwrap().len(), 3);
+
+    let due = store.scheduled_due(0, 2_000, 100).unwrap();
+    assert_eq!(due.len(), 2);
+    let delivered = propose(&store, vec![encode_deliver(&due, 2_000)]);
+    assert!(matches!(
+        delivered[0],
+        ApplyOutcome::Appended {
+            first_offset: 0,
+            count: 2,
+            ..
+        }
+    ));
+    assert_eq!(bodies(&store, "T", 0, 0, &[]), vec!["early-0", "early-1"]);
+    let found = store.find_by_id(&due[0].id).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].0.topic.as_str(), found[0].0.queue_offset),
+        ("T", 0)
+    );
+
+    // Cancel the late one.
+    let late_message = store.scheduled_due(0, u64::MAX, 100).unwrap().remove(0);
+    assert_eq!(
+        store.scheduled_with_id(&late_message.id).unwrap(),
+        vec![(5_000, "T".to_string())]
+    );
+    let cancel = CancelScheduled {
+        due_ms: late_message.due_ms,
+        id: late_message.id,
+        topic: "T".into(),
+    };
+    assert_eq!(
+        propose(&store, vec![encode_cancel_scheduled(&cancel)]),
+        vec![ApplyOutcome::Cancelled]
+    );
+    assert!(store.scheduled_due(0, u64::MAX, 100).unwrap().is_empty());
+
+    // A crash without a checkpoint replays everything to the same state.
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    replay_all(&store);
+    assert!(store.scheduled_due(0, u64::MAX, 100).unwrap().is_empty());
+    assert_eq!(bodies(&store, "T", 0, 0, &[]), vec!["early-0", "early-1"]);
+    assert_eq!(bodies(&store, "T", 1, 0, &[]), Vec::<String>::new());
+}
+
+#[test]
+fn scheduled_messages_travel_in_snapshots_after_their_entries_are_deleted() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let leader = Store::open(leader_dir.path(), config()).unwrap();
+    propose(&leader, vec![encode_create_topic(&default_topic("T", 1))]);
+    let body = send_body(&messages("T", 3, "later"));
+    propose(&leader, vec![scheduled_send("T", 0, &body, 3, 9_000)]);
+    for round in 0..40 {
+        let filler = send_body(&messages("T", 10, &format!("R{round}")));
+        propose(&leader, vec![encode_messages("T", 0, 10, &filler, 1)]);
+    }
+    leader.checkpoint().unwrap();
+    let future = SystemTime::now() + Duration::from_secs(7200);
+    leader
+        .enforce_retention(future)
+        .unwrap()
+        .expect("compacted");
+    // The entry that scheduled them is gone; they are still waiting.
+    assert!(leader.log().first_index() > 2);
+    assert_eq!(leader.scheduled_due(0, u64::MAX, 10).unwrap().len(), 3);
+
+    let (_, snapshot) = leader.snapshot_at_log_start().unwrap().expect("a base");
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica = Store::open(replica_dir.path(), config()).unwrap();
+    replica.install_snapshot(&snapshot).unwrap();
+    assert_eq!(
+        replica.scheduled_due(0, u64::MAX, 10).unwrap(),
+        leader.scheduled_due(0, u64::MAX, 10).unwrap()
+    );
 }
