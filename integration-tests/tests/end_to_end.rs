@@ -129,9 +129,14 @@ async fn tag_filters_deliver_only_matching_messages_and_handlers_run_in_order() 
             .unwrap();
     }
 
+    // Local retries: a failed message holds its queue until it succeeds.
     let consumer = client
         .consumer("only-ab")
         .subscribe("events", "a || b")
+        .config(ferromq_client::ConsumerConfig {
+            broker_retries: false,
+            ..Default::default()
+        })
         .build()
         .await
         .unwrap();
@@ -319,6 +324,7 @@ async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
             topic: "once".into(),
             queue_id,
             count: 3,
+            schedule: None,
         };
         let response: SendResponse = connection
             .request(RequestCode::Send, &header, body)

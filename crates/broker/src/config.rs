@@ -38,7 +38,24 @@ pub struct BrokerConfig {
     pub topics: TopicsSection,
     pub pull: PullSection,
     pub raft: RaftSection,
+    pub schedule: ScheduleSection,
     pub limits: LimitsConfig,
+}
+
+/// Delayed and scheduled messages, and the back-off of consumer retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// Delay of each level in milliseconds, level 1 first (RocketMQ's 18 by default:
+    /// `1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h`). A consumer's n-th retry
+    /// waits for level n + 2 (10 s, 30 s, 1 min … 2 h).
+    pub delay_levels_ms: Vec<u64>,
+    /// Longest a message may be delayed (7 days).
+    pub max_delay_ms: u64,
+    /// How often the leader's timer looks for due messages.
+    pub timer_interval_ms: u64,
+    /// Most messages one delivery entry carries.
+    pub deliver_batch: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +147,7 @@ impl Default for BrokerConfig {
             topics: TopicsSection::default(),
             pull: PullSection::default(),
             raft: RaftSection::default(),
+            schedule: ScheduleSection::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -166,6 +184,17 @@ impl Default for PullSection {
             max_wait_ms: 15_000,
             max_messages: 256,
             max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        ScheduleSection {
+            delay_levels_ms: ferromq_protocol::system::DEFAULT_DELAY_LEVELS_MS.to_vec(),
+            max_delay_ms: 7 * 24 * 3600 * 1000,
+            timer_interval_ms: 10,
+            deliver_batch: 256,
         }
     }
 }
@@ -215,6 +244,16 @@ impl BrokerConfig {
         }
         if self.pull.max_messages == 0 || self.pull.max_bytes == 0 {
             return Err("pull.max_messages and pull.max_bytes must be positive".into());
+        }
+        let schedule = &self.schedule;
+        if schedule.delay_levels_ms.is_empty()
+            || schedule.delay_levels_ms.len() > 255
+            || schedule.delay_levels_ms.contains(&0)
+        {
+            return Err("schedule.delay_levels_ms needs 1..=255 positive delays".into());
+        }
+        if schedule.timer_interval_ms == 0 || schedule.deliver_batch == 0 {
+            return Err("schedule.timer_interval_ms and deliver_batch must be positive".into());
         }
         self.validate_peers()?;
         if self.raft.tick_ms == 0

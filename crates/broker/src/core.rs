@@ -12,6 +12,7 @@ use crate::config::BrokerConfig;
 use crate::consumers::ConsumerRegistry;
 use crate::metrics::BrokerMetrics;
 use crate::notifier::QueueNotifier;
+use crate::scheduler::Scheduler;
 
 pub struct BrokerCore {
     pub config: BrokerConfig,
@@ -22,6 +23,8 @@ pub struct BrokerCore {
     /// Consumer groups and their live members.
     pub consumers: ConsumerRegistry,
     pub notifier: Arc<QueueNotifier>,
+    /// The leader's timer state for scheduled messages.
+    pub scheduler: Scheduler,
     pub metrics: BrokerMetrics,
     pub topics_changed: watch::Receiver<u64>,
     /// Client address announced to nameservers.

@@ -12,6 +12,7 @@ mod metrics;
 mod notifier;
 mod peers;
 mod registration;
+mod scheduler;
 mod state_machine;
 
 use std::net::SocketAddr;
@@ -192,6 +193,7 @@ impl Broker {
             members,
             consumers,
             notifier,
+            scheduler: scheduler::Scheduler::default(),
             metrics,
             topics_changed,
             started: Instant::now(),
@@ -238,6 +240,7 @@ impl Broker {
             ));
         }
         tasks.spawn(maintenance::checkpoint_loop(core.clone(), shutdown.clone()));
+        tasks.spawn(scheduler::timer_loop(core.clone(), shutdown.clone()));
         tasks.spawn(maintenance::retention_loop(core.clone(), shutdown.clone()));
         tasks.spawn(maintenance::consumer_lag_loop(
             core.clone(),

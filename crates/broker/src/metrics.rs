@@ -26,6 +26,11 @@ pub struct BrokerMetrics {
     pub follower_lag_entries: IntGaugeVec,
     pub disk_free_bytes: IntGauge,
     pub disk_total_bytes: IntGauge,
+    pub scheduled_messages: IntGauge,
+    pub scheduled_delivered: prometheus::IntCounter,
+    pub timer_lateness: Histogram,
+    pub consumer_retries: IntCounterVec,
+    pub dlq_messages: IntCounterVec,
     /// Always 1; its labels say which cluster, group and member this broker is, for joins.
     pub info: IntGaugeVec,
 }
@@ -99,6 +104,45 @@ impl BrokerMetrics {
                     &["topic", "group"],
                 )
                 .expect("valid metric"),
+            ),
+            scheduled_messages: register(
+                registry,
+                IntGauge::new(
+                    "mq_scheduled_messages",
+                    "Delayed, scheduled and retried messages waiting for their time (estimate)",
+                )
+                .expect("valid metric"),
+            ),
+            scheduled_delivered: register(
+                registry,
+                prometheus::IntCounter::new(
+                    "mq_scheduled_delivered_total",
+                    "Scheduled messages delivered to their queue by this leader's timer",
+                )
+                .expect("valid metric"),
+            ),
+            timer_lateness: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "mq_timer_delivery_lateness_seconds",
+                        "How long after its due time a scheduled message became visible",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                )
+                .expect("valid metric"),
+            ),
+            consumer_retries: counter(
+                registry,
+                "mq_consumer_retries_total",
+                "Messages a consumer group failed and the broker scheduled for another delivery",
+                &["group"],
+            ),
+            dlq_messages: counter(
+                registry,
+                "mq_dlq_messages_total",
+                "Messages moved to a group's dead-letter topic after their last retry",
+                &["group"],
             ),
             messages_in: counter(
                 registry,

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferromq_protocol::headers::{
-    GetConsumerLagRequest, GetConsumerLagResponse, GroupChangedNotice, QueueLagInfo,
+    GetConsumerLagRequest, GetConsumerLagResponse, GetTraceRequest, GroupChangedNotice,
+    MessageTrace, QueueLagInfo,
 };
 use ferromq_protocol::{
     headers::{CreateTopicRequest, GetClusterResponse, GetRouteRequest, TopicRoute},
     message::{validate_topic, MessageIdGenerator},
-    RequestCode, Status,
+    MessageId, RequestCode, Status,
 };
 use ferromq_transport::{Connection, Handler, Reply, Request, TransportConfig, TransportError};
 use parking_lot::{Mutex, RwLock};
@@ -394,6 +395,83 @@ impl Client {
             }));
         }
         Ok(lags)
+    }
+
+    /// Sends a request to the leader of `broker_group` (found through `topic`'s route), once
+    /// more at the leader it names if it answers `NOT_LEADER`.
+    pub(crate) async fn request_group_leader<H: Serialize>(
+        &self,
+        topic: &str,
+        broker_group: &str,
+        code: RequestCode,
+        header: &H,
+    ) -> Result<ferromq_transport::Response, ClientError> {
+        let route = self.route(topic).await?;
+        let leader = route
+            .groups
+            .iter()
+            .find(|g| g.group == broker_group)
+            .and_then(|g| g.leader.clone())
+            .ok_or_else(|| ClientError::NoRoute(topic.to_string()))?;
+        let connection = self.connection(&leader).await?;
+        let answer = connection
+            .request(code, header, Bytes::new())
+            .await?
+            .into_result();
+        match answer {
+            Ok(response) => Ok(response),
+            Err(TransportError::Remote {
+                status: Status::NotLeader,
+                leader: Some(leader),
+                ..
+            }) => {
+                self.invalidate_route(topic);
+                let connection = self.connection(&leader).await?;
+                Ok(connection
+                    .request(code, header, Bytes::new())
+                    .await?
+                    .into_result()?)
+            }
+            Err(err) => {
+                if err.is_retriable() {
+                    self.invalidate_route(topic);
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// What happened to a message: where it is stored and, for each consumer group, whether it
+    /// was delivered, acknowledged, retried or dead-lettered. Asks every broker group's leader
+    /// and returns the trace of the one that stored it (`stored: None` if none did).
+    pub async fn trace(&self, id: MessageId) -> Result<MessageTrace, ClientError> {
+        let cluster = self.cluster().await?;
+        let request = GetTraceRequest { id };
+        let mut found = MessageTrace {
+            id,
+            stored: None,
+            scheduled: Vec::new(),
+            groups: Vec::new(),
+        };
+        for broker in cluster
+            .brokers
+            .iter()
+            .filter(|b| b.role == ferromq_protocol::headers::BrokerRole::Leader)
+        {
+            let connection = self.connection(&broker.client_addr).await?;
+            let trace: MessageTrace = connection
+                .request(RequestCode::GetTrace, &request, Bytes::new())
+                .await?
+                .decode()?;
+            if trace.stored.is_some() || !trace.scheduled.is_empty() {
+                if found.stored.is_none() {
+                    found.stored = trace.stored;
+                }
+                found.scheduled.extend(trace.scheduled);
+                found.groups.extend(trace.groups);
+            }
+        }
+        Ok(found)
     }
 
     /// Closes every connection and stops background work.

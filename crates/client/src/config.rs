@@ -139,6 +139,14 @@ pub struct ConsumerConfig {
     /// restarted member continues where it left off. Default: the host name (else the client
     /// id); set it when one host runs several broadcast members of a group.
     pub broadcast_id: Option<String>,
+    /// Clustering mode: a message a [`crate::Consumer::run`] handler fails is handed back to
+    /// the broker, which delivers it again after a back-off (10 s, 30 s, 1 min … 2 h) through the
+    /// group's retry topic, and moves it to the group's dead-letter topic (`%DLQ%<group>`) after
+    /// `max_reconsume_times` retries. Off (or in broadcast mode, or when the broker cannot be
+    /// reached), the consumer retries locally and the queue waits.
+    pub broker_retries: bool,
+    /// Retries before a message is dead-lettered (16, as RocketMQ).
+    pub max_reconsume_times: u32,
 }
 
 impl Default for ConsumerConfig {
@@ -152,6 +160,8 @@ impl Default for ConsumerConfig {
             max_buffered_per_queue: 1000,
             max_buffered_bytes_per_queue: 100 * 1024 * 1024,
             consume_timeout_ms: 15 * 60 * 1000,
+            broker_retries: true,
+            max_reconsume_times: 16,
             commit_interval_ms: 5_000,
             read_from_followers: false,
             mode: ConsumeMode::Clustering,

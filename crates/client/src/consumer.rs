@@ -32,10 +32,12 @@ use ferromq_protocol::{
         perm, CommitOffsetsRequest, ConsumerHeartbeatRequest, GetGroupMembersRequest,
         GetGroupMembersResponse, GetQueueOffsetsRequest, GetQueueOffsetsResponse, OffsetCommit,
         PullRequest, PullResponse, PullStatus, QueryOffsetRequest, QueryOffsetResponse,
-        SearchOffsetRequest, SearchOffsetResponse, Subscription, UnregisterConsumerRequest,
+        SearchOffsetRequest, SearchOffsetResponse, SendBackRequest, SendBackResponse, Subscription,
+        UnregisterConsumerRequest,
     },
     message::{decode_pulled, validate_group, validate_topic},
     selector::Selector,
+    system::{is_reserved_topic, retry_group, retry_topic, PROPERTY_ORIGIN_TOPIC},
     MessageId, RequestCode, Status,
 };
 use futures::{FutureExt, Stream};
@@ -169,9 +171,16 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Looks up the topic and starts pulling.
+    /// Starts pulling (and, in clustering mode with broker retries, reading the group's retry
+    /// topic too).
     pub async fn build(self) -> Result<Consumer, ClientError> {
         validate_group(&self.group).map_err(ClientError::InvalidMessage)?;
+        if is_reserved_topic(&self.group) {
+            return Err(ClientError::InvalidMessage(format!(
+                "group {:?} starts with a reserved character",
+                self.group
+            )));
+        }
         let (topic, tags) = self
             .subscription
             .ok_or_else(|| ClientError::InvalidMessage("subscribe to a topic first".into()))?;
@@ -190,60 +199,42 @@ impl ConsumerBuilder {
                 "consumer limits and intervals must be positive".into(),
             ));
         }
-        let filter = TagFilter::parse(&tags)?;
-        let selector = match &self.sql {
-            Some(sql) => Some(
-                Selector::parse(sql).map_err(|err| ClientError::InvalidMessage(err.to_string()))?,
-            ),
-            None => None,
+        let retry = if config.mode == ConsumeMode::Clustering
+            && config.broker_retries
+            && !is_reserved_topic(&topic)
+        {
+            let retry_topic = retry_topic(&self.group);
+            validate_topic(&retry_topic).map_err(|err| {
+                ClientError::InvalidMessage(format!(
+                    "group {:?} is too long for its retry topic: {err}",
+                    self.group
+                ))
+            })?;
+            let retry_config = ConsumerConfig {
+                start_from: StartFrom::First,
+                ..self.config.clone()
+            };
+            Some(Source::start(
+                self.client.clone(),
+                self.group.clone(),
+                (retry_topic, "*".to_string(), None),
+                retry_config,
+                Some(topic.clone()),
+            )?)
+        } else {
+            None
         };
-        let (sender, receiver) = mpsc::channel(self.config.max_buffered.max(1));
-        // Unique even when processes share a client id (every container's pid is 1).
-        let member_id = format!(
-            "{}#{}-{:016x}",
-            self.client.config().client_id,
-            NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            random_u64()
-        );
-        let offsets_group = match self.config.mode {
-            ConsumeMode::Clustering => self.group.clone(),
-            ConsumeMode::Broadcast => {
-                // Stable across restarts, and distinct per host by default.
-                let name = self.config.broadcast_id.clone().unwrap_or_else(|| {
-                    host_name().unwrap_or_else(|| self.client.config().client_id.clone())
-                });
-                broadcast_offsets_group(&self.group, &name)?
-            }
-        };
-        let changed = Arc::new(GroupSignal::default());
-        self.client.listen_to_group(&self.group, changed.clone());
-        let shared = Arc::new(Shared {
-            client: self.client,
-            group: self.group,
-            offsets_group,
-            member_id,
-            topic,
-            expression: tags,
-            filter,
-            selector,
-            sql: self.sql,
-            config: self.config,
-            progress: Mutex::new(HashMap::new()),
-            owned: Mutex::new(BTreeMap::new()),
-            next_epoch: std::sync::atomic::AtomicU64::new(1),
-            changed,
-            shutdown: CancellationToken::new(),
-        });
-        let tasks = TaskTracker::new();
-        tasks.spawn(heartbeat_loop(shared.clone()));
-        tasks.spawn(rebalance_loop(shared.clone(), sender, tasks.clone()));
-        tasks.spawn(commit_loop(shared.clone()));
+        let main = Source::start(
+            self.client,
+            self.group,
+            (topic, tags, self.sql),
+            self.config,
+            None,
+        )?;
         Ok(Consumer {
-            shared,
-            receiver,
-            tasks,
-            last_yielded: None,
-            last_epoch: 0,
+            main,
+            retry,
+            last_from_retry: false,
         })
     }
 }
@@ -323,6 +314,9 @@ struct Shared {
     /// This consumer's identity in the group, unique per consumer instance.
     member_id: String,
     topic: String,
+    /// Another topic whose brokers hear this member's heartbeats too: the subscribed topic,
+    /// for the retry topic (whose brokers create it on such a heartbeat).
+    heartbeat_via: Option<String>,
     expression: String,
     filter: TagFilter,
     /// The SQL selector, parsed (to check messages again) and as text (for the broker).
@@ -347,7 +341,8 @@ impl Shared {
     }
 }
 
-pub struct Consumer {
+/// One topic the consumer reads: the subscribed one, or the group's retry topic.
+struct Source {
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<(u64, ReceivedMessage)>,
     tasks: TaskTracker,
@@ -357,13 +352,71 @@ pub struct Consumer {
     last_epoch: u64,
 }
 
-impl Consumer {
-    pub fn group(&self) -> &str {
-        &self.shared.group
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.shared.topic
+impl Source {
+    /// Joins the group for `topic` and starts heartbeats, rebalancing and commits.
+    fn start(
+        client: Client,
+        group: String,
+        (topic, tags, sql): (String, String, Option<String>),
+        config: ConsumerConfig,
+        heartbeat_via: Option<String>,
+    ) -> Result<Source, ClientError> {
+        let filter = TagFilter::parse(&tags)?;
+        let selector = match &sql {
+            Some(sql) => Some(
+                Selector::parse(sql).map_err(|err| ClientError::InvalidMessage(err.to_string()))?,
+            ),
+            None => None,
+        };
+        let (sender, receiver) = mpsc::channel(config.max_buffered.max(1));
+        // Unique even when processes share a client id (every container's pid is 1).
+        let member_id = format!(
+            "{}#{}-{:016x}",
+            client.config().client_id,
+            NEXT_MEMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            random_u64()
+        );
+        let offsets_group = match config.mode {
+            ConsumeMode::Clustering => group.clone(),
+            ConsumeMode::Broadcast => {
+                // Stable across restarts, and distinct per host by default.
+                let name = config.broadcast_id.clone().unwrap_or_else(|| {
+                    host_name().unwrap_or_else(|| client.config().client_id.clone())
+                });
+                broadcast_offsets_group(&group, &name)?
+            }
+        };
+        let changed = Arc::new(GroupSignal::default());
+        client.listen_to_group(&group, changed.clone());
+        let shared = Arc::new(Shared {
+            client,
+            group,
+            offsets_group,
+            member_id,
+            topic,
+            heartbeat_via,
+            expression: tags,
+            filter,
+            selector,
+            sql,
+            config,
+            progress: Mutex::new(HashMap::new()),
+            owned: Mutex::new(BTreeMap::new()),
+            next_epoch: std::sync::atomic::AtomicU64::new(1),
+            changed,
+            shutdown: CancellationToken::new(),
+        });
+        let tasks = TaskTracker::new();
+        tasks.spawn(heartbeat_loop(shared.clone()));
+        tasks.spawn(rebalance_loop(shared.clone(), sender, tasks.clone()));
+        tasks.spawn(commit_loop(shared.clone()));
+        Ok(Source {
+            shared,
+            receiver,
+            tasks,
+            last_yielded: None,
+            last_epoch: 0,
+        })
     }
 
     fn mark_consumed(&mut self) {
@@ -376,32 +429,152 @@ impl Consumer {
         }
     }
 
+    /// Hands out a buffered message unless its queue moved to another member (which reads it
+    /// from the committed offset) or was reset since it was fetched.
+    fn accept(&mut self, item: (u64, ReceivedMessage)) -> Option<ReceivedMessage> {
+        if !self.shared.owns(&item) {
+            return None;
+        }
+        let (epoch, message) = item;
+        self.last_yielded = Some((key_of(&message), message.queue_offset));
+        self.last_epoch = epoch;
+        Some(message)
+    }
+
+    /// The next message (cancel-safe). `None` after shutdown.
+    async fn recv(&mut self) -> Option<ReceivedMessage> {
+        loop {
+            let item = self.receiver.recv().await?;
+            if let Some(message) = self.accept(item) {
+                return Some(message);
+            }
+        }
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ReceivedMessage>> {
+        loop {
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Some(item)) => {
+                    if let Some(message) = self.accept(item) {
+                        return Poll::Ready(Some(message));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Whether the queue of the message handed out last is still read by this member, in the
+    /// same epoch.
+    fn still_owns(&self, message: &ReceivedMessage) -> bool {
+        self.shared.owned.lock().get(&key_of(message)) == Some(&self.last_epoch)
+    }
+
+    fn stop(&mut self) {
+        self.last_yielded = None;
+        self.shared.shutdown.cancel();
+        self.receiver.close();
+        self.tasks.close();
+    }
+
+    /// Waits for the tasks `stop` ended, commits what was consumed and leaves the group.
+    async fn finish(&self) -> Result<(), ClientError> {
+        self.tasks.wait().await;
+        let committed = commit_consumed(&self.shared).await;
+        leave_group(&self.shared).await;
+        committed
+    }
+
+    /// Asks the broker to deliver the message again later (or dead-letter it).
+    async fn send_back(
+        &self,
+        message: &ReceivedMessage,
+        delay: Option<Duration>,
+    ) -> Result<SendBackResponse, ClientError> {
+        let header = SendBackRequest {
+            group: self.shared.group.clone(),
+            topic: self.shared.topic.clone(),
+            queue_id: message.queue_id,
+            offset: message.queue_offset,
+            delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            max_reconsume: self.shared.config.max_reconsume_times,
+        };
+        let response = self
+            .shared
+            .client
+            .request_group_leader(
+                &self.shared.topic,
+                &message.broker_group,
+                RequestCode::ConsumerSendBack,
+                &header,
+            )
+            .await?;
+        Ok(response.decode()?)
+    }
+}
+
+pub struct Consumer {
+    main: Source,
+    /// The group's retry topic, read alongside (clustering mode with broker retries).
+    retry: Option<Source>,
+    /// Whether the message handed out last came from the retry topic.
+    last_from_retry: bool,
+}
+
+impl Consumer {
+    pub fn group(&self) -> &str {
+        &self.main.shared.group
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.main.shared.topic
+    }
+
+    fn mark_consumed(&mut self) {
+        self.main.mark_consumed();
+        if let Some(retry) = &mut self.retry {
+            retry.mark_consumed();
+        }
+    }
+
+    fn last_source(&mut self) -> &mut Source {
+        match &mut self.retry {
+            Some(retry) if self.last_from_retry => retry,
+            _ => &mut self.main,
+        }
+    }
+
     /// The next message; the previous one counts as consumed. `None` after shutdown.
     pub async fn recv(&mut self) -> Option<ReceivedMessage> {
         self.mark_consumed();
-        loop {
-            let item = self.receiver.recv().await?;
-            // Fetched before its queue moved to another member (which reads it from the
-            // committed offset) or before an offset reset: not to be handed out any more.
-            if !self.shared.owns(&item) {
-                continue;
-            }
-            let (epoch, message) = item;
-            self.last_yielded = Some((key_of(&message), message.queue_offset));
-            self.last_epoch = epoch;
-            return Some(message);
-        }
+        let (message, from_retry) = match &mut self.retry {
+            None => (self.main.recv().await?, false),
+            Some(retry) => tokio::select! {
+                message = self.main.recv() => (message?, false),
+                message = retry.recv() => (message?, true),
+            },
+        };
+        self.last_from_retry = from_retry;
+        Some(message)
     }
 
     /// Commits consumed offsets now (they are also committed every `commit_interval_ms`).
     pub async fn commit(&mut self) -> Result<(), ClientError> {
         self.mark_consumed();
-        commit_consumed(&self.shared).await
+        if let Some(retry) = &self.retry {
+            commit_consumed(&retry.shared).await?;
+        }
+        commit_consumed(&self.main.shared).await
     }
 
     /// Hands every message to `handler`, one at a time, until `stop` is cancelled, then shuts
-    /// down. Messages of a queue are handled in order; `RetryLater` (and a panicking handler)
-    /// hands the same message again after the delay, and nothing else is handled meanwhile.
+    /// down. A message the handler fails (`RetryLater`, a panic, or running longer than
+    /// `consume_timeout_ms`) is handed back to the broker, which delivers it again after a
+    /// back-off and dead-letters it after `max_reconsume_times` retries; the queue moves on
+    /// meanwhile. In broadcast mode, with `broker_retries` off, or when the broker cannot take
+    /// it back, the same message is handed to the handler again after the delay (1 s by
+    /// default) and nothing else of its queue is handled meanwhile.
     pub async fn run<F, Fut>(
         mut self,
         mut handler: F,
@@ -411,7 +584,9 @@ impl Consumer {
         F: FnMut(ReceivedMessage) -> Fut,
         Fut: Future<Output = ConsumeStatus>,
     {
-        let consume_timeout = Duration::from_millis(self.shared.config.consume_timeout_ms.max(1));
+        let config = &self.main.shared.config;
+        let consume_timeout = Duration::from_millis(config.consume_timeout_ms.max(1));
+        let broker_retries = config.broker_retries && config.mode == ConsumeMode::Clustering;
         'messages: loop {
             let message = tokio::select! {
                 message = self.recv() => match message {
@@ -423,10 +598,8 @@ impl Consumer {
             loop {
                 // The queue may have moved to another member (or been reset) while this
                 // message waited for a retry: then it is no longer this member's to handle.
-                let still_owned =
-                    self.shared.owned.lock().get(&key_of(&message)) == Some(&self.last_epoch);
-                if !still_owned {
-                    self.last_yielded = None;
+                if !self.last_source().still_owns(&message) {
+                    self.last_source().last_yielded = None;
                     break;
                 }
                 let handled = AssertUnwindSafe(handler(message.clone())).catch_unwind();
@@ -438,19 +611,31 @@ impl Consumer {
                     }
                     Ok(Ok(ConsumeStatus::RetryLater(delay))) => delay,
                     Ok(Err(_)) => {
-                        error!(id = %message.id, "message handler panicked; retrying");
+                        error!(id = %message.id, "message handler panicked");
                         None
                     }
                     Err(_) => {
-                        error!(id = %message.id, ?consume_timeout, "message handler timed out; retrying");
+                        error!(id = %message.id, ?consume_timeout, "message handler timed out");
                         None
                     }
                 };
+                if broker_retries {
+                    match self.last_source().send_back(&message, delay).await {
+                        Ok(answer) => {
+                            debug!(id = %message.id, ?answer, "message handed back to the broker");
+                            self.mark_consumed();
+                            break;
+                        }
+                        Err(err) => {
+                            warn!(id = %message.id, %err, "cannot hand the message back; retrying it here");
+                        }
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay.unwrap_or(Duration::from_secs(1))) => {}
                     _ = stop.cancelled() => {
                         // Not consumed: it will be delivered again.
-                        self.last_yielded = None;
+                        self.last_source().last_yielded = None;
                         break 'messages;
                     }
                 }
@@ -462,18 +647,20 @@ impl Consumer {
     /// Stops pulling and commits what was consumed. The message handed out last is not counted
     /// as consumed (call [`Consumer::commit`] first if it was): it is delivered again.
     pub async fn shutdown(mut self) -> Result<(), ClientError> {
-        self.last_yielded = None;
-        self.shared.shutdown.cancel();
-        self.receiver.close();
-        self.tasks.close();
-        self.tasks.wait().await;
-        let committed = commit_consumed(&self.shared).await;
-        leave_group(&self.shared).await;
-        committed
+        self.main.stop();
+        if let Some(retry) = &mut self.retry {
+            retry.stop();
+        }
+        let retried = match &self.retry {
+            Some(retry) => retry.finish().await,
+            None => Ok(()),
+        };
+        let main = self.main.finish().await;
+        main.and(retried)
     }
 }
 
-impl Drop for Consumer {
+impl Drop for Source {
     /// Dropping without [`Consumer::shutdown`] stops pulling but commits nothing more.
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
@@ -488,21 +675,18 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReceivedMessage>> {
         self.mark_consumed();
-        loop {
-            match self.receiver.poll_recv(cx) {
-                Poll::Ready(Some(item)) => {
-                    if !self.shared.owns(&item) {
-                        continue;
-                    }
-                    let (epoch, message) = item;
-                    self.last_yielded = Some((key_of(&message), message.queue_offset));
-                    self.last_epoch = epoch;
-                    return Poll::Ready(Some(message));
-                }
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+        let this = &mut *self;
+        if let Some(retry) = &mut this.retry {
+            if let Poll::Ready(Some(message)) = retry.poll_recv(cx) {
+                this.last_from_retry = true;
+                return Poll::Ready(Some(message));
             }
         }
+        let polled = this.main.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = &polled {
+            this.last_from_retry = false;
+        }
+        polled
     }
 }
 
@@ -515,12 +699,22 @@ fn key_of(message: &ReceivedMessage) -> QueueKey {
 
 /// Every address of every broker group serving the topic (leaders and followers).
 async fn broker_addrs(shared: &Shared) -> Result<Vec<String>, ClientError> {
-    let route = shared.client.route(&shared.topic).await?;
-    let mut addrs: Vec<String> = route
-        .groups
-        .iter()
-        .flat_map(|g| g.leader.iter().chain(&g.followers).cloned())
-        .collect();
+    let mut addrs: Vec<String> = Vec::new();
+    let mut failure = None;
+    for topic in std::iter::once(&shared.topic).chain(&shared.heartbeat_via) {
+        match shared.client.route(topic).await {
+            Ok(route) => addrs.extend(
+                route
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.leader.iter().chain(&g.followers).cloned()),
+            ),
+            Err(err) => failure = Some(err),
+        }
+    }
+    if let (true, Some(err)) = (addrs.is_empty(), failure) {
+        return Err(err);
+    }
     addrs.sort();
     addrs.dedup();
     Ok(addrs)
@@ -728,6 +922,17 @@ async fn rebalance_loop(
         let wanted = match wanted_queues(&shared).await {
             Ok(Some(wanted)) => {
                 wait = periodic;
+                let exists = shared
+                    .client
+                    .route(&shared.topic)
+                    .await
+                    .is_ok_and(|r| r.exists);
+                if !exists {
+                    // A topic not created yet (such as the retry topic before the first
+                    // retry): look at a fresh route again soon.
+                    shared.client.invalidate_route(&shared.topic);
+                    wait = periodic.min(Duration::from_secs(2));
+                }
                 wanted
             }
             Ok(None) => {
@@ -1015,9 +1220,14 @@ async fn pull_queue(
                 if !selected || !shared.filter.matches(record.tag.as_deref()) {
                     continue;
                 }
+                // A retried copy shows the topic it was sent to.
+                let topic = match record.properties.get(PROPERTY_ORIGIN_TOPIC) {
+                    Some(origin) if retry_group(&shared.topic).is_some() => origin.clone(),
+                    _ => shared.topic.clone(),
+                };
                 let message = ReceivedMessage {
                     id: record.id,
-                    topic: shared.topic.clone(),
+                    topic,
                     broker_group: key.broker_group.clone(),
                     queue_id: key.queue_id,
                     queue_offset: pulled.queue_offset,

@@ -40,4 +40,7 @@ pub use filter::TagFilter;
 pub use idempotent::{Idempotent, KeyStore, MemoryKeyStore};
 pub use producer::{Producer, SendHandle, SendReceipt};
 
+pub use ferromq_protocol::headers::{
+    DeliveryAttempt, DeliveryState, GroupTrace, MessageTrace, SendBackResponse, StoredCopy,
+};
 pub use ferromq_protocol::{Message, MessageId, RequestCode};

@@ -7,11 +7,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use ferromq_protocol::{
-    headers::{perm, SendRequest, SendResponse, TopicRoute},
+    headers::{perm, CancelScheduledRequest, Schedule, SendRequest, SendResponse, TopicRoute},
     message::{encode_record, now_millis, put_length_prefixed},
     Message, MessageId, RequestCode, Status,
 };
@@ -33,6 +33,9 @@ pub struct SendReceipt {
     pub queue_id: u32,
     pub queue_offset: u64,
     pub store_ts_ms: u64,
+    /// For a scheduled send: when it becomes visible (ms since the epoch); `queue_offset` is
+    /// then only known once it is delivered.
+    pub due_ms: Option<u64>,
 }
 
 /// A queue a message can be sent to.
@@ -125,7 +128,19 @@ impl Producer {
 
     /// Sends and waits for the broker's receipt (the message is committed and applied).
     pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
-        match self.send_records(std::slice::from_ref(&message)).await {
+        self.send_one(message, None).await
+    }
+
+    /// One message: `send_records` returns one receipt per message.
+    async fn send_one(
+        &self,
+        message: Message,
+        schedule: Option<Schedule>,
+    ) -> Result<SendReceipt, SendError> {
+        match self
+            .send_records(std::slice::from_ref(&message), schedule)
+            .await
+        {
             Ok(mut receipts) => Ok(receipts.remove(0)),
             Err(error) => Err(SendError { message, error }),
         }
@@ -172,6 +187,7 @@ impl Producer {
                 topic: message.topic.clone(),
                 queue_id: target.queue_id,
                 count: 1,
+                schedule: None,
             };
             let connection = self.client.connection(&target.leader).await?;
             connection.one_way(RequestCode::Send, &header, body).await?;
@@ -185,10 +201,63 @@ impl Producer {
         &self,
         messages: Vec<Message>,
     ) -> Result<Vec<SendReceipt>, BatchSendError> {
-        match self.send_records(&messages).await {
+        match self.send_records(&messages, None).await {
             Ok(receipts) => Ok(receipts),
             Err(error) => Err(BatchSendError { messages, error }),
         }
+    }
+
+    /// Sends a message that consumers see only after `delay` (milliseconds precision, up to
+    /// the broker's maximum, 7 days by default). It is stored at once, durably.
+    pub async fn send_delayed(
+        &self,
+        message: Message,
+        delay: Duration,
+    ) -> Result<SendReceipt, SendError> {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.send_one(message, Some(Schedule::DelayMs(delay_ms)))
+            .await
+    }
+
+    /// Sends a message that consumers see only from `at` (the broker's clock) on.
+    pub async fn send_at(
+        &self,
+        message: Message,
+        at: SystemTime,
+    ) -> Result<SendReceipt, SendError> {
+        let at_ms = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.send_one(message, Some(Schedule::DeliverAtMs(at_ms)))
+            .await
+    }
+
+    /// Sends a message delayed by one of the broker's delay levels (1-based; by default
+    /// RocketMQ's `1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h`).
+    pub async fn send_with_delay_level(
+        &self,
+        message: Message,
+        level: u8,
+    ) -> Result<SendReceipt, SendError> {
+        self.send_one(message, Some(Schedule::Level(level))).await
+    }
+
+    /// Recalls a scheduled message before it is due. Fails (`PARAMETER_ERROR`) when it was
+    /// delivered or cancelled already.
+    pub async fn cancel_scheduled(&self, receipt: &SendReceipt) -> Result<(), ClientError> {
+        let header = CancelScheduledRequest {
+            topic: receipt.topic.clone(),
+            id: receipt.message_id,
+        };
+        self.client
+            .request_group_leader(
+                &receipt.topic,
+                &receipt.broker_group,
+                RequestCode::CancelScheduled,
+                &header,
+            )
+            .await?;
+        Ok(())
     }
 
     fn encode(&self, messages: &[Message]) -> Result<(Bytes, Vec<MessageId>), ClientError> {
@@ -209,7 +278,11 @@ impl Producer {
         Ok((body.freeze(), ids))
     }
 
-    async fn send_records(&self, messages: &[Message]) -> Result<Vec<SendReceipt>, ClientError> {
+    async fn send_records(
+        &self,
+        messages: &[Message],
+        schedule: Option<Schedule>,
+    ) -> Result<Vec<SendReceipt>, ClientError> {
         let Some(first) = messages.first() else {
             return Err(ClientError::InvalidMessage(
                 "a batch needs at least one message".into(),
@@ -242,7 +315,7 @@ impl Producer {
                 (attempt_deadline + OUTER_GRACE).into(),
                 self.attempt(
                     &topic,
-                    messages.len() as u32,
+                    (messages.len() as u32, schedule),
                     &body,
                     attempt_deadline,
                     &prefer,
@@ -314,7 +387,7 @@ impl Producer {
     async fn attempt(
         &self,
         topic: &str,
-        count: u32,
+        (count, schedule): (u32, Option<Schedule>),
         body: &Bytes,
         deadline: Instant,
         prefer: &Prefer,
@@ -351,6 +424,7 @@ impl Producer {
             topic: topic.to_string(),
             queue_id: target.queue_id,
             count,
+            schedule,
         };
         let sent = async {
             let connection = self.client.connection(&target.leader).await?;
@@ -408,6 +482,7 @@ fn receipts(
             queue_id: response.queue_id,
             queue_offset: response.first_offset.saturating_add(i as u64),
             store_ts_ms: response.store_ts_ms,
+            due_ms: response.due_ms,
         })
         .collect()
 }

@@ -35,13 +35,19 @@ pub enum RequestCode {
     SearchOffset = 210,
     /// How far a consumer group is behind on each queue of a topic.
     GetConsumerLag = 211,
+    /// Recall a scheduled message before it is due.
+    CancelScheduled = 212,
+    /// A consumer failed a message: retry it later or dead-letter it.
+    ConsumerSendBack = 213,
+    /// What happened to a message: stored, delivered, acknowledged, retried, dead-lettered.
+    GetTrace = 214,
 
     // Between the members of a broker group, on the peer port only.
     RaftMessages = 300,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 19] = [
+    pub const ALL: [RequestCode; 22] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -60,6 +66,9 @@ impl RequestCode {
         RequestCode::GroupChanged,
         RequestCode::SearchOffset,
         RequestCode::GetConsumerLag,
+        RequestCode::CancelScheduled,
+        RequestCode::ConsumerSendBack,
+        RequestCode::GetTrace,
         RequestCode::RaftMessages,
     ];
 
@@ -90,6 +99,9 @@ impl RequestCode {
             RequestCode::GroupChanged => "group_changed",
             RequestCode::SearchOffset => "search_offset",
             RequestCode::GetConsumerLag => "get_consumer_lag",
+            RequestCode::CancelScheduled => "cancel_scheduled",
+            RequestCode::ConsumerSendBack => "consumer_send_back",
+            RequestCode::GetTrace => "get_trace",
             RequestCode::RaftMessages => "raft_messages",
         }
     }

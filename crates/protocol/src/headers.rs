@@ -132,14 +132,121 @@ pub struct SendRequest {
     pub topic: String,
     pub queue_id: u32,
     pub count: u32,
+    /// Deliver later instead of now.
+    pub schedule: Option<Schedule>,
 }
 
-/// The batch's messages have queue offsets `first_offset .. first_offset + count`.
+/// When a scheduled send becomes visible in its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// This many milliseconds after the broker stores it.
+    DelayMs(u64),
+    /// At this time (milliseconds since the epoch, the broker's clock).
+    DeliverAtMs(u64),
+    /// After the broker's delay for this level (1-based; RocketMQ's 18 levels by default).
+    Level(u8),
+}
+
+/// The batch's messages have queue offsets `first_offset .. first_offset + count`, or, for
+/// a scheduled send, are due at `due_ms` (and get their offsets then).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendResponse {
     pub queue_id: u32,
     pub first_offset: u64,
     pub store_ts_ms: u64,
+    pub due_ms: Option<u64>,
+}
+
+/// Recalls a scheduled message that is not due yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelScheduledRequest {
+    pub topic: String,
+    pub id: crate::MessageId,
+}
+
+/// A consumer could not process a message: the broker schedules it again on the group's retry
+/// topic, or moves it to the group's dead-letter topic once it was retried `max_reconsume`
+/// times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendBackRequest {
+    pub group: String,
+    /// Where the failed message is stored (the group's retry topic for a retried one).
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    /// The handler's own delay; `None` uses the back-off for the reconsume count.
+    pub delay_ms: Option<u64>,
+    pub max_reconsume: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SendBackResponse {
+    /// Delivered again (as reconsume number `reconsume_times`) at `due_ms`.
+    Retrying { due_ms: u64, reconsume_times: u32 },
+    /// Moved to the dead-letter topic.
+    DeadLettered { topic: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetTraceRequest {
+    pub id: crate::MessageId,
+}
+
+/// Everything the broker knows of a message: where it was stored and what each consumer group
+/// did with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageTrace {
+    pub id: crate::MessageId,
+    /// `None` if no copy is stored (never sent to this broker group, or deleted by retention).
+    pub stored: Option<StoredCopy>,
+    /// Not delivered yet: (topic, due time) of each scheduled copy.
+    pub scheduled: Vec<(String, u64)>,
+    pub groups: Vec<GroupTrace>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCopy {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub store_ts_ms: u64,
+}
+
+/// What one consumer group did with a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupTrace {
+    pub group: String,
+    pub state: DeliveryState,
+    /// Deliveries so far (the first plus retries delivered).
+    pub deliveries: u32,
+    /// One entry per delivery: when the copy became visible to the group (ms since the epoch)
+    /// and whether the group acknowledged it.
+    pub attempts: Vec<DeliveryAttempt>,
+    /// When the next retry is due, if one is waiting.
+    pub retry_due_ms: Option<u64>,
+    /// When it was moved to the dead-letter topic.
+    pub dead_lettered_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub visible_ms: u64,
+    pub acknowledged: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryState {
+    /// Stored, not acknowledged by the group yet.
+    Pending,
+    /// Failed and waiting for its next delivery.
+    Retrying,
+    /// The group acknowledged it.
+    Consumed,
+    /// Retried until the limit; now in the group's dead-letter topic.
+    DeadLettered,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

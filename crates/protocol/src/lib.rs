@@ -7,6 +7,7 @@ pub mod frame;
 pub mod headers;
 pub mod message;
 pub mod selector;
+pub mod system;
 
 pub use codes::{RequestCode, Status};
 pub use frame::{Frame, FrameCodec, FrameError, FrameKind, MAGIC, PROTOCOL_VERSION};

@@ -272,6 +272,24 @@ pub fn encode_record(id: MessageId, born_ts_ms: u64, message: &Message, dst: &mu
     dst.put_slice(&message.body);
 }
 
+impl MessageRecord {
+    /// Encodes the record again (for the broker's copies: retries, dead letters), keeping its
+    /// id, born time and reconsume count; the store time is stamped when it is stored.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let message = Message {
+            topic: String::new(),
+            tag: self.tag.clone(),
+            keys: self.keys.clone(),
+            properties: self.properties.clone(),
+            body: self.body.clone(),
+        };
+        let start = dst.len();
+        encode_record(self.id, self.born_ts_ms, &message, dst);
+        let reconsume_at = start + STORE_TS_OFFSET + 8;
+        dst[reconsume_at..reconsume_at + 4].copy_from_slice(&self.reconsume_times.to_be_bytes());
+    }
+}
+
 fn take_str(buf: &mut Bytes, what: &'static str) -> Result<String, RecordError> {
     if buf.remaining() < 2 {
         return Err(RecordError::Truncated(what));

@@ -1,6 +1,7 @@
 //! Consumer group membership (heartbeat, members, unregister) and the search of a queue offset
 //! by time (where a group that starts "from a timestamp" begins).
 
+use ferromq_protocol::system::retry_group;
 use ferromq_protocol::{
     headers::{
         ConsumerHeartbeatRequest, GetGroupMembersRequest, GetGroupMembersResponse,
@@ -39,6 +40,13 @@ pub async fn heartbeat(core: &BrokerCore, connection: &Connection, request: &Req
         }
         if subscription.expression.len() > 4096 {
             return Reply::error(Status::ParameterError, "subscription expression too long");
+        }
+    }
+    for subscription in &heartbeat.subscriptions {
+        if retry_group(&subscription.topic) == Some(subscription.group.as_str()) {
+            // A clustering group's retry topic exists before its first retry, so members
+            // find its route from the start.
+            super::retry::ensure_system_topic(core, &subscription.topic).await;
         }
     }
     match core

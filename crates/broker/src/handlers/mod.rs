@@ -4,6 +4,7 @@
 mod groups;
 mod offsets;
 mod pull;
+pub(crate) mod retry;
 mod send;
 mod topics;
 
@@ -38,6 +39,9 @@ impl Handler for BrokerHandler {
             Some(RequestCode::QueryOffset) => offsets::query(core, &request).await,
             Some(RequestCode::GetQueueOffsets) => offsets::queue_offsets(core, &request).await,
             Some(RequestCode::CreateTopic) => topics::create(core, &request).await,
+            Some(RequestCode::ConsumerSendBack) => retry::send_back(core, &request).await,
+            Some(RequestCode::CancelScheduled) => retry::cancel(core, &request).await,
+            Some(RequestCode::GetTrace) => retry::trace(core, &request).await,
             _ => Reply::error(
                 Status::RequestCodeNotSupported,
                 format!("request code {} is not served by a broker", request.code),

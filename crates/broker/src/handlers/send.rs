@@ -1,12 +1,17 @@
 //! SEND: validate a batch of records for one queue, log it through Raft as one entry, and
-//! answer with the queue offsets it got once it is committed and applied.
+//! answer with the queue offsets it got once it is committed and applied. A scheduled send is
+//! logged the same way and held back until its due time (see `scheduler`).
 
 use ferromq_protocol::{
-    headers::{perm, SendRequest, SendResponse},
+    headers::{perm, Schedule, SendRequest, SendResponse},
     message::{decode_record, now_millis, split_length_prefixed, validate_topic},
+    system::is_reserved_topic,
     Status,
 };
-use ferromq_store::{command::encode_messages, ApplyOutcome};
+use ferromq_store::{
+    command::{encode_messages_of, MessagesKind},
+    ApplyOutcome,
+};
 use ferromq_transport::{Reply, Request};
 
 use super::{propose_failed, topics::topic_for_send};
@@ -20,6 +25,17 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
     if let Err(message) = validate_topic(&send.topic) {
         return Reply::error(Status::ParameterError, message);
     }
+    if is_reserved_topic(&send.topic) {
+        return Reply::error(
+            Status::NoPermission,
+            format!("topic {:?} is reserved for the broker", send.topic),
+        );
+    }
+    let now = now_millis();
+    let due_ms = match send.schedule.map(|s| due_time(core, s, now)).transpose() {
+        Ok(due) => due.filter(|due| *due > now),
+        Err(message) => return Reply::error(Status::ParameterError, message),
+    };
     if let Err(reply) = validate_records(core, &send, request) {
         return reply;
     }
@@ -42,12 +58,20 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
             ),
         );
     }
-    let payload = encode_messages(
+    let kind = match due_ms {
+        Some(due_ms) => MessagesKind::Schedule {
+            due_ms,
+            dedup: true,
+        },
+        None => MessagesKind::Send,
+    };
+    let payload = encode_messages_of(
+        &kind,
         &topic.name,
         send.queue_id,
         send.count,
         &request.body,
-        now_millis(),
+        now,
     );
     match core.propose(payload).await {
         Ok(ApplyOutcome::Appended {
@@ -70,6 +94,24 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
                 queue_id,
                 first_offset,
                 store_ts_ms,
+                due_ms: None,
+            })
+        }
+        Ok(ApplyOutcome::Scheduled {
+            queue_id,
+            due_ms,
+            count,
+            ..
+        }) => {
+            core.metrics
+                .messages_in
+                .with_label_values(&[&topic.name])
+                .inc_by(u64::from(count));
+            Reply::ok(&SendResponse {
+                queue_id,
+                first_offset: 0,
+                store_ts_ms: now,
+                due_ms: Some(due_ms),
             })
         }
         Ok(ApplyOutcome::Duplicate {
@@ -88,6 +130,7 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
                 queue_id,
                 first_offset,
                 store_ts_ms,
+                due_ms,
             })
         }
         Ok(ApplyOutcome::Rejected(reason)) => Reply::error(Status::ParameterError, reason),
@@ -97,6 +140,36 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
         ),
         Err(err) => propose_failed(core, err),
     }
+}
+
+/// When a scheduled send falls due, checked against the configured levels and maximum delay.
+fn due_time(core: &BrokerCore, schedule: Schedule, now: u64) -> Result<u64, String> {
+    let config = &core.config.schedule;
+    let due = match schedule {
+        Schedule::DelayMs(delay) => now.saturating_add(delay),
+        Schedule::DeliverAtMs(at) => at,
+        Schedule::Level(level) => {
+            let levels = &config.delay_levels_ms;
+            let delay = usize::from(level)
+                .checked_sub(1)
+                .and_then(|i| levels.get(i))
+                .ok_or_else(|| {
+                    format!(
+                        "delay level {level} does not exist (levels are 1..={})",
+                        levels.len()
+                    )
+                })?;
+            now.saturating_add(*delay)
+        }
+    };
+    if due.saturating_sub(now) > config.max_delay_ms {
+        return Err(format!(
+            "delivery time is {} ms away; the limit is {} ms",
+            due - now,
+            config.max_delay_ms
+        ));
+    }
+    Ok(due)
 }
 
 /// Every record must decode and respect the limits; the batch's bodies together may not exceed
