@@ -27,6 +27,8 @@ use crate::core::BrokerCore;
 
 /// Most due messages one pass of the timer reads.
 const SCAN_LIMIT: usize = 8192;
+/// How long a cancel waits for a new leader's barrier before answering "not ready".
+const READY_PATIENCE: Duration = Duration::from_secs(2);
 /// Largest deliver entry (bytes of records), well under the largest send.
 const MAX_DELIVER_BYTES: usize = 4 * 1024 * 1024;
 
@@ -78,12 +80,20 @@ impl Scheduler {
         topic: &str,
         id: MessageId,
     ) -> Result<(), CancelError> {
-        let status = core.raft.status();
-        if status.role != Role::Leader {
-            return Err(CancelError::NotLeader(
-                Some(status.leader_id).filter(|id| *id != 0),
-            ));
-        }
+        // A leader that has just been elected gets its barrier applied within milliseconds.
+        let deadline = tokio::time::Instant::now() + READY_PATIENCE;
+        let status = loop {
+            let status = core.raft.status();
+            if status.role != Role::Leader {
+                return Err(CancelError::NotLeader(
+                    Some(status.leader_id).filter(|id| *id != 0),
+                ));
+            }
+            if self.ready(status.term) || tokio::time::Instant::now() >= deadline {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         let key = (id.0, topic.to_string());
         let message = {
             let mut state = self.state.lock();
