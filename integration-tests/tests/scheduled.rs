@@ -377,3 +377,81 @@ async fn scheduled_messages_are_delivered_exactly_once_across_a_leader_kill() {
     stop.cancel();
     within(WAIT, task).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_schedules_fails_first_and_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let levels = short_levels();
+    let _broker = Broker::start(
+        &dir.path().join("b"),
+        &nameserver.addr,
+        dir.path(),
+        &[("FERROMQ_SCHEDULE__DELAY_LEVELS_MS", levels.as_str())],
+    );
+    let client = client(&nameserver.addr).await;
+    client.create_topic("cli-jobs", 1).await.unwrap();
+    wait_for_route(&client, "cli-jobs", WAIT).await;
+    let addr = nameserver.addr.clone();
+    let cli = move |args: &[&str]| {
+        let mut all = vec!["--nameserver", addr.as_str()];
+        all.extend_from_slice(args);
+        let output = ferromq_integration_tests::ferromq(&all);
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&[
+        "send", "--topic", "cli-jobs", "--body", "job", "--delay", "300ms",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("scheduled "), "{out}");
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "consume",
+            "--topic",
+            "cli-jobs",
+            "--group",
+            "cli-workers",
+            "--fail-first",
+            "2",
+            "--count",
+            "1",
+            "--json",
+            "--timeout",
+            "20s",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    assert_eq!(err.matches("failing ").count(), 2, "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["id"], id.as_str());
+    assert_eq!(line["reconsume_times"], 2);
+
+    let output = ferromq_integration_tests::ferromq(&[
+        "--nameserver",
+        &nameserver.addr,
+        "trace",
+        &id,
+        "--json",
+    ]);
+    assert!(output.status.success());
+    let trace: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let group = &trace["groups"][0];
+    assert_eq!(group["group"], "cli-workers", "{trace}");
+    assert_eq!(group["state"], "consumed", "{trace}");
+    assert_eq!(group["deliveries"], 3);
+    let output = ferromq_integration_tests::ferromq(&[
+        "--nameserver",
+        &nameserver.addr,
+        "trace",
+        "00000000000000000000000000000000",
+    ]);
+    assert!(!output.status.success());
+}

@@ -1,10 +1,17 @@
 //! `ferromq consume`: print messages of a topic as a consumer group receives them.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use ferromq_client::{Client, ConsumeMode, ConsumerConfig, ReceivedMessage, StartFrom};
+use ferromq_client::{
+    Client, ConsumeMode, ConsumeStatus, Consumer, ConsumerConfig, MessageId, ReceivedMessage,
+    StartFrom,
+};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::duration;
 
@@ -42,6 +49,11 @@ pub struct ConsumeArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
+    /// Fail each message this many times before accepting it, to watch retries: the broker
+    /// delivers it again after its back-off (10 s, 30 s, 1 min …) and dead-letters it after 16
+    /// retries.
+    #[arg(long, default_value_t = 0)]
+    fail_first: u32,
 }
 
 fn parse_start(text: &str) -> Result<StartFrom, String> {
@@ -86,6 +98,7 @@ fn print(message: &ReceivedMessage, as_json: bool) {
             "properties": message.properties,
             "store_time_ms": message.store_ts_ms,
             "born_time_ms": message.born_ts_ms,
+            "reconsume_times": message.reconsume_times,
         });
         // `body` is always present: the text, or hex digits when the body is not UTF-8.
         match text {
@@ -128,11 +141,14 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
         .config(ConsumerConfig {
             start_from: args.from,
             mode,
-            broadcast_id: Some(args.broadcast_id.unwrap_or_else(host_name)),
+            broadcast_id: Some(args.broadcast_id.clone().unwrap_or_else(host_name)),
             ..ConsumerConfig::default()
         })
         .build()
         .await?;
+    if args.fail_first > 0 {
+        return run_failing(consumer, &args).await;
+    }
     let mut received = 0u64;
     while args.count.is_none_or(|count| received < count) {
         match tokio::time::timeout(args.timeout, consumer.recv()).await {
@@ -157,6 +173,74 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--fail-first N`: consumes through a handler that fails each message N times first.
+async fn run_failing(consumer: Consumer, args: &ConsumeArgs) -> anyhow::Result<()> {
+    let attempts: Arc<Mutex<HashMap<MessageId, u32>>> = Arc::default();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let last_activity = Arc::new(Mutex::new(Instant::now()));
+    let stop = CancellationToken::new();
+    let (fail_first, as_json) = (args.fail_first, args.json);
+    let handler = {
+        let (accepted, last_activity) = (accepted.clone(), last_activity.clone());
+        move |message: ReceivedMessage| {
+            *lock(&last_activity) = Instant::now();
+            let attempt = {
+                let mut attempts = lock(&attempts);
+                let count = attempts.entry(message.id).or_insert(0);
+                *count += 1;
+                *count
+            };
+            let status = if attempt <= fail_first {
+                eprintln!(
+                    "failing {} (attempt {attempt} of {}, reconsume_times={})",
+                    message.id,
+                    fail_first + 1,
+                    message.reconsume_times
+                );
+                ConsumeStatus::RetryLater(None)
+            } else {
+                print(&message, as_json);
+                accepted.fetch_add(1, Ordering::Relaxed);
+                ConsumeStatus::Success
+            };
+            async move { status }
+        }
+    };
+    let watchdog = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        let (count, timeout) = (args.count, args.timeout);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let done = count.is_some_and(|c| accepted.load(Ordering::Relaxed) >= c);
+                if done || lock(&last_activity).elapsed() >= timeout {
+                    if !done {
+                        eprintln!("no message for {timeout:?}; stopping");
+                    }
+                    stop.cancel();
+                    return;
+                }
+            }
+        })
+    };
+    consumer.run(handler, stop).await?;
+    watchdog.abort();
+    let received = accepted.load(Ordering::Relaxed);
+    if args.count.is_some_and(|count| received < count) {
+        anyhow::bail!(
+            "accepted {received} of {} messages",
+            args.count.unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod duration;
 mod lag;
 mod send;
 mod standalone;
+mod trace;
 
 use clap::{Parser, Subcommand};
 use ferromq_client::Client;
@@ -36,6 +37,9 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// How far a consumer group is behind on each queue of a topic.
     Lag(lag::LagArgs),
+    /// Where a message is stored and what each consumer group did with it (delivered,
+    /// acknowledged, retried, dead-lettered).
+    Trace(trace::TraceArgs),
     /// Load generators for produce and consume throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -83,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::run(&client, args, body.unwrap_or_default()).await,
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Lag(args) => lag::run(&client, args).await,
+        Command::Trace(args) => trace::run(&client, args).await,
         Command::Bench(command) => bench::run(&client, command).await,
     };
     client.shutdown().await;

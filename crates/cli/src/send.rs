@@ -1,11 +1,15 @@
-//! `ferromq send`: send one message (or `--count` copies) and print each receipt.
+//! `ferromq send`: send one message (or `--count` copies), now or scheduled, and print each
+//! receipt.
 
 use std::io::Read;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use ferromq_client::{Client, Message};
+
+use crate::duration;
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -25,6 +29,24 @@ pub struct SendArgs {
     /// The message body; read from stdin when absent.
     #[arg(long)]
     body: Option<String>,
+    /// Deliver after this delay (e.g. 500ms, 10s, 2m, 1h); at most the broker's limit (7 days
+    /// by default).
+    #[arg(long, value_parser = duration::parse, conflicts_with_all = ["deliver_at", "delay_level"])]
+    delay: Option<Duration>,
+    /// Deliver at this time: RFC 3339 (2026-11-25T10:00:00Z) or milliseconds since the epoch.
+    #[arg(long, value_parser = parse_time, conflicts_with = "delay_level")]
+    deliver_at: Option<SystemTime>,
+    /// Deliver after one of the broker's delay levels (1 = 1s, 2 = 5s, 3 = 10s … 18 = 2h).
+    #[arg(long)]
+    delay_level: Option<u8>,
+}
+
+fn parse_time(text: &str) -> Result<SystemTime, String> {
+    if let Ok(millis) = text.parse::<u64>() {
+        return Ok(UNIX_EPOCH + Duration::from_millis(millis));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|err| format!("expected an RFC 3339 time or epoch milliseconds: {err}"))
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -56,15 +78,31 @@ pub async fn run(client: &Client, args: SendArgs, body: Bytes) -> anyhow::Result
     let producer = client.producer();
     let mut failures = 0;
     for _ in 0..args.count {
-        match producer.send(message.clone()).await {
-            Ok(receipt) => println!(
-                "sent {} topic={} group={} queue={} offset={}",
-                receipt.message_id,
-                receipt.topic,
-                receipt.broker_group,
-                receipt.queue_id,
-                receipt.queue_offset
-            ),
+        let sent = match (args.delay, args.deliver_at, args.delay_level) {
+            (Some(delay), _, _) => producer.send_delayed(message.clone(), delay).await,
+            (_, Some(at), _) => producer.send_at(message.clone(), at).await,
+            (_, _, Some(level)) => producer.send_with_delay_level(message.clone(), level).await,
+            _ => producer.send(message.clone()).await,
+        };
+        match sent {
+            Ok(receipt) => match receipt.due_ms {
+                Some(due_ms) => println!(
+                    "scheduled {} topic={} group={} queue={} due={}",
+                    receipt.message_id,
+                    receipt.topic,
+                    receipt.broker_group,
+                    receipt.queue_id,
+                    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(due_ms))
+                ),
+                None => println!(
+                    "sent {} topic={} group={} queue={} offset={}",
+                    receipt.message_id,
+                    receipt.topic,
+                    receipt.broker_group,
+                    receipt.queue_id,
+                    receipt.queue_offset
+                ),
+            },
             Err(err) => {
                 failures += 1;
                 eprintln!("error: {}", err.error);
