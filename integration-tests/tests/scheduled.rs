@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use ferromq_client::{
     Client, ConsumeStatus, ConsumerConfig, DeliveryState, Message, ReceivedMessage,
 };
-use ferromq_integration_tests::{start_nameserver, wait_for_route, within, Broker};
+use ferromq_integration_tests::{
+    http_get, http_post, start_nameserver, wait_for_route, within, Broker,
+};
 use ferromq_protocol::system::dlq_topic;
 use tokio_util::sync::CancellationToken;
 
@@ -188,7 +190,7 @@ async fn a_message_that_always_fails_is_retried_16_times_then_dead_lettered_and_
     let dir = tempfile::tempdir().unwrap();
     let nameserver = start_nameserver(dir.path(), &[]);
     let levels = short_levels();
-    let _broker = Broker::start(
+    let broker = Broker::start(
         &dir.path().join("b"),
         &nameserver.addr,
         dir.path(),
@@ -326,6 +328,45 @@ async fn a_message_that_always_fails_is_retried_16_times_then_dead_lettered_and_
     );
     stop.cancel();
     within(WAIT, task).await.unwrap();
+
+    // The admin API lists the dead letters and sends one back to its topic.
+    let admin = &broker.spec.admin;
+    let (status, body) = http_get(admin, "/v1/dlq/billing").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["messages"][0]["id"], poison.message_id.to_string());
+    assert_eq!(page["next_offset"], page["end_offset"]);
+    let id = poison.message_id.to_string();
+    let (status, body) = http_get(admin, &format!("/v1/messages/{id}/trace")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let trace: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(trace["groups"][0]["state"], "dead_lettered", "{trace}");
+    let copies = |admin: &str| {
+        let (status, body) = http_get(admin, &format!("/v1/messages/{id}")).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    // The original, 16 retries and the dead letter.
+    assert_eq!(copies(admin).as_array().unwrap().len(), 18);
+    let (status, body) = http_post(admin, "/v1/dlq/billing:resend", r#"{"offsets": [0]}"#).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let after = copies(admin);
+    let newest = after.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (newest["topic"].as_str(), newest["reconsume_times"].as_u64()),
+        (Some("orders"), Some(0))
+    );
+    for bad in [
+        r#"{"offsets": [7]}"#,
+        r#"{"offsets": []}"#,
+        r#"{"offsets": [0], "to": "x"}"#,
+    ] {
+        let (status, _) = http_post(admin, "/v1/dlq/billing:resend", bad).unwrap();
+        assert!(status == 400 || status == 404, "{bad}: {status}");
+    }
+    let (status, _) = http_get(admin, "/v1/messages/nothex/trace").unwrap();
+    assert_eq!(status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

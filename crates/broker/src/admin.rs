@@ -1,4 +1,5 @@
-//! The broker's admin HTTP routes beyond the probes: `/v1/broker`, `/v1/raft`, `/v1/topics`.
+//! The broker's admin HTTP routes beyond the probes: `/v1/broker`, `/v1/raft`, `/v1/topics`,
+//! groups and their lag and offsets, messages and their traces, dead letters.
 
 use std::sync::Arc;
 
@@ -14,6 +15,10 @@ use axum::{
     Json, Router,
 };
 use ferromq_protocol::headers::TopicConfig;
+use ferromq_protocol::system::{
+    dlq_topic, retry_topic, PROPERTY_ORIGIN_QUEUE, PROPERTY_ORIGIN_TOPIC,
+};
+use ferromq_protocol::MessageId;
 use ferromq_raftlog::{
     MemberAddress, MembershipChange, MembershipError, PeerProgress, RaftStatus, Role,
 };
@@ -76,6 +81,10 @@ pub fn router(core: Arc<BrokerCore>) -> Router {
         .route("/v1/topics", get(topics))
         .route("/v1/groups", get(groups))
         .route("/v1/messages", get(messages))
+        .route("/v1/messages/{id}", get(message_by_id))
+        .route("/v1/messages/{id}/trace", get(message_trace))
+        // `POST /v1/dlq/{group}:resend`: the action is part of the last segment.
+        .route("/v1/dlq/{group}", get(dlq_list).post(dlq_resend))
         .route("/v1/groups/{group}/lag", get(group_lag))
         .route("/v1/groups/{group}/offsets:reset", post(reset_offsets))
         .with_state(core)
@@ -432,6 +441,248 @@ async fn messages(
     Ok(Json(found))
 }
 
+fn parse_id(id: &str) -> Result<MessageId, ApiError> {
+    id.parse::<MessageId>().map_err(bad_request)
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking_store<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ferromq_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ApiError::internal(err.to_string()))?
+        .map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// `GET /v1/messages/{id}`: every stored copy of the message (the original, retries, its dead
+/// letter).
+async fn message_by_id(
+    State(core): State<Arc<BrokerCore>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<MessageView>>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = core.store.clone();
+    let views = blocking_store(move || {
+        Ok(store
+            .find_by_id(&id.0)?
+            .into_iter()
+            .filter_map(|(hit, record)| {
+                message_view(&hit.topic, hit.queue_id, hit.queue_offset, record)
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    if views.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "message {id} is not stored here (never sent to this broker group, or deleted by retention)"
+        )));
+    }
+    Ok(Json(views))
+}
+
+/// `GET /v1/messages/{id}/trace`: what each consumer group did with the message.
+async fn message_trace(
+    State(core): State<Arc<BrokerCore>>,
+    Path(id): Path<String>,
+) -> Result<Json<ferromq_protocol::headers::MessageTrace>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = core.store.clone();
+    let trace = blocking_store(move || crate::handlers::retry::trace_of(&store, id)).await?;
+    if trace.stored.is_none() && trace.scheduled.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "message {id} is not stored here"
+        )));
+    }
+    Ok(Json(trace))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    /// Where to start (the `next_offset` of the previous page); the oldest kept by default.
+    offset: Option<u64>,
+    /// At most this many (default 32, at most 1000).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct DlqPage {
+    group: String,
+    topic: String,
+    messages: Vec<MessageView>,
+    /// Where the next page starts; equal to `end_offset` when this was the last.
+    next_offset: u64,
+    end_offset: u64,
+}
+
+/// `GET /v1/dlq/{group}`: the group's dead letters, oldest first, a page at a time.
+async fn dlq_list(
+    State(core): State<Arc<BrokerCore>>,
+    Path(group): Path<String>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<DlqPage>, ApiError> {
+    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    ferromq_protocol::message::validate_group(&group).map_err(bad_request)?;
+    let topic = dlq_topic(&group);
+    let Some(queues) = core.store.queue_offsets(&topic) else {
+        return Ok(Json(DlqPage {
+            group,
+            topic,
+            messages: Vec::new(),
+            next_offset: 0,
+            end_offset: 0,
+        }));
+    };
+    let (_, min, max) = queues.first().copied().unwrap_or((0, 0, 0));
+    let from = query.offset.unwrap_or(min).max(min);
+    let limit = query.limit.unwrap_or(32).clamp(1, 1000);
+    let store = core.store.clone();
+    let read_topic = topic.clone();
+    let read = blocking_store(move || {
+        store.read_queue(&read_topic, 0, from, limit, 16 * 1024 * 1024, &[])
+    })
+    .await?;
+    let messages = read
+        .messages
+        .into_iter()
+        .filter_map(|(at, record)| message_view(&topic, 0, at, record))
+        .collect();
+    Ok(Json(DlqPage {
+        group,
+        topic,
+        messages,
+        next_offset: read.next_offset.max(from),
+        end_offset: max,
+    }))
+}
+
+/// Which dead letters to re-send, and where.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResendRequest {
+    /// Offsets in the dead-letter topic (as listed by `GET /v1/dlq/{group}`).
+    offsets: Vec<u64>,
+    /// `"topic"` (default): back to the topic it was first sent to, for every group to see;
+    /// `"retry"`: to this group's retry topic, for this group only, with a fresh retry count.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ResendView {
+    group: String,
+    /// (dead-letter offset, topic it went to, message id)
+    resent: Vec<(u64, String, String)>,
+}
+
+/// `POST /v1/dlq/{group}:resend`.
+async fn dlq_resend(
+    State(core): State<Arc<BrokerCore>>,
+    Path(group_action): Path<String>,
+    request: Result<Json<ResendRequest>, JsonRejection>,
+) -> Result<Json<ResendView>, ApiError> {
+    let Some(group) = group_action.strip_suffix(":resend") else {
+        return Err(ApiError::not_found(format!(
+            "no action in {group_action:?}; POST /v1/dlq/{{group}}:resend"
+        )));
+    };
+    let group = group.to_string();
+    ferromq_protocol::message::validate_group(&group).map_err(bad_request)?;
+    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let to_retry = match request.to.as_deref() {
+        None | Some("topic") => false,
+        Some("retry") => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "\"to\" must be \"topic\" or \"retry\", not {other:?}"
+            )))
+        }
+    };
+    if request.offsets.is_empty() || request.offsets.len() > 1000 {
+        return Err(bad_request("give 1..=1000 offsets".into()));
+    }
+    let dlq = dlq_topic(&group);
+    let mut resent = Vec::new();
+    for offset in request.offsets {
+        let store = core.store.clone();
+        let read_topic = dlq.clone();
+        let read =
+            blocking_store(move || store.read_queue(&read_topic, 0, offset, 1, 1, &[])).await?;
+        let record = match read.messages.first() {
+            Some((at, record)) if *at == offset => record.clone(),
+            _ => {
+                return Err(ApiError::not_found(format!(
+                    "no dead letter of {group:?} at offset {offset}"
+                )))
+            }
+        };
+        let mut record = ferromq_protocol::message::decode_record(record)
+            .map_err(|err| ApiError::internal(format!("stored record: {err}")))?;
+        record.reconsume_times = 0;
+        let origin = record.properties.get(PROPERTY_ORIGIN_TOPIC).cloned();
+        let (topic, queue_id) = if to_retry {
+            let topic = retry_topic(&group);
+            crate::handlers::retry::ensure_system_topic(&core, &topic).await;
+            (topic, 0)
+        } else {
+            let Some(topic) = origin else {
+                return Err(bad_request(format!(
+                    "the dead letter at offset {offset} does not name its original topic"
+                )));
+            };
+            let queues = core.store.topic(&topic).map_or(0, |t| t.queues);
+            if queues == 0 {
+                return Err(ApiError::not_found(format!(
+                    "its original topic {topic:?} no longer exists"
+                )));
+            }
+            let queue = record
+                .properties
+                .get(PROPERTY_ORIGIN_QUEUE)
+                .and_then(|q| q.parse::<u32>().ok())
+                .filter(|q| *q < queues)
+                .unwrap_or(0);
+            (topic, queue)
+        };
+        let payload = crate::handlers::retry::copy_payload(
+            &ferromq_store::command::MessagesKind::Internal,
+            (&topic, queue_id),
+            &record,
+            ferromq_protocol::message::now_millis(),
+        );
+        match core.propose(payload).await {
+            Ok(ferromq_store::ApplyOutcome::Appended { .. }) => {
+                resent.push((offset, topic, record.id.to_string()));
+            }
+            Ok(other) => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+            Err(err) => return Err(propose_error(&core, err)),
+        }
+    }
+    Ok(Json(ResendView { group, resent }))
+}
+
+/// The answer for a proposal that did not go through.
+fn propose_error(core: &BrokerCore, err: ferromq_raftlog::ProposeError) -> ApiError {
+    match err {
+        ferromq_raftlog::ProposeError::NotLeader { leader_id } => ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_leader",
+            message: format!(
+                "this broker is not the leader{}",
+                leader_hint(core, leader_id)
+            ),
+            retriable: true,
+        },
+        err => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "outcome_unknown",
+            message: err.to_string(),
+            retriable: true,
+        },
+    }
+}
+
 /// Where to move a group's offsets of one topic: exactly one of `to` (`"first"` or
 /// `"last"`), `timestamp_ms` (the first message stored at or after it) or `offset`.
 #[derive(Debug, Deserialize)]
@@ -526,25 +777,7 @@ async fn reset_offsets(
     match outcome {
         Ok(ferromq_store::ApplyOutcome::OffsetsCommitted) => {}
         Ok(other) => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
-        Err(ferromq_raftlog::ProposeError::NotLeader { leader_id }) => {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "not_leader",
-                message: format!(
-                    "this broker is not the leader{}",
-                    leader_hint(&core, leader_id)
-                ),
-                retriable: true,
-            });
-        }
-        Err(err) => {
-            return Err(ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "outcome_unknown",
-                message: err.to_string(),
-                retriable: true,
-            })
-        }
+        Err(err) => return Err(propose_error(&core, err)),
     }
     core.consumers.notify_with(&group, Some(&topic));
     Ok(Json(ResetView {

@@ -4,7 +4,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Args;
 use ferromq_client::{Client, DeliveryState, MessageId, MessageTrace};
-use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -24,14 +23,14 @@ fn state_name(state: DeliveryState) -> &'static str {
         DeliveryState::Pending => "pending",
         DeliveryState::Retrying => "retrying",
         DeliveryState::Consumed => "consumed",
-        DeliveryState::DeadLettered => "dead-lettered",
+        DeliveryState::DeadLettered => "dead_lettered",
     }
 }
 
 pub async fn run(client: &Client, args: TraceArgs) -> anyhow::Result<()> {
     let trace = client.trace(args.id).await?;
     if args.json {
-        println!("{}", to_json(&trace));
+        println!("{}", serde_json::to_string(&trace)?);
     } else {
         print_text(&trace);
     }
@@ -42,36 +41,6 @@ pub async fn run(client: &Client, args: TraceArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn to_json(trace: &MessageTrace) -> serde_json::Value {
-    json!({
-        "id": trace.id.to_string(),
-        "stored": trace.stored.as_ref().map(|s| json!({
-            "topic": s.topic,
-            "queue": s.queue_id,
-            "offset": s.queue_offset,
-            "store_time_ms": s.store_ts_ms,
-        })),
-        "scheduled": trace.scheduled.iter().map(|(topic, due)| json!({
-            "topic": topic,
-            "due_ms": due,
-        })).collect::<Vec<_>>(),
-        "groups": trace.groups.iter().map(|g| json!({
-            "group": g.group,
-            "state": state_name(g.state),
-            "deliveries": g.deliveries,
-            "retry_due_ms": g.retry_due_ms,
-            "dead_lettered_ms": g.dead_lettered_ms,
-            "attempts": g.attempts.iter().map(|a| json!({
-                "topic": a.topic,
-                "queue": a.queue_id,
-                "offset": a.queue_offset,
-                "visible_ms": a.visible_ms,
-                "acknowledged": a.acknowledged,
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn print_text(trace: &MessageTrace) {

@@ -238,6 +238,7 @@ pub struct DeliveryAttempt {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Stored, not acknowledged by the group yet.
     Pending,

@@ -93,7 +93,7 @@ pub async fn send_back(core: &BrokerCore, request: &Request) -> Reply {
     if record.reconsume_times >= back.max_reconsume {
         let topic = dlq_topic(&back.group);
         ensure_system_topic(core, &topic).await;
-        let payload = copy_payload(&MessagesKind::Internal, &topic, &record, now);
+        let payload = copy_payload(&MessagesKind::Internal, (&topic, 0), &record, now);
         return match core.propose(payload).await {
             Ok(ApplyOutcome::Appended { .. }) => {
                 core.metrics
@@ -121,7 +121,7 @@ pub async fn send_back(core: &BrokerCore, request: &Request) -> Reply {
         dedup: false,
     };
     match core
-        .propose(copy_payload(&kind, &topic, &record, now))
+        .propose(copy_payload(&kind, (&topic, 0), &record, now))
         .await
     {
         Ok(ApplyOutcome::Scheduled { .. }) => {
@@ -139,12 +139,18 @@ pub async fn send_back(core: &BrokerCore, request: &Request) -> Reply {
     }
 }
 
-fn copy_payload(kind: &MessagesKind, topic: &str, record: &MessageRecord, now: u64) -> Vec<u8> {
+/// An entry holding one copy of `record` for (topic, queue).
+pub fn copy_payload(
+    kind: &MessagesKind,
+    (topic, queue_id): (&str, u32),
+    record: &MessageRecord,
+    now: u64,
+) -> Vec<u8> {
     let mut encoded = BytesMut::new();
     record.encode(&mut encoded);
     let mut body = BytesMut::with_capacity(encoded.len() + 4);
     put_length_prefixed(&mut body, &encoded);
-    encode_messages_of(kind, topic, 0, 1, &body, now)
+    encode_messages_of(kind, topic, queue_id, 1, &body, now)
 }
 
 fn unexpected(outcome: ApplyOutcome) -> Reply {
