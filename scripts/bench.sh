@@ -105,6 +105,9 @@ echo "==> sync flush"
 start_node sync
 bench produce_batch64_p4_sync_flush produce --topic b1 --messages "$n_batch" --size 1024 --producers 4 --batch 64
 bench produce_single_sync_flush produce --topic b2 --messages $((n_single / 10)) --size 1024
+# Delayed delivery: a light load spread over 20 s, then a burst all due in the same instant.
+bench scheduled_light scheduled --topic s1 --messages $((2000 / scale)) --lead 5s --spread 20s
+bench scheduled_burst scheduled --topic s2 --messages $((100000 / scale)) --lead 40s
 
 echo "==> async flush"
 start_node async

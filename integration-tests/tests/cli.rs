@@ -254,11 +254,14 @@ fn every_command_explains_its_own_options() {
     for (args, option) in [
         (vec!["--help"], "--nameserver"),
         (vec!["standalone", "--help"], "--data-dir"),
-        (vec!["send", "--help"], "--property"),
-        (vec!["consume", "--help"], "--timeout"),
+        (vec!["send", "--help"], "--deliver-at"),
+        (vec!["consume", "--help"], "--fail-first"),
+        (vec!["trace", "--help"], "--json"),
+        (vec!["lag", "--help"], "--group"),
         (vec!["bench", "produce", "--help"], "--batch"),
         (vec!["bench", "consume", "--help"], "--idle-timeout"),
         (vec!["bench", "ping", "--help"], "--count"),
+        (vec!["bench", "scheduled", "--help"], "--spread"),
     ] {
         let out = ferromq(&args);
         assert!(out.status.success(), "{args:?}");

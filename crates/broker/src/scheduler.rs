@@ -45,6 +45,10 @@ struct TimerState {
     ready_term: u64,
     /// Messages with a deliver or cancel proposed in `ready_term` and not applied yet.
     in_flight: HashSet<Pending>,
+    /// Every waiting message due before this is in `in_flight`: scans start here rather than
+    /// at the beginning, past the deletions of everything delivered (which RocksDB would
+    /// otherwise step over on every pass until it compacts them away).
+    scan_from_ms: u64,
 }
 
 /// Why a cancel did not happen.
@@ -71,6 +75,7 @@ impl Scheduler {
         let mut state = self.state.lock();
         state.ready_term = 0;
         state.in_flight.clear();
+        state.scan_from_ms = 0;
     }
 
     /// Recalls the message `id` scheduled for `topic`.
@@ -131,13 +136,21 @@ impl Scheduler {
     /// Takes the due messages not already on their way, marking them as on their way.
     fn take_due(&self, core: &BrokerCore, now_ms: u64) -> Vec<ScheduledMessage> {
         let mut state = self.state.lock();
+        // Messages scheduled since the last pass may be due earlier than where it stopped.
+        state.scan_from_ms = state.scan_from_ms.min(core.store.take_schedule_hint());
         let limit = SCAN_LIMIT + state.in_flight.len();
-        let due = match core.store.scheduled_due(0, now_ms, limit) {
+        let due = match core.store.scheduled_due(state.scan_from_ms, now_ms, limit) {
             Ok(due) => due,
             Err(err) => {
                 warn!(%err, "cannot read the schedule");
                 return Vec::new();
             }
+        };
+        // Everything due before the last one read was read; past a full page, more may wait
+        // at that same due time.
+        state.scan_from_ms = match due.last() {
+            Some(last) if due.len() >= limit => last.due_ms,
+            _ => now_ms.saturating_add(1),
         };
         due.into_iter()
             .filter(|m| state.in_flight.insert((m.id, m.topic.clone())))

@@ -1,4 +1,4 @@
-//! `ferromq bench produce|consume`: load generators that report throughput and latency
+//! `ferromq bench produce|consume|ping|scheduled`: load generators that report throughput and latency
 //! (HDR histogram). With `--json` they print one object:
 //! `{"messages","errors","seconds","msgs_per_sec","mib_per_sec","latency_us":{"p50","p99","p999","max"}}`
 //! where `messages` counts acknowledged sends (or consumed messages) only.
@@ -29,6 +29,44 @@ pub enum BenchCommand {
     /// Round trips of an empty request to a broker: the transport's latency floor, without
     /// storage or Raft.
     Ping(PingArgs),
+    /// Schedule N messages due at one instant (or spread over `--spread`) and measure how late
+    /// consumers see them.
+    Scheduled(ScheduledArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduledArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    messages: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// The first message is due this long after the run starts (time to send them all).
+    #[arg(long, default_value = "20s", value_parser = duration::parse)]
+    lead: Duration,
+    /// Due times spread evenly over this long after the first (0: all due at once, a burst).
+    #[arg(long, default_value = "0s", value_parser = duration::parse)]
+    spread: Duration,
+    /// Scheduled sends outstanding at once.
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// How late scheduled messages became visible to a consumer.
+#[derive(Debug, Serialize)]
+struct ScheduledReport {
+    messages: u64,
+    errors: u64,
+    /// Seconds from the first due time until the last message arrived.
+    last_arrival_after_first_due_s: f64,
+    /// Arrival time minus due time, in milliseconds.
+    lateness_ms: Latency,
+    /// How long scheduling them took (they must all be scheduled before they fall due).
+    send_seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +219,7 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Produce(args) => produce(client, args).await,
         BenchCommand::Consume(args) => consume(client, args).await,
         BenchCommand::Ping(args) => ping(client, args).await,
+        BenchCommand::Scheduled(args) => scheduled(client, args).await,
     }
 }
 
@@ -397,6 +436,113 @@ async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
             args.messages,
             args.idle_timeout
         );
+    }
+    Ok(())
+}
+
+/// The property carrying each message's due time, for the consumer side of the benchmark.
+const BENCH_DUE_PROPERTY: &str = "bench_due_ms";
+
+async fn scheduled(client: &Client, args: ScheduledArgs) -> anyhow::Result<()> {
+    let producer = client.producer_with(ProducerConfig {
+        max_in_flight: args.in_flight.max(1),
+        ..ProducerConfig::default()
+    });
+    let body = Bytes::from(vec![b'd'; args.size]);
+    let first_due_ms = now_ms() + args.lead.as_millis() as u64;
+    let spread_ms = args.spread.as_millis() as u64;
+    let due_of = |i: u64| first_due_ms + spread_ms * i / args.messages.max(1);
+    // The consumer is in place before anything is due.
+    let group = format!("bench-scheduled-{first_due_ms}");
+    let mut consumer = client
+        .consumer(&group)
+        .subscribe(&args.topic, "*")
+        .config(ConsumerConfig {
+            start_from: StartFrom::Last,
+            pull_batch: 256,
+            max_buffered: 16_384,
+            ..ConsumerConfig::default()
+        })
+        .build()
+        .await?;
+    let started = Instant::now();
+    let mut sends = FuturesUnordered::new();
+    let mut errors = 0u64;
+    for i in 0..args.messages {
+        if sends.len() >= args.in_flight.max(1) {
+            if let Some(Err(_)) = sends.next().await {
+                errors += 1;
+            }
+        }
+        let due_ms = due_of(i);
+        let message = Message::new(args.topic.clone(), body.clone())
+            .with_property(BENCH_DUE_PROPERTY, due_ms.to_string());
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(due_ms);
+        let producer = producer.clone();
+        sends.push(async move { producer.send_at(message, at).await });
+    }
+    while let Some(result) = sends.next().await {
+        if result.is_err() {
+            errors += 1;
+        }
+    }
+    let send_seconds = started.elapsed().as_secs_f64();
+    if now_ms() > first_due_ms {
+        anyhow::bail!("scheduling took {send_seconds:.1} s, past the first due time: raise --lead");
+    }
+    let expected = args.messages - errors;
+    let mut lateness = histogram();
+    let mut received = 0u64;
+    let mut last_arrival_ms = 0;
+    let idle = args.lead + args.spread + Duration::from_secs(30);
+    while received < expected {
+        match tokio::time::timeout(idle, consumer.recv()).await {
+            Ok(Some(message)) => {
+                let arrived = now_ms();
+                let due = message
+                    .properties
+                    .get(BENCH_DUE_PROPERTY)
+                    .and_then(|d| d.parse::<u64>().ok());
+                let Some(due) = due else { continue };
+                received += 1;
+                last_arrival_ms = arrived;
+                let _ = lateness.record(arrived.saturating_sub(due).max(1));
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    consumer.commit().await?;
+    consumer.shutdown().await?;
+    let report = ScheduledReport {
+        messages: received,
+        errors,
+        last_arrival_after_first_due_s: last_arrival_ms.saturating_sub(first_due_ms) as f64
+            / 1000.0,
+        lateness_ms: Latency {
+            p50: lateness.value_at_quantile(0.50),
+            p99: lateness.value_at_quantile(0.99),
+            p999: lateness.value_at_quantile(0.999),
+            max: lateness.max(),
+        },
+        send_seconds,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "scheduled: {} messages ({} errors) scheduled in {:.1} s; last arrived {:.2} s after the first due time; lateness ms p50 {} p99 {} p99.9 {} max {}",
+            report.messages,
+            report.errors,
+            report.send_seconds,
+            report.last_arrival_after_first_due_s,
+            report.lateness_ms.p50,
+            report.lateness_ms.p99,
+            report.lateness_ms.p999,
+            report.lateness_ms.max
+        );
+    }
+    if received < expected {
+        anyhow::bail!("received {received} of {expected} scheduled messages");
     }
     Ok(())
 }

@@ -164,6 +164,9 @@ pub struct Store {
     dedup: Mutex<DedupWindow>,
     /// Derived state at each segment start, for retention and snapshots (see `snapshot`).
     snapshots: SnapshotDir,
+    /// The earliest due time scheduled since the timer last asked (see
+    /// [`Store::take_schedule_hint`]); 0 at open: anything may be due.
+    schedule_hint: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -274,6 +277,7 @@ impl Store {
             failed: AtomicBool::new(false),
             dedup: Mutex::new(dedup),
             snapshots,
+            schedule_hint: AtomicU64::new(0),
         })
     }
 
@@ -462,6 +466,7 @@ impl Store {
             return Err(err);
         }
         *applied = base.point();
+        self.schedule_hint.store(0, Ordering::Release);
         self.applied_index.store(base.index, Ordering::Release);
         self.checkpointed_index.store(base.index, Ordering::Release);
         info!(index = base.index, term = base.term, "installed a snapshot");
@@ -523,6 +528,12 @@ impl Store {
             StoreError::injected("store::between_queues_and_state")
         ));
         batch.write()?;
+        // Only now can the timer find them.
+        for outcome in &outcomes {
+            if let ApplyOutcome::Scheduled { due_ms, .. } = outcome {
+                self.schedule_hint.fetch_min(*due_ms, Ordering::AcqRel);
+            }
+        }
         let mut dedup = dedup;
         for send in staged {
             dedup.insert(send);
@@ -975,6 +986,12 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<ScheduledMessage>> {
         self.db.scheduled_due(after_ms, due_by_ms, limit)
+    }
+
+    /// The earliest due time of messages scheduled since the last call (`u64::MAX` if none):
+    /// a timer that has seen everything due before some time needs to look again from here.
+    pub fn take_schedule_hint(&self) -> u64 {
+        self.schedule_hint.swap(u64::MAX, Ordering::AcqRel)
     }
 
     /// The scheduled message with this id bound for `topic`, if it is still waiting.
