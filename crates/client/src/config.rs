@@ -147,6 +147,17 @@ pub struct ConsumerConfig {
     pub broker_retries: bool,
     /// Retries before a message is dead-lettered (16, as RocketMQ).
     pub max_reconsume_times: u32,
+    /// Orderly consumption: each queue is consumed only while this member holds its lock at
+    /// the broker, its messages reach the handler one at a time in offset order, and a failed
+    /// message is retried (after its `RetryLater` delay, 1 s by default) before anything after
+    /// it; no broker retries.
+    pub orderly: bool,
+    /// Orderly: how long a queue lock lasts unless renewed (renewed three times per lease); a
+    /// member that dies holds its queues this long.
+    pub queue_lock_lease_ms: u64,
+    /// Orderly: after `max_reconsume_times` failed retries, move the message to the group's
+    /// dead-letter topic and go on (otherwise it is retried until it succeeds).
+    pub orderly_dead_letter: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -162,6 +173,9 @@ impl Default for ConsumerConfig {
             consume_timeout_ms: 15 * 60 * 1000,
             broker_retries: true,
             max_reconsume_times: 16,
+            orderly: false,
+            queue_lock_lease_ms: 60_000,
+            orderly_dead_letter: false,
             commit_interval_ms: 5_000,
             read_from_followers: false,
             mode: ConsumeMode::Clustering,

@@ -52,6 +52,8 @@ use crate::config::{Allocation, ConsumeMode, ConsumerConfig, StartFrom};
 use crate::error::ClientError;
 use crate::filter::TagFilter;
 use crate::producer::MAX_ROUTE_QUEUES;
+
+mod orderly;
 use ferromq_transport::TransportError;
 
 /// A message as the application receives it.
@@ -161,6 +163,12 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Orderly consumption (FIFO per queue); see [`ConsumerConfig::orderly`].
+    pub fn orderly(mut self) -> ConsumerBuilder {
+        self.config.orderly = true;
+        self
+    }
+
     pub fn start_from(mut self, start_from: StartFrom) -> ConsumerBuilder {
         self.config.start_from = start_from;
         self
@@ -199,8 +207,15 @@ impl ConsumerBuilder {
                 "consumer limits and intervals must be positive".into(),
             ));
         }
+        if config.orderly && config.mode == ConsumeMode::Broadcast {
+            return Err(ClientError::Config(
+                "orderly consumption needs clustering mode (broadcast members share no queue)"
+                    .into(),
+            ));
+        }
         let retry = if config.mode == ConsumeMode::Clustering
             && config.broker_retries
+            && !config.orderly
             && !is_reserved_topic(&topic)
         {
             let retry_topic = retry_topic(&self.group);
@@ -330,6 +345,10 @@ struct Shared {
     next_epoch: std::sync::atomic::AtomicU64,
     /// Woken by brokers' group change notices (and told about offset resets).
     changed: Arc<GroupSignal>,
+    /// Orderly: the queue locks held, each until when (see `orderly`).
+    locks: Mutex<HashMap<QueueKey, Instant>>,
+    /// Orderly: the queue whose message the handler is working on.
+    busy: Mutex<Option<QueueKey>>,
     shutdown: CancellationToken,
 }
 
@@ -337,7 +356,13 @@ impl Shared {
     /// Whether a buffered message still belongs to a queue this member reads, in the same
     /// epoch (not from before a release or an offset reset).
     fn owns(&self, (epoch, message): &(u64, ReceivedMessage)) -> bool {
-        self.owned.lock().get(&key_of(message)) == Some(epoch)
+        self.owns_queue(*epoch, &key_of(message))
+    }
+
+    /// Whether this member reads the queue in that epoch (and, orderly, holds its lock).
+    fn owns_queue(&self, epoch: u64, key: &QueueKey) -> bool {
+        self.owned.lock().get(key) == Some(&epoch)
+            && (!self.config.orderly || orderly::holds(self, key))
     }
 }
 
@@ -401,6 +426,8 @@ impl Source {
             sql,
             config,
             progress: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            busy: Mutex::new(None),
             owned: Mutex::new(BTreeMap::new()),
             next_epoch: std::sync::atomic::AtomicU64::new(1),
             changed,
@@ -410,6 +437,9 @@ impl Source {
         tasks.spawn(heartbeat_loop(shared.clone()));
         tasks.spawn(rebalance_loop(shared.clone(), sender, tasks.clone()));
         tasks.spawn(commit_loop(shared.clone()));
+        if shared.config.orderly {
+            tasks.spawn(orderly::renewal_loop(shared.clone()));
+        }
         Ok(Source {
             shared,
             receiver,
@@ -468,7 +498,7 @@ impl Source {
     /// Whether the queue of the message handed out last is still read by this member, in the
     /// same epoch.
     fn still_owns(&self, message: &ReceivedMessage) -> bool {
-        self.shared.owned.lock().get(&key_of(message)) == Some(&self.last_epoch)
+        self.shared.owns_queue(self.last_epoch, &key_of(message))
     }
 
     fn stop(&mut self) {
@@ -482,6 +512,10 @@ impl Source {
     async fn finish(&self) -> Result<(), ClientError> {
         self.tasks.wait().await;
         let committed = commit_consumed(&self.shared).await;
+        if self.shared.config.orderly {
+            let held: Vec<QueueKey> = self.shared.locks.lock().keys().cloned().collect();
+            orderly::release(&self.shared, held).await;
+        }
         leave_group(&self.shared).await;
         committed
     }
@@ -491,6 +525,7 @@ impl Source {
         &self,
         message: &ReceivedMessage,
         delay: Option<Duration>,
+        max_reconsume: u32,
     ) -> Result<SendBackResponse, ClientError> {
         let header = SendBackRequest {
             group: self.shared.group.clone(),
@@ -498,7 +533,7 @@ impl Source {
             queue_id: message.queue_id,
             offset: message.queue_offset,
             delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            max_reconsume: self.shared.config.max_reconsume_times,
+            max_reconsume,
         };
         let response = self
             .shared
@@ -586,7 +621,11 @@ impl Consumer {
     {
         let config = &self.main.shared.config;
         let consume_timeout = Duration::from_millis(config.consume_timeout_ms.max(1));
-        let broker_retries = config.broker_retries && config.mode == ConsumeMode::Clustering;
+        let orderly = config.orderly;
+        let broker_retries =
+            config.broker_retries && config.mode == ConsumeMode::Clustering && !orderly;
+        let (max_reconsume, orderly_dead_letter) =
+            (config.max_reconsume_times, config.orderly_dead_letter);
         'messages: loop {
             let message = tokio::select! {
                 message = self.recv() => match message {
@@ -595,18 +634,24 @@ impl Consumer {
                 },
                 _ = stop.cancelled() => break,
             };
+            let mut failures = 0u32;
             loop {
-                // The queue may have moved to another member (or been reset) while this
-                // message waited for a retry: then it is no longer this member's to handle.
+                // The queue may have moved to another member (or been reset, or its lock lost)
+                // while this message waited for a retry: then it is no longer this member's.
                 if !self.last_source().still_owns(&message) {
                     self.last_source().last_yielded = None;
                     break;
+                }
+                let busy = self.last_source().shared.clone();
+                if orderly {
+                    *busy.busy.lock() = Some(key_of(&message));
                 }
                 let handled = AssertUnwindSafe(handler(message.clone())).catch_unwind();
                 let outcome = tokio::time::timeout(consume_timeout, handled).await;
                 let delay = match outcome {
                     Ok(Ok(ConsumeStatus::Success)) => {
                         self.mark_consumed();
+                        *busy.busy.lock() = None;
                         break;
                     }
                     Ok(Ok(ConsumeStatus::RetryLater(delay))) => delay,
@@ -619,11 +664,26 @@ impl Consumer {
                         None
                     }
                 };
-                if broker_retries {
-                    match self.last_source().send_back(&message, delay).await {
+                failures += 1;
+                // Orderly, the message is retried here; past the limit, and only if asked,
+                // it goes to the dead-letter topic at once.
+                let hand_back = if broker_retries {
+                    Some(max_reconsume)
+                } else if orderly && orderly_dead_letter && failures > max_reconsume {
+                    Some(0)
+                } else {
+                    None
+                };
+                if let Some(max_reconsume) = hand_back {
+                    match self
+                        .last_source()
+                        .send_back(&message, delay, max_reconsume)
+                        .await
+                    {
                         Ok(answer) => {
                             debug!(id = %message.id, ?answer, "message handed back to the broker");
                             self.mark_consumed();
+                            *busy.busy.lock() = None;
                             break;
                         }
                         Err(err) => {
@@ -631,6 +691,7 @@ impl Consumer {
                         }
                     }
                 }
+                *busy.busy.lock() = None;
                 tokio::select! {
                     _ = tokio::time::sleep(delay.unwrap_or(Duration::from_secs(1))) => {}
                     _ = stop.cancelled() => {
@@ -960,9 +1021,16 @@ async fn rebalance_loop(
         }
         if !released.is_empty() {
             shared.owned.lock().retain(|key, _| !released.contains(key));
+            if shared.config.orderly {
+                // The message in the handler's hands finishes (and counts) first.
+                orderly::wait_until_idle(&shared, &released).await;
+            }
             // The next owner starts from what was committed here.
             if let Err(err) = commit_consumed(&shared).await {
                 warn!(group = %shared.group, %err, "committing released queues failed");
+            }
+            if shared.config.orderly {
+                orderly::release(&shared, released.clone()).await;
             }
             let mut progress = shared.progress.lock();
             for key in &released {
@@ -1157,7 +1225,21 @@ async fn pull_queue(
     let mut leader_failed_until: Option<Instant> = None;
     // Counts reads that failed to reach a member, to move on to the next one.
     let mut rotation = 0usize;
+    // Orderly: nothing is read before the lock is held, so the start offset read next includes
+    // the previous owner's last commit.
+    if shared.config.orderly && !orderly::acquire(&shared, &key, &stop).await {
+        return;
+    }
     while !stop.is_cancelled() {
+        if shared.config.orderly && !orderly::holds(&shared, &key) {
+            // The lock ran out or went to another member: drop this queue's buffered messages
+            // (they are no longer owned) and let the rebalance start it afresh.
+            warn!(topic = %shared.topic, queue = key.queue_id, "queue lock lost; restarting the queue");
+            shared.owned.lock().remove(&key);
+            shared.progress.lock().remove(&key);
+            shared.changed.notify.notify_one();
+            return;
+        }
         // Flow control: a queue whose messages wait unconsumed is not pulled further, so a
         // slow handler slows pulling instead of growing memory.
         let waiting = shared

@@ -38,7 +38,7 @@ pub use consumer::{ConsumeStatus, Consumer, ConsumerBuilder, ReceivedMessage};
 pub use error::{BatchSendError, ClientError, SendError};
 pub use filter::TagFilter;
 pub use idempotent::{Idempotent, KeyStore, MemoryKeyStore};
-pub use producer::{Producer, SendHandle, SendReceipt};
+pub use producer::{MessageQueue, Producer, QueueSelector, SendHandle, SendReceipt};
 
 pub use ferromq_protocol::headers::{
     DeliveryAttempt, DeliveryState, GroupTrace, MessageTrace, SendBackResponse, StoredCopy,

@@ -38,6 +38,38 @@ pub struct SendReceipt {
     pub due_ms: Option<u64>,
 }
 
+/// A writable queue of a topic, as a [`QueueSelector`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageQueue {
+    pub broker_group: String,
+    pub queue_id: u32,
+}
+
+/// Picks the queue of a message: an index into `queues` (taken modulo their number). Closures
+/// `Fn(&[MessageQueue], &Message) -> usize` are selectors.
+pub trait QueueSelector: Send + Sync {
+    fn select(&self, queues: &[MessageQueue], message: &Message) -> usize;
+}
+
+impl<F> QueueSelector for F
+where
+    F: Fn(&[MessageQueue], &Message) -> usize + Send + Sync,
+{
+    fn select(&self, queues: &[MessageQueue], message: &Message) -> usize {
+        self(queues, message)
+    }
+}
+
+/// FNV-1a of a sharding key: the same in every process and version.
+pub fn sharding_hash(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 /// A queue a message can be sent to.
 #[derive(Debug, Clone)]
 struct Target {
@@ -138,7 +170,7 @@ impl Producer {
         schedule: Option<Schedule>,
     ) -> Result<SendReceipt, SendError> {
         match self
-            .send_records(std::slice::from_ref(&message), schedule)
+            .send_records(std::slice::from_ref(&message), schedule, None)
             .await
         {
             Ok(mut receipts) => Ok(receipts.remove(0)),
@@ -201,7 +233,7 @@ impl Producer {
         &self,
         messages: Vec<Message>,
     ) -> Result<Vec<SendReceipt>, BatchSendError> {
-        match self.send_records(&messages, None).await {
+        match self.send_records(&messages, None, None).await {
             Ok(receipts) => Ok(receipts),
             Err(error) => Err(BatchSendError { messages, error }),
         }
@@ -240,6 +272,58 @@ impl Producer {
         level: u8,
     ) -> Result<SendReceipt, SendError> {
         self.send_one(message, Some(Schedule::Level(level))).await
+    }
+
+    /// Sends to the queue `sharding_key` hashes to, so messages with the same key keep their
+    /// order (while the topic's queue count stays the same). The send is retried only on that
+    /// queue: when its broker group has no leader, it fails rather than going elsewhere.
+    pub async fn send_ordered(
+        &self,
+        message: Message,
+        sharding_key: &str,
+    ) -> Result<SendReceipt, SendError> {
+        let hash = sharding_hash(sharding_key);
+        let selector = move |queues: &[MessageQueue], _: &Message| {
+            (hash % queues.len().max(1) as u64) as usize
+        };
+        self.send_with_selector(message, &selector).await
+    }
+
+    /// Sends to the queue `selector` picks from the topic's writable queues (sorted by broker
+    /// group and queue id); retried only on that queue, like [`Producer::send_ordered`].
+    pub async fn send_with_selector(
+        &self,
+        message: Message,
+        selector: &dyn QueueSelector,
+    ) -> Result<SendReceipt, SendError> {
+        let target = async {
+            let route = self.client.route(&message.topic).await?;
+            let mut targets = targets(&route);
+            targets.sort_by(|a, b| (&a.group, a.queue_id).cmp(&(&b.group, b.queue_id)));
+            if targets.is_empty() {
+                return Err(ClientError::NoRoute(message.topic.clone()));
+            }
+            let queues: Vec<MessageQueue> = targets
+                .iter()
+                .map(|t| MessageQueue {
+                    broker_group: t.group.clone(),
+                    queue_id: t.queue_id,
+                })
+                .collect();
+            let index = selector.select(&queues, &message) % targets.len();
+            Ok(targets.swap_remove(index))
+        };
+        let target = match target.await {
+            Ok(target) => target,
+            Err(error) => return Err(SendError { message, error }),
+        };
+        match self
+            .send_records(std::slice::from_ref(&message), None, Some(target))
+            .await
+        {
+            Ok(mut receipts) => Ok(receipts.remove(0)),
+            Err(error) => Err(SendError { message, error }),
+        }
     }
 
     /// Recalls a scheduled message before it is due. Fails (`PARAMETER_ERROR`) when it was
@@ -282,6 +366,7 @@ impl Producer {
         &self,
         messages: &[Message],
         schedule: Option<Schedule>,
+        pin: Option<Target>,
     ) -> Result<Vec<SendReceipt>, ClientError> {
         let Some(first) = messages.first() else {
             return Err(ClientError::InvalidMessage(
@@ -296,7 +381,8 @@ impl Producer {
         }
         let (body, ids) = self.encode(messages)?;
         let deadline = Instant::now() + Duration::from_millis(self.config.send_timeout_ms);
-        let mut prefer = Prefer::Any;
+        let pinned = pin.is_some();
+        let mut prefer = pin.map_or(Prefer::Any, Prefer::Pinned);
         let mut maybe_stored: Option<Target> = None;
         let mut attempt = 0;
         loop {
@@ -358,6 +444,8 @@ impl Producer {
                 maybe_stored = tried.clone();
             }
             prefer = match (tried, leader_hint, &maybe_stored) {
+                // An ordered send never moves to another queue.
+                _ if pinned => prefer,
                 // Not stored there; go straight to the leader the follower named.
                 (Some(target), Some(leader), _) => Prefer::Same { target, leader },
                 (_, _, Some(stored)) => Prefer::Same {
@@ -410,6 +498,16 @@ impl Producer {
         let round_robin =
             (0..targets.len()).map(|i| &targets[start.wrapping_add(i) % targets.len()]);
         let chosen = match prefer {
+            Prefer::Pinned(pinned) => {
+                let Some(target) = targets
+                    .iter()
+                    .find(|t| t.group == pinned.group && t.queue_id == pinned.queue_id)
+                else {
+                    // Its group has no leader right now: wait for one rather than reorder.
+                    return Err((None, ClientError::NoRoute(topic.to_string())));
+                };
+                Some(target)
+            }
             Prefer::Any => None,
             Prefer::OtherGroup(avoid) => round_robin.clone().find(|t| &t.group != avoid),
             Prefer::Same { target, .. } => round_robin
@@ -453,9 +551,11 @@ impl Producer {
     }
 }
 
-/// Where a retry should go.
+/// Where a send (or its retry) should go.
 enum Prefer {
     Any,
+    /// Exactly this queue, whatever fails (ordered sends).
+    Pinned(Target),
     /// Another broker group than the one that failed.
     OtherGroup(String),
     /// The same group and queue: after an unknown outcome, so the broker can recognise the

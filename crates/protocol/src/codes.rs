@@ -41,13 +41,17 @@ pub enum RequestCode {
     ConsumerSendBack = 213,
     /// What happened to a message: stored, delivered, acknowledged, retried, dead-lettered.
     GetTrace = 214,
+    /// An orderly consumer takes or renews the locks of queues it consumes.
+    LockQueues = 215,
+    /// An orderly consumer gives queue locks back.
+    UnlockQueues = 216,
 
     // Between the members of a broker group, on the peer port only.
     RaftMessages = 300,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 22] = [
+    pub const ALL: [RequestCode; 24] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -69,6 +73,8 @@ impl RequestCode {
         RequestCode::CancelScheduled,
         RequestCode::ConsumerSendBack,
         RequestCode::GetTrace,
+        RequestCode::LockQueues,
+        RequestCode::UnlockQueues,
         RequestCode::RaftMessages,
     ];
 
@@ -102,6 +108,8 @@ impl RequestCode {
             RequestCode::CancelScheduled => "cancel_scheduled",
             RequestCode::ConsumerSendBack => "consumer_send_back",
             RequestCode::GetTrace => "get_trace",
+            RequestCode::LockQueues => "lock_queues",
+            RequestCode::UnlockQueues => "unlock_queues",
             RequestCode::RaftMessages => "raft_messages",
         }
     }

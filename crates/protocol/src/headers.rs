@@ -187,6 +187,25 @@ pub enum SendBackResponse {
     DeadLettered { topic: String },
 }
 
+/// Take (or renew) the locks of queues an orderly consumer reads, or give them back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLocksRequest {
+    pub group: String,
+    pub member_id: String,
+    pub topic: String,
+    pub queue_ids: Vec<u32>,
+    /// How long a lock lasts unless renewed (the broker keeps it within 1 s ..= 10 min).
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLocksResponse {
+    /// The requested queues this member holds now (none after an unlock).
+    pub locked: Vec<u32>,
+    /// The lease granted, from when the broker logged the request.
+    pub lease_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetTraceRequest {
     pub id: crate::MessageId,

@@ -11,6 +11,7 @@ use ferromq_protocol::{codec, headers::TopicConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::locks::QueueLockChange;
 use crate::state::ScheduledMessage;
 
 const TAG_MESSAGES: u8 = 1;
@@ -20,6 +21,7 @@ const TAG_INTERNAL_MESSAGES: u8 = 4;
 const TAG_SCHEDULE: u8 = 5;
 const TAG_DELIVER: u8 = 6;
 const TAG_CANCEL_SCHEDULED: u8 = 7;
+const TAG_QUEUE_LOCKS: u8 = 8;
 
 /// What a messages entry does with its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,7 @@ pub enum Command {
     CommitOffsets(CommitOffsets),
     CreateTopic(TopicConfig),
     CancelScheduled(CancelScheduled),
+    QueueLocks(QueueLockChange),
 }
 
 fn prefix_len(kind: &MessagesKind) -> usize {
@@ -185,6 +188,12 @@ pub fn encode_create_topic(topic: &TopicConfig) -> Vec<u8> {
     payload
 }
 
+pub fn encode_queue_locks(change: &QueueLockChange) -> Vec<u8> {
+    let mut payload = vec![TAG_QUEUE_LOCKS];
+    payload.extend_from_slice(&codec::encode(change));
+    payload
+}
+
 pub fn encode_cancel_scheduled(cancel: &CancelScheduled) -> Vec<u8> {
     let mut payload = vec![TAG_CANCEL_SCHEDULED];
     payload.extend_from_slice(&codec::encode(cancel));
@@ -240,6 +249,9 @@ pub fn decode(payload: &Bytes) -> Result<Command, StoreError> {
         }
         TAG_CANCEL_SCHEDULED => codec::decode(&payload[1..])
             .map(Command::CancelScheduled)
+            .map_err(|err| bad(err.to_string())),
+        TAG_QUEUE_LOCKS => codec::decode(&payload[1..])
+            .map(Command::QueueLocks)
             .map_err(|err| bad(err.to_string())),
         TAG_COMMIT_OFFSETS => codec::decode(&payload[1..])
             .map(Command::CommitOffsets)

@@ -13,6 +13,7 @@ pub mod consume_queue;
 pub mod dedup;
 mod durable;
 pub mod error;
+pub mod locks;
 pub mod snapshot;
 pub mod state;
 mod store;

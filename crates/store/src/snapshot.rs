@@ -41,6 +41,7 @@ pub struct SnapshotBase {
     /// (topic, queue id, number of units)
     pub queues: Vec<(String, u32, u64)>,
     pub recent_sends: Vec<StoredSend>,
+    pub locks: Vec<crate::locks::QueueLock>,
     /// (key, value) of [`REPLICATED_RAFT_KEYS`] that were set.
     pub raft_values: Vec<(String, Vec<u8>)>,
     /// Messages waiting for their delivery time.

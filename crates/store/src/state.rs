@@ -47,6 +47,8 @@ pub struct Checkpoint {
     pub queues: Vec<(String, u32, u64)>,
     /// The idempotent-producer window at `applied_index`.
     pub recent_sends: Vec<crate::dedup::StoredSend>,
+    /// Orderly consumers' queue locks at `applied_index`.
+    pub locks: Vec<crate::locks::QueueLock>,
 }
 
 /// Where a message with a given key is: its queue and offset, and its record in the log.

@@ -22,6 +22,7 @@ use crate::commit_log::{CommitLog, LogPoint, OpenReport, RECORD_HEADER_BYTES};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::dedup::{DedupWindow, StoredSend};
 use crate::error::{Result, StoreError};
+use crate::locks::LockTable;
 use crate::snapshot::{SnapshotBase, SnapshotDir, REPLICATED_RAFT_KEYS};
 use crate::state::{Checkpoint, IdHit, KeyHit, ScheduledMessage, StateDb};
 
@@ -94,6 +95,10 @@ pub enum ApplyOutcome {
         count: u32,
     },
     Cancelled,
+    /// The queues of a lock request its member holds now.
+    Locked {
+        queue_ids: Vec<u32>,
+    },
     OffsetsCommitted,
     TopicCreated {
         created: bool,
@@ -167,6 +172,8 @@ pub struct Store {
     /// The earliest due time scheduled since the timer last asked (see
     /// [`Store::take_schedule_hint`]); 0 at open: anything may be due.
     schedule_hint: AtomicU64,
+    /// Orderly consumers' queue locks (see `locks`).
+    locks: Mutex<LockTable>,
 }
 
 impl std::fmt::Debug for Store {
@@ -215,6 +222,7 @@ impl Store {
             applied_term: start.term,
             queues: Vec::new(),
             recent_sends: Vec::new(),
+            locks: Vec::new(),
         });
         let mut checkpoint = checkpoint;
         let repairable = open_report.truncated_bytes > 0 || config.cut_corruption;
@@ -254,6 +262,7 @@ impl Store {
             term: checkpoint.applied_term,
         };
         let dedup = DedupWindow::restore(checkpoint.recent_sends);
+        let locks = LockTable::restore(&checkpoint.locks);
         info!(
             dir = %dir.display(),
             applied = applied.index,
@@ -278,6 +287,7 @@ impl Store {
             dedup: Mutex::new(dedup),
             snapshots,
             schedule_hint: AtomicU64::new(0),
+            locks: Mutex::new(locks),
         })
     }
 
@@ -417,6 +427,7 @@ impl Store {
             offsets: self.db.all_offsets()?,
             queues,
             recent_sends: self.dedup.lock().snapshot(),
+            locks: self.locks.lock().snapshot(),
             raft_values,
             scheduled: self.db.all_scheduled()?,
         };
@@ -459,6 +470,7 @@ impl Store {
                 .map(|t| (t.name.clone(), t.clone()))
                 .collect();
             *self.dedup.lock() = DedupWindow::restore(base.recent_sends.clone());
+            *self.locks.lock() = LockTable::restore(&base.locks);
             self.snapshots.remove_before(base.index)
         })();
         if let Err(err) = result {
@@ -572,6 +584,9 @@ impl Store {
                 }
                 ApplyOutcome::OffsetsCommitted
             }
+            Command::QueueLocks(change) => ApplyOutcome::Locked {
+                queue_ids: self.locks.lock().apply(&change),
+            },
             Command::CancelScheduled(cancel) => {
                 batch.delete_scheduled(cancel.due_ms, &cancel.id, &cancel.topic);
                 ApplyOutcome::Cancelled
@@ -964,6 +979,11 @@ impl Store {
             .collect()
     }
 
+    /// The queue locks held now (some may have expired since their last renewal).
+    pub fn queue_locks(&self) -> Vec<crate::locks::QueueLock> {
+        self.locks.lock().snapshot()
+    }
+
     /// Every stored copy of the message with this id (the original, retries, its dead letter)
     /// with its record, in log order.
     pub fn find_by_id(&self, id: &[u8; 16]) -> Result<Vec<(IdHit, Bytes)>> {
@@ -1013,7 +1033,7 @@ impl Store {
     /// what comes after. Safe to call while apply runs.
     pub fn checkpoint(&self) -> Result<u64> {
         let _one_at_a_time = self.checkpoint_lock.lock();
-        let (point, queues, recent_sends) = {
+        let (point, queues, recent_sends, locks) = {
             let applied = self.applied.lock();
             // Checked under the apply lock: a failed apply sets it before releasing the lock.
             if self.is_failed() {
@@ -1027,7 +1047,12 @@ impl Store {
                     (topic.clone(), *queue_id, queue.clone(), queue.max_offset())
                 })
                 .collect();
-            (*applied, queues, self.dedup.lock().snapshot())
+            (
+                *applied,
+                queues,
+                self.dedup.lock().snapshot(),
+                self.locks.lock().snapshot(),
+            )
         };
         // Under the async flush policy the log may lag the applied index: sync it after taking
         // the applied point, so the checkpoint never claims entries the log could still lose.
@@ -1043,6 +1068,7 @@ impl Store {
                 .map(|(topic, queue_id, _, length)| (topic, queue_id, length))
                 .collect(),
             recent_sends,
+            locks,
         };
         fail::fail_point!("store::before_checkpoint", |_| Err(StoreError::injected(
             "store::before_checkpoint"
@@ -1159,6 +1185,7 @@ fn restore_from_base(
         applied_term: base.term,
         queues: base.queues.clone(),
         recent_sends: base.recent_sends.clone(),
+        locks: base.locks.clone(),
     };
     db.save_checkpoint(&checkpoint)?;
     Ok(checkpoint)

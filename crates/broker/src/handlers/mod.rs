@@ -2,6 +2,7 @@
 //! acts (through Raft for anything that changes state), and encodes the reply.
 
 mod groups;
+mod locks;
 mod offsets;
 mod pull;
 pub(crate) mod retry;
@@ -42,6 +43,8 @@ impl Handler for BrokerHandler {
             Some(RequestCode::ConsumerSendBack) => retry::send_back(core, &request).await,
             Some(RequestCode::CancelScheduled) => retry::cancel(core, &request).await,
             Some(RequestCode::GetTrace) => retry::trace(core, &request).await,
+            Some(RequestCode::LockQueues) => locks::lock(core, &request).await,
+            Some(RequestCode::UnlockQueues) => locks::unlock(core, &request).await,
             _ => Reply::error(
                 Status::RequestCodeNotSupported,
                 format!("request code {} is not served by a broker", request.code),

@@ -1,0 +1,208 @@
+//! Ordered messages: a sharding key keeps its messages in one queue, and orderly consumers hand
+//! each queue's messages to the handler one at a time in order, also while members join, leave
+//! and crash (queue locks at the broker keep two members off one queue).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferromq_client::{
+    Client, ConsumeStatus, ConsumerConfig, Message, MessageQueue, ReceivedMessage,
+};
+use ferromq_integration_tests::{start_nameserver, wait_for_route, within, Broker};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+const KEYS: usize = 12;
+const PER_KEY: usize = 60;
+
+async fn client(nameserver: &str) -> Client {
+    Client::builder()
+        .name_servers([nameserver])
+        .request_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// One handled message: who, which queue, key and sequence number, and when.
+#[derive(Debug, Clone)]
+struct Handled {
+    member: &'static str,
+    queue_id: u32,
+    key: String,
+    seq: usize,
+    started: Instant,
+    ended: Instant,
+}
+
+type Log = Arc<Mutex<Vec<Handled>>>;
+
+fn start_member(
+    client: &Client,
+    member: &'static str,
+    log: &Log,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let builder = client
+        .consumer("fifo-readers")
+        .subscribe("fifo", "*")
+        .orderly()
+        .config(ConsumerConfig {
+            orderly: true,
+            queue_lock_lease_ms: 3_000,
+            heartbeat_interval_ms: 300,
+            commit_interval_ms: 200,
+            ..ConsumerConfig::default()
+        });
+    let (log, stopper) = (log.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let consumer = builder.build().await.unwrap();
+        consumer
+            .run(
+                move |message: ReceivedMessage| {
+                    let log = log.clone();
+                    async move {
+                        let started = Instant::now();
+                        let body = String::from_utf8(message.body.to_vec()).unwrap();
+                        let (key, seq) = body.split_once(':').unwrap();
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        log.lock().unwrap().push(Handled {
+                            member,
+                            queue_id: message.queue_id,
+                            key: key.to_string(),
+                            seq: seq.parse().unwrap(),
+                            started,
+                            ended: Instant::now(),
+                        });
+                        ConsumeStatus::Success
+                    }
+                },
+                stopper,
+            )
+            .await
+            .unwrap();
+    });
+    (stop, task)
+}
+
+async fn wait_for(log: &Log, handled: usize) {
+    let deadline = Instant::now() + WAIT;
+    while log.lock().unwrap().len() < handled {
+        assert!(
+            Instant::now() < deadline,
+            "only {} handled",
+            log.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn distinct(log: &Log) -> usize {
+    let log = log.lock().unwrap();
+    let mut seen: Vec<(String, usize)> = log.iter().map(|h| (h.key.clone(), h.seq)).collect();
+    seen.sort();
+    seen.dedup();
+    seen.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_is_consumed_in_order_while_members_join_leave_and_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("fifo", 4).await.unwrap();
+    wait_for_route(&client, "fifo", WAIT).await;
+    let producer = client.producer();
+
+    // Same key, same queue; a selector closure picks queues too.
+    let mut queue_of_key = BTreeMap::new();
+    for seq in 0..PER_KEY {
+        for key in 0..KEYS {
+            let key = format!("order-{key}");
+            let receipt = producer
+                .send_ordered(Message::new("fifo", format!("{key}:{seq}")), &key)
+                .await
+                .unwrap();
+            let queue = *queue_of_key.entry(key.clone()).or_insert(receipt.queue_id);
+            assert_eq!(queue, receipt.queue_id, "{key} moved queue");
+        }
+    }
+    let last = |queues: &[MessageQueue], _: &Message| queues.len() - 1;
+    let receipt = producer
+        .send_with_selector(Message::new("fifo", "selector:0"), &last)
+        .await
+        .unwrap();
+    assert_eq!(receipt.queue_id, 3);
+
+    let log: Log = Arc::default();
+    let total = KEYS * PER_KEY + 1;
+    let (stop_a, a) = start_member(&client, "a", &log);
+    wait_for(&log, 100).await;
+    let (stop_b, b) = start_member(&client, "b", &log);
+    let (_stop_c, c) = start_member(&client, "c", &log);
+    wait_for(&log, 300).await;
+    // A leaves cleanly: it finishes its message, commits and unlocks.
+    stop_a.cancel();
+    within(WAIT, a).await.unwrap();
+    wait_for(&log, 450).await;
+    // C crashes: its locks hold until their lease ends.
+    c.abort();
+    let deadline = Instant::now() + WAIT;
+    while distinct(&log) < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} handled",
+            distinct(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_b.cancel();
+    within(WAIT, b).await.unwrap();
+
+    let log = log.lock().unwrap().clone();
+    // Per key: the handled sequence numbers run up by one, or start again from an earlier one
+    // (a whole-prefix redelivery from the last commit); never a gap, never out of order.
+    let mut by_key: BTreeMap<String, Vec<&Handled>> = BTreeMap::new();
+    let mut ordered: Vec<&Handled> = log.iter().collect();
+    ordered.sort_by_key(|h| h.started);
+    for handled in &ordered {
+        by_key.entry(handled.key.clone()).or_default().push(handled);
+    }
+    for (key, handled) in &by_key {
+        if key == "selector" {
+            continue;
+        }
+        let seqs: Vec<usize> = handled.iter().map(|h| h.seq).collect();
+        assert_eq!(seqs[0], 0, "{key}: {seqs:?}");
+        for pair in seqs.windows(2) {
+            assert!(
+                pair[1] == pair[0] + 1 || pair[1] <= pair[0],
+                "{key} out of order: {seqs:?}"
+            );
+        }
+        assert_eq!(seqs.iter().max(), Some(&(PER_KEY - 1)), "{key}: {seqs:?}");
+    }
+    // Per queue: never two members at once.
+    let mut by_queue: BTreeMap<u32, Vec<&Handled>> = BTreeMap::new();
+    for handled in &ordered {
+        by_queue.entry(handled.queue_id).or_default().push(handled);
+    }
+    for (queue, handled) in by_queue {
+        for pair in handled.windows(2) {
+            if pair[0].member != pair[1].member {
+                assert!(
+                    pair[1].started >= pair[0].ended,
+                    "queue {queue}: {} started before {} finished",
+                    pair[1].member,
+                    pair[0].member
+                );
+            }
+        }
+    }
+    let members: std::collections::BTreeSet<&str> = log.iter().map(|h| h.member).collect();
+    assert_eq!(members.len(), 3, "every member handled some: {members:?}");
+}
