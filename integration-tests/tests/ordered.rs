@@ -206,3 +206,78 @@ async fn each_key_is_consumed_in_order_while_members_join_leave_and_crash() {
     let members: std::collections::BTreeSet<&str> = log.iter().map(|h| h.member).collect();
     assert_eq!(members.len(), 3, "every member handled some: {members:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_by_sharding_key_and_consumes_orderly() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &[]);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("cli-fifo", 4).await.unwrap();
+    wait_for_route(&client, "cli-fifo", WAIT).await;
+    let addr = nameserver.addr.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let sent = ferromq_integration_tests::ferromq(&[
+            "--nameserver",
+            &addr,
+            "send",
+            "--topic",
+            "cli-fifo",
+            "--body",
+            "step",
+            "--sharding-key",
+            "order-9",
+            "--count",
+            "5",
+        ]);
+        let consumed = ferromq_integration_tests::ferromq(&[
+            "--nameserver",
+            &addr,
+            "consume",
+            "--topic",
+            "cli-fifo",
+            "--group",
+            "cli-orderly",
+            "--orderly",
+            "--count",
+            "5",
+            "--json",
+            "--timeout",
+            "20s",
+        ]);
+        (sent, consumed)
+    })
+    .await
+    .unwrap();
+    let (sent, consumed) = output;
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let queues: std::collections::BTreeSet<&str> = std::str::from_utf8(&sent.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with("queue="))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(queues.len(), 1, "one key, one queue: {queues:?}");
+    assert!(
+        consumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    let offsets: Vec<u64> = std::str::from_utf8(&consumed.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+}

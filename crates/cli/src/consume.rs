@@ -54,6 +54,10 @@ pub struct ConsumeArgs {
     /// retries.
     #[arg(long, default_value_t = 0)]
     fail_first: u32,
+    /// Consume orderly: hold each queue's lock at the broker and take its messages strictly in
+    /// order (a failed one is retried in place).
+    #[arg(long, conflicts_with = "broadcast")]
+    orderly: bool,
 }
 
 fn parse_start(text: &str) -> Result<StartFrom, String> {
@@ -142,6 +146,7 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
             start_from: args.from,
             mode,
             broadcast_id: Some(args.broadcast_id.clone().unwrap_or_else(host_name)),
+            orderly: args.orderly,
             ..ConsumerConfig::default()
         })
         .build()

@@ -39,6 +39,9 @@ pub struct SendArgs {
     /// Deliver after one of the broker's delay levels (1 = 1s, 2 = 5s, 3 = 10s … 18 = 2h).
     #[arg(long)]
     delay_level: Option<u8>,
+    /// Send to the queue this key hashes to, so messages with the same key keep their order.
+    #[arg(long, conflicts_with_all = ["delay", "deliver_at", "delay_level"])]
+    sharding_key: Option<String>,
 }
 
 fn parse_time(text: &str) -> Result<SystemTime, String> {
@@ -78,10 +81,16 @@ pub async fn run(client: &Client, args: SendArgs, body: Bytes) -> anyhow::Result
     let producer = client.producer();
     let mut failures = 0;
     for _ in 0..args.count {
-        let sent = match (args.delay, args.deliver_at, args.delay_level) {
-            (Some(delay), _, _) => producer.send_delayed(message.clone(), delay).await,
-            (_, Some(at), _) => producer.send_at(message.clone(), at).await,
-            (_, _, Some(level)) => producer.send_with_delay_level(message.clone(), level).await,
+        let sent = match (
+            args.delay,
+            args.deliver_at,
+            args.delay_level,
+            &args.sharding_key,
+        ) {
+            (Some(delay), ..) => producer.send_delayed(message.clone(), delay).await,
+            (_, Some(at), ..) => producer.send_at(message.clone(), at).await,
+            (_, _, Some(level), _) => producer.send_with_delay_level(message.clone(), level).await,
+            (_, _, _, Some(key)) => producer.send_ordered(message.clone(), key).await,
             _ => producer.send(message.clone()).await,
         };
         match sent {

