@@ -325,6 +325,7 @@ async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
             queue_id,
             count: 3,
             schedule: None,
+            transaction_group: None,
         };
         let response: SendResponse = connection
             .request(RequestCode::Send, &header, body)

@@ -39,7 +39,33 @@ pub struct BrokerConfig {
     pub pull: PullSection,
     pub raft: RaftSection,
     pub schedule: ScheduleSection,
+    pub transactions: TransactionsSection,
     pub limits: LimitsConfig,
+}
+
+/// Check-backs of transactions left undecided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionsSection {
+    /// A half message is first asked about this long after it was stored.
+    pub check_after_ms: u64,
+    /// Then again at this interval.
+    pub check_interval_ms: u64,
+    /// After this many check-backs it is parked in `%TXN_PARKED%`.
+    pub max_checks: u32,
+    /// A producer whose heartbeats stop is not asked after this long.
+    pub producer_expiry_ms: u64,
+}
+
+impl Default for TransactionsSection {
+    fn default() -> Self {
+        TransactionsSection {
+            check_after_ms: 6_000,
+            check_interval_ms: 30_000,
+            max_checks: 15,
+            producer_expiry_ms: 30_000,
+        }
+    }
 }
 
 /// Delayed and scheduled messages, and the back-off of consumer retries.
@@ -148,6 +174,7 @@ impl Default for BrokerConfig {
             pull: PullSection::default(),
             raft: RaftSection::default(),
             schedule: ScheduleSection::default(),
+            transactions: TransactionsSection::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -254,6 +281,12 @@ impl BrokerConfig {
         }
         if schedule.timer_interval_ms == 0 || schedule.deliver_batch == 0 {
             return Err("schedule.timer_interval_ms and deliver_batch must be positive".into());
+        }
+        let transactions = &self.transactions;
+        if transactions.check_interval_ms == 0 || transactions.producer_expiry_ms == 0 {
+            return Err(
+                "transactions.check_interval_ms and producer_expiry_ms must be positive".into(),
+            );
         }
         self.validate_peers()?;
         if self.raft.tick_ms == 0

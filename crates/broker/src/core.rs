@@ -12,6 +12,7 @@ use crate::config::BrokerConfig;
 use crate::consumers::ConsumerRegistry;
 use crate::metrics::BrokerMetrics;
 use crate::notifier::QueueNotifier;
+use crate::producers::ProducerRegistry;
 use crate::scheduler::Scheduler;
 
 pub struct BrokerCore {
@@ -23,8 +24,10 @@ pub struct BrokerCore {
     /// Consumer groups and their live members.
     pub consumers: ConsumerRegistry,
     pub notifier: Arc<QueueNotifier>,
-    /// The leader's timer state for scheduled messages.
+    /// The leader's timer state for scheduled messages (and decisions about half messages).
     pub scheduler: Scheduler,
+    /// Live transactional producers, to ask about undecided transactions.
+    pub producers: ProducerRegistry,
     pub metrics: BrokerMetrics,
     pub topics_changed: watch::Receiver<u64>,
     /// Client address announced to nameservers.

@@ -11,9 +11,11 @@ mod maintenance;
 mod metrics;
 mod notifier;
 mod peers;
+mod producers;
 mod registration;
 mod scheduler;
 mod state_machine;
+mod transactions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,6 +186,9 @@ impl Broker {
 
         let consumers =
             ConsumerRegistry::new(std::time::Duration::from_millis(config.consumer_expiry_ms));
+        let producers = producers::ProducerRegistry::new(std::time::Duration::from_millis(
+            config.transactions.producer_expiry_ms,
+        ));
         let core = Arc::new(BrokerCore {
             advertised_addr: advertised(&config, addr),
             admin_addr: admin_addr.to_string(),
@@ -194,6 +199,7 @@ impl Broker {
             consumers,
             notifier,
             scheduler: scheduler::Scheduler::default(),
+            producers,
             metrics,
             topics_changed,
             started: Instant::now(),
@@ -241,6 +247,7 @@ impl Broker {
         }
         tasks.spawn(maintenance::checkpoint_loop(core.clone(), shutdown.clone()));
         tasks.spawn(scheduler::timer_loop(core.clone(), shutdown.clone()));
+        tasks.spawn(transactions::check_loop(core.clone(), shutdown.clone()));
         tasks.spawn(maintenance::retention_loop(core.clone(), shutdown.clone()));
         tasks.spawn(maintenance::consumer_lag_loop(
             core.clone(),

@@ -31,6 +31,10 @@ pub struct BrokerMetrics {
     pub timer_lateness: Histogram,
     pub consumer_retries: IntCounterVec,
     pub dlq_messages: IntCounterVec,
+    pub half_messages: IntGauge,
+    pub transaction_checks: IntCounterVec,
+    pub transactions_ended: IntCounterVec,
+    pub transactions_parked: prometheus::IntCounter,
     /// Always 1; its labels say which cluster, group and member this broker is, for joins.
     pub info: IntGaugeVec,
 }
@@ -137,6 +141,34 @@ impl BrokerMetrics {
                 "mq_consumer_retries_total",
                 "Messages a consumer group failed and the broker scheduled for another delivery",
                 &["group"],
+            ),
+            half_messages: register(
+                registry,
+                IntGauge::new(
+                    "mq_transaction_half_messages",
+                    "Half messages of transactions not committed or rolled back yet",
+                )
+                .expect("valid metric"),
+            ),
+            transaction_checks: counter(
+                registry,
+                "mq_transaction_checks_total",
+                "Check-backs of undecided transactions, by answer (commit, rollback, unknown, no_producer, failed)",
+                &["result"],
+            ),
+            transactions_ended: counter(
+                registry,
+                "mq_transactions_ended_total",
+                "Transactions committed or rolled back (by the producer or a check-back)",
+                &["result"],
+            ),
+            transactions_parked: register(
+                registry,
+                prometheus::IntCounter::new(
+                    "mq_transactions_parked_total",
+                    "Half messages undecided after every check-back, moved to %TXN_PARKED%",
+                )
+                .expect("valid metric"),
             ),
             dlq_messages: counter(
                 registry,

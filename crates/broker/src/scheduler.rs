@@ -16,7 +16,10 @@ use std::time::Duration;
 use ferromq_protocol::{message::now_millis, MessageId};
 use ferromq_raftlog::{ProposeError, Role};
 use ferromq_store::{
-    command::{encode_cancel_scheduled, encode_deliver, CancelScheduled},
+    command::{
+        encode_cancel_scheduled, encode_commit_half, encode_deliver, encode_end_half,
+        CancelScheduled, EndHalf,
+    },
     ApplyOutcome, ScheduledMessage,
 };
 use parking_lot::Mutex;
@@ -51,13 +54,23 @@ struct TimerState {
     scan_from_ms: u64,
 }
 
-/// Why a cancel did not happen.
+/// What to do with a half message.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision<'a> {
+    Commit,
+    Rollback,
+    /// Undecided after every check-back: moved to this topic.
+    Park(&'a str),
+}
+
+/// Why a cancel (or a transaction's end) did not happen.
 #[derive(Debug)]
 pub enum CancelError {
     NotLeader(Option<u64>),
     /// A new leader is still applying what earlier leaders committed.
     NotReady,
-    /// Not waiting (delivered, cancelled, or never scheduled to that topic).
+    /// Not waiting (delivered, cancelled, or never scheduled to that topic; a transaction
+    /// already ended).
     NotFound,
     /// Its delivery is being logged right now.
     Delivering,
@@ -85,6 +98,60 @@ impl Scheduler {
         topic: &str,
         id: MessageId,
     ) -> Result<(), CancelError> {
+        self.decide_once(
+            core,
+            (id.0, topic.to_string()),
+            || core.store.scheduled_by_id(&id.0, topic),
+            |message| {
+                encode_cancel_scheduled(&CancelScheduled {
+                    due_ms: message.due_ms,
+                    id: id.0,
+                    topic: topic.to_string(),
+                })
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Commits (appends to its queue, or to `park_topic` instead) or rolls back the half
+    /// message `id` of `topic`.
+    pub async fn end_transaction(
+        &self,
+        core: &BrokerCore,
+        topic: &str,
+        id: MessageId,
+        decision: Decision<'_>,
+    ) -> Result<(), CancelError> {
+        self.decide_once(
+            core,
+            (id.0, topic.to_string()),
+            || core.store.half(&id.0, topic),
+            |half| match decision {
+                Decision::Commit => {
+                    encode_commit_half(half, &half.topic, half.queue_id, now_millis())
+                }
+                Decision::Park(park_topic) => encode_commit_half(half, park_topic, 0, now_millis()),
+                Decision::Rollback => encode_end_half(&EndHalf {
+                    id: id.0,
+                    topic: topic.to_string(),
+                }),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Proposes one decision about a waiting message (`lookup` finds it in the applied state),
+    /// at most once: not before this leader's barrier, and not while another decision about it
+    /// is on its way.
+    async fn decide_once<T>(
+        &self,
+        core: &BrokerCore,
+        key: Pending,
+        lookup: impl FnOnce() -> Result<Option<T>, ferromq_store::StoreError>,
+        payload: impl FnOnce(&T) -> Vec<u8>,
+    ) -> Result<ApplyOutcome, CancelError> {
         // A leader that has just been elected gets its barrier applied within milliseconds.
         let deadline = tokio::time::Instant::now() + READY_PATIENCE;
         let status = loop {
@@ -99,38 +166,36 @@ impl Scheduler {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let key = (id.0, topic.to_string());
-        let message = {
+        let waiting = {
             let mut state = self.state.lock();
             if state.ready_term != status.term {
                 return Err(CancelError::NotReady);
             }
             // Looked up under the lock, so the timer cannot be holding an older read of it.
-            let message = core
-                .store
-                .scheduled_by_id(&id.0, topic)
+            let waiting = lookup()
                 .map_err(CancelError::Store)?
                 .ok_or(CancelError::NotFound)?;
             if !state.in_flight.insert(key.clone()) {
                 return Err(CancelError::Delivering);
             }
-            message
+            waiting
         };
-        let cancel = CancelScheduled {
-            due_ms: message.due_ms,
-            id: id.0,
-            topic: topic.to_string(),
-        };
-        match core.propose(encode_cancel_scheduled(&cancel)).await {
-            Ok(_) => {
+        match core.propose(payload(&waiting)).await {
+            Ok(outcome) => {
                 self.state.lock().in_flight.remove(&key);
-                Ok(())
+                Ok(outcome)
             }
             Err(err) => {
                 self.reset();
                 Err(CancelError::Propose(err))
             }
         }
+    }
+
+    /// Whether this member leads with its barrier applied (decisions may be proposed).
+    pub fn is_ready(&self, core: &BrokerCore) -> bool {
+        let status = core.raft.status();
+        status.role == Role::Leader && self.ready(status.term)
     }
 
     /// Takes the due messages not already on their way, marking them as on their way.

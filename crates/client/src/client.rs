@@ -27,6 +27,7 @@ use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
 use crate::consumer::{ConsumerBuilder, GroupSignal};
 use crate::error::ClientError;
 use crate::producer::Producer;
+use crate::transaction::TransactionCheckers;
 
 /// How far a consumer group is behind on one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,8 @@ pub(crate) struct Inner {
     tasks: TaskTracker,
     /// Consumers waiting for brokers' group change notices, by group.
     group_listeners: Arc<GroupListeners>,
+    /// Transactional producers' listeners, for brokers' check-backs.
+    pub(crate) transaction_checkers: Arc<TransactionCheckers>,
 }
 
 /// Consumers of this client that want to hear when their group changes.
@@ -102,13 +105,18 @@ pub(crate) struct GroupListeners {
     by_group: Mutex<HashMap<String, Vec<Arc<GroupSignal>>>>,
 }
 
-/// What brokers may ask of a client: group change notices; everything else is refused.
+/// What brokers may ask of a client: group change notices and transaction check-backs;
+/// everything else is refused.
 struct ClientHandler {
     listeners: Arc<GroupListeners>,
+    checkers: Arc<TransactionCheckers>,
 }
 
 impl Handler for ClientHandler {
     async fn handle(&self, _connection: &Connection, request: Request) -> Reply {
+        if request.code == RequestCode::CheckTransaction as u16 {
+            return self.checkers.answer(request).await;
+        }
         if request.code != RequestCode::GroupChanged as u16 {
             return Reply::error(
                 Status::RequestCodeNotSupported,
@@ -166,6 +174,7 @@ impl Client {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 group_listeners: Arc::default(),
+                transaction_checkers: Arc::default(),
             }),
         };
         client.cluster().await?;
@@ -216,6 +225,7 @@ impl Client {
         }
         let handler = ClientHandler {
             listeners: self.inner.group_listeners.clone(),
+            checkers: self.inner.transaction_checkers.clone(),
         };
         let connection = Connection::connect(
             addr,
@@ -407,17 +417,27 @@ impl Client {
         header: &H,
     ) -> Result<ferromq_transport::Response, ClientError> {
         let route = self.route(topic).await?;
-        let leader = route
+        let Some(leader) = route
             .groups
             .iter()
             .find(|g| g.group == broker_group)
             .and_then(|g| g.leader.clone())
-            .ok_or_else(|| ClientError::NoRoute(topic.to_string()))?;
-        let connection = self.connection(&leader).await?;
-        let answer = connection
-            .request(code, header, Bytes::new())
-            .await?
-            .into_result();
+        else {
+            // Cached during an election, say: look again next time.
+            self.invalidate_route(topic);
+            return Err(ClientError::NoRoute(topic.to_string()));
+        };
+        let answer = match self.connection(&leader).await {
+            Ok(connection) => connection
+                .request(code, header, Bytes::new())
+                .await
+                .and_then(|response| response.into_result()),
+            Err(err) => {
+                // The leader went away: the next call looks the route up again.
+                self.invalidate_route(topic);
+                return Err(err);
+            }
+        };
         match answer {
             Ok(response) => Ok(response),
             Err(TransportError::Remote {

@@ -29,6 +29,7 @@ mod error;
 mod filter;
 pub mod idempotent;
 mod producer;
+pub mod transaction;
 
 pub use client::{Client, ClientBuilder, QueueLag};
 pub use config::{
@@ -39,6 +40,7 @@ pub use error::{BatchSendError, ClientError, SendError};
 pub use filter::TagFilter;
 pub use idempotent::{Idempotent, KeyStore, MemoryKeyStore};
 pub use producer::{MessageQueue, Producer, QueueSelector, SendHandle, SendReceipt};
+pub use transaction::{Transaction, TransactionListener, TransactionProducer, TransactionState};
 
 pub use ferromq_protocol::headers::{
     DeliveryAttempt, DeliveryState, GroupTrace, MessageTrace, SendBackResponse, StoredCopy,

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use ferromq_protocol::{
-    headers::{perm, CancelScheduledRequest, Schedule, SendRequest, SendResponse, TopicRoute},
+    headers::{
+        perm, CancelScheduledRequest, EndTransactionRequest, Schedule, SendRequest, SendResponse,
+        TopicRoute,
+    },
     message::{encode_record, now_millis, put_length_prefixed},
     Message, MessageId, RequestCode, Status,
 };
@@ -36,6 +39,13 @@ pub struct SendReceipt {
     /// For a scheduled send: when it becomes visible (ms since the epoch); `queue_offset` is
     /// then only known once it is delivered.
     pub due_ms: Option<u64>,
+}
+
+/// How a send is stored: now, later, or as a half message of a transaction.
+#[derive(Debug, Clone, Default)]
+struct SendOptions {
+    schedule: Option<Schedule>,
+    transaction_group: Option<String>,
 }
 
 /// A writable queue of a topic, as a [`QueueSelector`] sees it.
@@ -175,8 +185,12 @@ impl Producer {
         message: Message,
         schedule: Option<Schedule>,
     ) -> Result<SendReceipt, SendError> {
+        let options = SendOptions {
+            schedule,
+            transaction_group: None,
+        };
         match self
-            .send_records(std::slice::from_ref(&message), schedule, None)
+            .send_records(std::slice::from_ref(&message), &options, None)
             .await
         {
             Ok(mut receipts) => Ok(receipts.remove(0)),
@@ -226,6 +240,7 @@ impl Producer {
                 queue_id: target.queue_id,
                 count: 1,
                 schedule: None,
+                transaction_group: None,
             };
             let connection = self.client.connection(&target.leader).await?;
             connection.one_way(RequestCode::Send, &header, body).await?;
@@ -239,7 +254,10 @@ impl Producer {
         &self,
         messages: Vec<Message>,
     ) -> Result<Vec<SendReceipt>, BatchSendError> {
-        match self.send_records(&messages, None, None).await {
+        match self
+            .send_records(&messages, &SendOptions::default(), None)
+            .await
+        {
             Ok(receipts) => Ok(receipts),
             Err(error) => Err(BatchSendError { messages, error }),
         }
@@ -324,7 +342,11 @@ impl Producer {
             Err(error) => return Err(SendError { message, error }),
         };
         match self
-            .send_records(std::slice::from_ref(&message), None, Some(target))
+            .send_records(
+                std::slice::from_ref(&message),
+                &SendOptions::default(),
+                Some(target),
+            )
             .await
         {
             Ok(mut receipts) => Ok(receipts.remove(0)),
@@ -368,10 +390,49 @@ impl Producer {
         Ok((body.freeze(), ids))
     }
 
+    /// Sends a half message of a transaction of `group`: stored, invisible to consumers until
+    /// [`Producer::end_transaction`] commits it (or a check-back does).
+    pub(crate) async fn send_half(
+        &self,
+        message: &Message,
+        group: &str,
+    ) -> Result<SendReceipt, ClientError> {
+        let options = SendOptions {
+            schedule: None,
+            transaction_group: Some(group.to_string()),
+        };
+        let mut receipts = self
+            .send_records(std::slice::from_ref(message), &options, None)
+            .await?;
+        Ok(receipts.remove(0))
+    }
+
+    /// Commits or rolls back the transaction of a half message.
+    pub(crate) async fn end_transaction(
+        &self,
+        receipt: &SendReceipt,
+        commit: bool,
+    ) -> Result<(), ClientError> {
+        let header = EndTransactionRequest {
+            topic: receipt.topic.clone(),
+            id: receipt.message_id,
+            commit,
+        };
+        self.client
+            .request_group_leader(
+                &receipt.topic,
+                &receipt.broker_group,
+                RequestCode::EndTransaction,
+                &header,
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn send_records(
         &self,
         messages: &[Message],
-        schedule: Option<Schedule>,
+        options: &SendOptions,
         pin: Option<Target>,
     ) -> Result<Vec<SendReceipt>, ClientError> {
         let Some(first) = messages.first() else {
@@ -407,7 +468,7 @@ impl Producer {
                 (attempt_deadline + OUTER_GRACE).into(),
                 self.attempt(
                     &topic,
-                    (messages.len() as u32, schedule),
+                    (messages.len() as u32, options),
                     &body,
                     attempt_deadline,
                     &prefer,
@@ -481,7 +542,7 @@ impl Producer {
     async fn attempt(
         &self,
         topic: &str,
-        (count, schedule): (u32, Option<Schedule>),
+        (count, options): (u32, &SendOptions),
         body: &Bytes,
         deadline: Instant,
         prefer: &Prefer,
@@ -528,7 +589,8 @@ impl Producer {
             topic: topic.to_string(),
             queue_id: target.queue_id,
             count,
-            schedule,
+            schedule: options.schedule,
+            transaction_group: options.transaction_group.clone(),
         };
         let sent = async {
             let connection = self.client.connection(&target.leader).await?;

@@ -45,13 +45,19 @@ pub enum RequestCode {
     LockQueues = 215,
     /// An orderly consumer gives queue locks back.
     UnlockQueues = 216,
+    /// A transactional producer's sign of life: brokers ask it about undecided transactions.
+    ProducerHeartbeat = 217,
+    /// Commit or roll back a transaction (its half message).
+    EndTransaction = 218,
+    /// Broker → producer: how did the local transaction of this half message end?
+    CheckTransaction = 219,
 
     // Between the members of a broker group, on the peer port only.
     RaftMessages = 300,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 24] = [
+    pub const ALL: [RequestCode; 27] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -75,6 +81,9 @@ impl RequestCode {
         RequestCode::GetTrace,
         RequestCode::LockQueues,
         RequestCode::UnlockQueues,
+        RequestCode::ProducerHeartbeat,
+        RequestCode::EndTransaction,
+        RequestCode::CheckTransaction,
         RequestCode::RaftMessages,
     ];
 
@@ -110,6 +119,9 @@ impl RequestCode {
             RequestCode::GetTrace => "get_trace",
             RequestCode::LockQueues => "lock_queues",
             RequestCode::UnlockQueues => "unlock_queues",
+            RequestCode::ProducerHeartbeat => "producer_heartbeat",
+            RequestCode::EndTransaction => "end_transaction",
+            RequestCode::CheckTransaction => "check_transaction",
             RequestCode::RaftMessages => "raft_messages",
         }
     }

@@ -134,6 +134,9 @@ pub struct SendRequest {
     pub count: u32,
     /// Deliver later instead of now.
     pub schedule: Option<Schedule>,
+    /// Store as half messages of a transaction of this producer group: invisible until
+    /// committed (`END_TRANSACTION`), asked about (`CHECK_TRANSACTION`) while undecided.
+    pub transaction_group: Option<String>,
 }
 
 /// When a scheduled send becomes visible in its queue.
@@ -155,6 +158,41 @@ pub struct SendResponse {
     pub first_offset: u64,
     pub store_ts_ms: u64,
     pub due_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerHeartbeatRequest {
+    pub group: String,
+}
+
+/// How a local transaction ended, as its producer tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionState {
+    Commit,
+    Rollback,
+    /// Not known yet: the broker asks again later.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndTransactionRequest {
+    pub topic: String,
+    pub id: crate::MessageId,
+    pub commit: bool,
+}
+
+/// Broker → producer. Body: the half message's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckTransactionRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckTransactionResponse {
+    pub state: TransactionState,
 }
 
 /// Recalls a scheduled message that is not due yet.

@@ -22,6 +22,10 @@ const TAG_SCHEDULE: u8 = 5;
 const TAG_DELIVER: u8 = 6;
 const TAG_CANCEL_SCHEDULED: u8 = 7;
 const TAG_QUEUE_LOCKS: u8 = 8;
+const TAG_HALF: u8 = 9;
+const TAG_COMMIT_HALF: u8 = 10;
+const TAG_END_HALF: u8 = 11;
+const TAG_HALF_CHECKED: u8 = 12;
 
 /// What a messages entry does with its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +42,29 @@ pub enum MessagesKind {
     /// Scheduled records that fell due: appended, and removed from the schedule (prefix
     /// `count u32 | count × due_ms u64`, one due time per record).
     Deliver { due_ms: Vec<u64> },
+    /// Half messages of a transaction: held invisible until committed or rolled back (prefix
+    /// `u16 len + producer group`); deduplicated like a send.
+    Half { producer_group: String },
+    /// Committed half messages: appended, and removed from the half messages of `half_topic`
+    /// (prefix `u16 len + topic`; the records go to the entry's topic, which differs only when
+    /// an undecided one is parked).
+    Commit { half_topic: String },
+}
+
+/// A transaction rolled back (or a half message dropped): forget it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndHalf {
+    pub id: [u8; 16],
+    pub topic: String,
+}
+
+/// The leader asked a producer about a half message: `checks` so far, the last at `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HalfChecked {
+    pub id: [u8; 16],
+    pub topic: String,
+    pub checks: u32,
+    pub at_ms: u64,
 }
 
 /// Recalls a scheduled message before it is due.
@@ -73,6 +100,8 @@ pub enum Command {
     CreateTopic(TopicConfig),
     CancelScheduled(CancelScheduled),
     QueueLocks(QueueLockChange),
+    EndHalf(EndHalf),
+    HalfChecked(HalfChecked),
 }
 
 fn prefix_len(kind: &MessagesKind) -> usize {
@@ -80,6 +109,10 @@ fn prefix_len(kind: &MessagesKind) -> usize {
         MessagesKind::Send | MessagesKind::Internal => 0,
         MessagesKind::Schedule { .. } => 1 + 8,
         MessagesKind::Deliver { due_ms } => 4 + 8 * due_ms.len(),
+        MessagesKind::Half {
+            producer_group: name,
+        }
+        | MessagesKind::Commit { half_topic: name } => 2 + name.len(),
     }
 }
 
@@ -127,6 +160,16 @@ pub fn encode_messages_of(
             for due in due_ms {
                 payload.put_u64(*due);
             }
+        }
+        MessagesKind::Half { producer_group } => {
+            payload.put_u8(TAG_HALF);
+            payload.put_u16(producer_group.len() as u16);
+            payload.put_slice(producer_group.as_bytes());
+        }
+        MessagesKind::Commit { half_topic } => {
+            payload.put_u8(TAG_COMMIT_HALF);
+            payload.put_u16(half_topic.len() as u16);
+            payload.put_slice(half_topic.as_bytes());
         }
     }
     payload.put_u16(topic.len() as u16);
@@ -186,6 +229,33 @@ pub fn encode_create_topic(topic: &TopicConfig) -> Vec<u8> {
     let mut payload = vec![TAG_CREATE_TOPIC];
     payload.extend_from_slice(&codec::encode(topic));
     payload
+}
+
+pub fn encode_end_half(end: &EndHalf) -> Vec<u8> {
+    let mut payload = vec![TAG_END_HALF];
+    payload.extend_from_slice(&codec::encode(end));
+    payload
+}
+
+pub fn encode_half_checked(checked: &HalfChecked) -> Vec<u8> {
+    let mut payload = vec![TAG_HALF_CHECKED];
+    payload.extend_from_slice(&codec::encode(checked));
+    payload
+}
+
+/// A commit entry for one half message: its record appended to `to_topic`/`queue_id`.
+pub fn encode_commit_half(
+    half: &crate::state::HalfMessage,
+    to_topic: &str,
+    queue_id: u32,
+    store_ts_ms: u64,
+) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    ferromq_protocol::message::put_length_prefixed(&mut body, &half.record);
+    let kind = MessagesKind::Commit {
+        half_topic: half.topic.clone(),
+    };
+    encode_messages_of(&kind, to_topic, queue_id, 1, &body, store_ts_ms)
 }
 
 pub fn encode_queue_locks(change: &QueueLockChange) -> Vec<u8> {
@@ -249,6 +319,32 @@ pub fn decode(payload: &Bytes) -> Result<Command, StoreError> {
         }
         TAG_CANCEL_SCHEDULED => codec::decode(&payload[1..])
             .map(Command::CancelScheduled)
+            .map_err(|err| bad(err.to_string())),
+        TAG_HALF | TAG_COMMIT_HALF => {
+            let mut prefix = payload.slice(1..);
+            if prefix.remaining() < 2 {
+                return Err(bad("truncated name prefix"));
+            }
+            let len = prefix.get_u16() as usize;
+            if prefix.remaining() < len {
+                return Err(bad("truncated name prefix"));
+            }
+            let name = String::from_utf8(prefix.split_to(len).to_vec())
+                .map_err(|_| bad("name is not UTF-8"))?;
+            let kind = if tag == TAG_HALF {
+                MessagesKind::Half {
+                    producer_group: name,
+                }
+            } else {
+                MessagesKind::Commit { half_topic: name }
+            };
+            decode_messages(payload, 3 + len, kind)
+        }
+        TAG_END_HALF => codec::decode(&payload[1..])
+            .map(Command::EndHalf)
+            .map_err(|err| bad(err.to_string())),
+        TAG_HALF_CHECKED => codec::decode(&payload[1..])
+            .map(Command::HalfChecked)
             .map_err(|err| bad(err.to_string())),
         TAG_QUEUE_LOCKS => codec::decode(&payload[1..])
             .map(Command::QueueLocks)
@@ -356,6 +452,12 @@ mod tests {
             put_length_prefixed(&mut body, &record);
         }
         let kinds = [
+            MessagesKind::Half {
+                producer_group: "pg".into(),
+            },
+            MessagesKind::Commit {
+                half_topic: "T".into(),
+            },
             MessagesKind::Internal,
             MessagesKind::Schedule {
                 due_ms: 99,

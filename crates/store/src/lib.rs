@@ -21,7 +21,7 @@ mod store;
 pub use commit_log::{CommitLog, LogEntry, LogPoint};
 pub use error::{Result, StoreError};
 pub use snapshot::{SnapshotBase, REPLICATED_RAFT_KEYS};
-pub use state::{IdHit, ScheduledMessage};
+pub use state::{HalfMessage, IdHit, ScheduledMessage};
 pub use store::{
     default_topic, ApplyOutcome, CommittedEntry, FoundMessage, QueueLag, QueueRead, ReadStatus,
     Store, StoreConfig, ENTRY_NORMAL,

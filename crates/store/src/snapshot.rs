@@ -46,6 +46,8 @@ pub struct SnapshotBase {
     pub raft_values: Vec<(String, Vec<u8>)>,
     /// Messages waiting for their delivery time.
     pub scheduled: Vec<ScheduledMessage>,
+    /// Half messages of open transactions.
+    pub halves: Vec<crate::state::HalfMessage>,
 }
 
 impl SnapshotBase {

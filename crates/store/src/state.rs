@@ -30,7 +30,16 @@ const CF_KEYS: &str = "keys";
 const CF_SCHEDULE: &str = "schedule";
 /// `id [16] | topic` → `due_ms u64`, to find a scheduled message by its id.
 const CF_SCHEDULE_IDS: &str = "schedule_ids";
-const DERIVED_CFS: [&str; 5] = [CF_TOPICS, CF_OFFSETS, CF_KEYS, CF_SCHEDULE, CF_SCHEDULE_IDS];
+/// `h | id [16] | topic` → a half message; `c | id | topic` → its check-backs so far.
+const CF_HALF: &str = "half";
+const DERIVED_CFS: [&str; 6] = [
+    CF_TOPICS,
+    CF_OFFSETS,
+    CF_KEYS,
+    CF_SCHEDULE,
+    CF_SCHEDULE_IDS,
+    CF_HALF,
+];
 /// Message-id entries share the key index's column family (and its retention by position);
 /// they start with a byte no topic name starts with.
 const ID_INDEX_PREFIX: u8 = 0;
@@ -68,6 +77,29 @@ pub struct IdHit {
     pub queue_offset: u64,
     pub position: u64,
     pub size: u32,
+}
+
+/// A half message: stored, invisible to consumers until its transaction is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HalfMessage {
+    pub id: [u8; 16],
+    pub topic: String,
+    pub queue_id: u32,
+    /// Producers of this group are asked about it when it stays undecided.
+    pub producer_group: String,
+    pub stored_ms: u64,
+    /// Check-backs so far, and when the last was.
+    pub checks: u32,
+    pub last_check_ms: u64,
+    pub record: Vec<u8>,
+}
+
+fn half_key(kind: u8, id: &[u8; 16], topic: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17 + topic.len());
+    key.push(kind);
+    key.extend_from_slice(id);
+    key.extend_from_slice(topic.as_bytes());
+    key
 }
 
 /// A message waiting for its delivery time.
@@ -206,6 +238,7 @@ impl StateDb {
             ColumnFamilyDescriptor::new(CF_KEYS, keys_options),
             ColumnFamilyDescriptor::new(CF_SCHEDULE, Options::default()),
             ColumnFamilyDescriptor::new(CF_SCHEDULE_IDS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_HALF, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
         let mut derived_writes = WriteOptions::default();
@@ -419,6 +452,50 @@ impl StateDb {
         Ok(found)
     }
 
+    /// Every half message, with its check-backs.
+    pub fn half_messages(&self) -> Result<Vec<HalfMessage>> {
+        let mut halves = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_HALF),
+            IteratorMode::From(b"h", Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if key.first() != Some(&b'h') {
+                break;
+            }
+            halves.push(self.half_with_checks(&value)?);
+        }
+        Ok(halves)
+    }
+
+    fn half_with_checks(&self, value: &[u8]) -> Result<HalfMessage> {
+        let mut half: HalfMessage = codec::decode(value).map_err(|err| StoreError::Decode {
+            what: "half message",
+            reason: err.to_string(),
+        })?;
+        if let Some(checks) = self
+            .db
+            .get_cf(self.cf(CF_HALF), half_key(b'c', &half.id, &half.topic))?
+        {
+            if checks.len() == 12 {
+                half.checks = u32::from_be_bytes([checks[0], checks[1], checks[2], checks[3]]);
+                half.last_check_ms = decode_u64(&checks[4..], "half message check")?;
+            }
+        }
+        Ok(half)
+    }
+
+    /// The half message with this id in `topic`, if its transaction is still open.
+    pub fn half(&self, id: &[u8; 16], topic: &str) -> Result<Option<HalfMessage>> {
+        match self
+            .db
+            .get_cf(self.cf(CF_HALF), half_key(b'h', id, topic))?
+        {
+            Some(value) => Ok(Some(self.half_with_checks(&value)?)),
+            None => Ok(None),
+        }
+    }
+
     /// About how many messages are scheduled (RocksDB's estimate).
     pub fn scheduled_estimate(&self) -> u64 {
         self.db
@@ -463,6 +540,7 @@ impl StateDb {
         topics: &[TopicConfig],
         offsets: &[(String, String, u32, u64)],
         scheduled: &[ScheduledMessage],
+        halves: &[HalfMessage],
     ) -> Result<()> {
         for cf in DERIVED_CFS {
             // Every key sorts below 17 bytes of 0xff: names never start with 0xff, and due
@@ -479,6 +557,9 @@ impl StateDb {
         }
         for message in scheduled {
             batch.put_scheduled(message);
+        }
+        for half in halves {
+            batch.put_half(half);
         }
         batch.write()?;
         for cf in DERIVED_CFS {
@@ -538,6 +619,33 @@ impl DerivedBatch<'_> {
         v.extend_from_slice(&hit.size.to_be_bytes());
         v.extend_from_slice(topic.as_bytes());
         self.batch.put_cf(self.db.cf(CF_KEYS), k, v);
+    }
+
+    pub fn put_half(&mut self, half: &HalfMessage) {
+        self.batch.put_cf(
+            self.db.cf(CF_HALF),
+            half_key(b'h', &half.id, &half.topic),
+            codec::encode(half),
+        );
+        if half.checks > 0 {
+            self.put_half_checks(&half.id, &half.topic, half.checks, half.last_check_ms);
+        }
+    }
+
+    /// Records check-backs as absolute values, so replaying the entry changes nothing.
+    pub fn put_half_checks(&mut self, id: &[u8; 16], topic: &str, checks: u32, at_ms: u64) {
+        let mut value = Vec::with_capacity(12);
+        value.extend_from_slice(&checks.to_be_bytes());
+        value.extend_from_slice(&at_ms.to_be_bytes());
+        self.batch
+            .put_cf(self.db.cf(CF_HALF), half_key(b'c', id, topic), value);
+    }
+
+    pub fn delete_half(&mut self, id: &[u8; 16], topic: &str) {
+        self.batch
+            .delete_cf(self.db.cf(CF_HALF), half_key(b'h', id, topic));
+        self.batch
+            .delete_cf(self.db.cf(CF_HALF), half_key(b'c', id, topic));
     }
 
     pub fn put_scheduled(&mut self, message: &ScheduledMessage) {

@@ -24,7 +24,7 @@ use crate::dedup::{DedupWindow, StoredSend};
 use crate::error::{Result, StoreError};
 use crate::locks::LockTable;
 use crate::snapshot::{SnapshotBase, SnapshotDir, REPLICATED_RAFT_KEYS};
-use crate::state::{Checkpoint, IdHit, KeyHit, ScheduledMessage, StateDb};
+use crate::state::{Checkpoint, HalfMessage, IdHit, KeyHit, ScheduledMessage, StateDb};
 
 /// Raft's entry type for ordinary entries; other types (membership changes) carry no command.
 pub const ENTRY_NORMAL: u8 = 0;
@@ -95,6 +95,13 @@ pub enum ApplyOutcome {
         count: u32,
     },
     Cancelled,
+    /// Half messages of a transaction, held until it is committed or rolled back.
+    HalfStored {
+        topic: String,
+        queue_id: u32,
+        count: u32,
+        store_ts_ms: u64,
+    },
     /// The queues of a lock request its member holds now.
     Locked {
         queue_ids: Vec<u32>,
@@ -430,6 +437,7 @@ impl Store {
             locks: self.locks.lock().snapshot(),
             raft_values,
             scheduled: self.db.all_scheduled()?,
+            halves: self.db.half_messages()?,
         };
         self.snapshots.save(&base.encode(), point.index)
     }
@@ -587,6 +595,14 @@ impl Store {
             Command::QueueLocks(change) => ApplyOutcome::Locked {
                 queue_ids: self.locks.lock().apply(&change),
             },
+            Command::EndHalf(end) => {
+                batch.delete_half(&end.id, &end.topic);
+                ApplyOutcome::Cancelled
+            }
+            Command::HalfChecked(checked) => {
+                batch.put_half_checks(&checked.id, &checked.topic, checked.checks, checked.at_ms);
+                ApplyOutcome::Noop
+            }
             Command::CancelScheduled(cancel) => {
                 batch.delete_scheduled(cancel.due_ms, &cancel.id, &cancel.topic);
                 ApplyOutcome::Cancelled
@@ -627,6 +643,14 @@ impl Store {
                         }
                     }
                 }
+                if let MessagesKind::Commit { half_topic } = &kind {
+                    // Decided: no longer half, even if its topic is gone meanwhile.
+                    for (_, record) in &records {
+                        if let Some(id) = record_id(record) {
+                            batch.delete_half(&id, half_topic);
+                        }
+                    }
+                }
                 if let Some(reason) = refused {
                     return Ok(ApplyOutcome::Rejected(reason));
                 }
@@ -634,7 +658,9 @@ impl Store {
                 let now_ms = peeks.first().map_or(0, |p| p.store_ts_ms);
                 let dedup_applies = matches!(
                     kind,
-                    MessagesKind::Send | MessagesKind::Schedule { dedup: true, .. }
+                    MessagesKind::Send
+                        | MessagesKind::Schedule { dedup: true, .. }
+                        | MessagesKind::Half { .. }
                 );
                 let earlier = first_id.filter(|_| dedup_applies).and_then(|id| {
                     staged
@@ -663,6 +689,30 @@ impl Store {
                         });
                     }
                 };
+                if let MessagesKind::Half { producer_group } = &kind {
+                    for (_, record) in &records {
+                        let Some(id) = record_id(record) else {
+                            continue;
+                        };
+                        batch.put_half(&HalfMessage {
+                            id,
+                            topic: topic.clone(),
+                            queue_id,
+                            producer_group: producer_group.clone(),
+                            stored_ms: now_ms,
+                            checks: 0,
+                            last_check_ms: 0,
+                            record: record.to_vec(),
+                        });
+                    }
+                    stage(staged, 0);
+                    return Ok(ApplyOutcome::HalfStored {
+                        topic,
+                        queue_id,
+                        count: records.len() as u32,
+                        store_ts_ms: now_ms,
+                    });
+                }
                 if let MessagesKind::Schedule { due_ms, .. } = kind {
                     for (_, record) in &records {
                         let Some(id) = record_id(record) else {
@@ -1008,6 +1058,16 @@ impl Store {
         self.db.scheduled_due(after_ms, due_by_ms, limit)
     }
 
+    /// Every half message of an open transaction.
+    pub fn half_messages(&self) -> Result<Vec<HalfMessage>> {
+        self.db.half_messages()
+    }
+
+    /// The half message with this id in `topic`, if its transaction is still open.
+    pub fn half(&self, id: &[u8; 16], topic: &str) -> Result<Option<HalfMessage>> {
+        self.db.half(id, topic)
+    }
+
     /// The earliest due time of messages scheduled since the last call (`u64::MAX` if none):
     /// a timer that has seen everything due before some time needs to look again from here.
     pub fn take_schedule_hint(&self) -> u64 {
@@ -1168,7 +1228,7 @@ fn restore_from_base(
     db: &StateDb,
     base: &SnapshotBase,
 ) -> Result<Checkpoint> {
-    db.replace_derived(&base.topics, &base.offsets, &base.scheduled)?;
+    db.replace_derived(&base.topics, &base.offsets, &base.scheduled, &base.halves)?;
     for (key, value) in &base.raft_values {
         db.save_raft_value(key, value, true)?;
     }

@@ -8,6 +8,7 @@ mod pull;
 pub(crate) mod retry;
 mod send;
 mod topics;
+mod transactions;
 
 use std::sync::Arc;
 
@@ -45,6 +46,10 @@ impl Handler for BrokerHandler {
             Some(RequestCode::GetTrace) => retry::trace(core, &request).await,
             Some(RequestCode::LockQueues) => locks::lock(core, &request).await,
             Some(RequestCode::UnlockQueues) => locks::unlock(core, &request).await,
+            Some(RequestCode::ProducerHeartbeat) => {
+                transactions::heartbeat(core, connection, &request).await
+            }
+            Some(RequestCode::EndTransaction) => transactions::end(core, &request).await,
             _ => Reply::error(
                 Status::RequestCodeNotSupported,
                 format!("request code {} is not served by a broker", request.code),
@@ -53,6 +58,7 @@ impl Handler for BrokerHandler {
     }
 
     fn on_close(&self, connection: &Connection) {
+        self.core.producers.connection_closed(connection.id());
         for group in self.core.consumers.connection_closed(connection.id()) {
             self.core.consumers.notify(&group);
         }

@@ -17,7 +17,7 @@ use ferromq_protocol::{
     },
     MessageId, MessageRecord, Status,
 };
-use ferromq_raftlog::{ProposeError, Role};
+use ferromq_raftlog::Role;
 use ferromq_store::{
     command::{encode_messages_of, MessagesKind},
     ApplyOutcome, ReadStatus, Store, StoreError,
@@ -27,7 +27,6 @@ use tracing::debug;
 
 use super::{blocking, propose_failed, store_failed, topics::ensure_topic};
 use crate::core::BrokerCore;
-use crate::scheduler::CancelError;
 
 /// Creates a group's retry or dead-letter topic (one queue) if this broker leads and it is
 /// missing. Failures are only logged: the caller's request does not depend on it.
@@ -172,26 +171,11 @@ pub async fn cancel(core: &BrokerCore, request: &Request) -> Reply {
     }
     match core.scheduler.cancel(core, &cancel.topic, cancel.id).await {
         Ok(()) => Reply::ok(&()),
-        Err(CancelError::NotLeader(leader_id)) => {
-            propose_failed(core, ProposeError::NotLeader { leader_id })
-        }
-        Err(CancelError::NotReady) => Reply::error(
-            Status::ServiceNotAvailable,
-            "a new leader is still applying its predecessors' entries; retry shortly",
+        Err(err) => super::transactions::decision_failed(
+            core,
+            err,
+            &format!("scheduled message {} for {:?}", cancel.id, cancel.topic),
         ),
-        Err(CancelError::NotFound) => Reply::error(
-            Status::ParameterError,
-            format!(
-                "no message {} is waiting for delivery to {:?} (delivered, cancelled, or never scheduled there)",
-                cancel.id, cancel.topic
-            ),
-        ),
-        Err(CancelError::Delivering) => Reply::error(
-            Status::ParameterError,
-            format!("message {} is being delivered now", cancel.id),
-        ),
-        Err(CancelError::Propose(err)) => propose_failed(core, err),
-        Err(CancelError::Store(err)) => store_failed(err),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use ferromq_protocol::{
     headers::{perm, Schedule, SendRequest, SendResponse},
-    message::{decode_record, now_millis, split_length_prefixed, validate_topic},
+    message::{decode_record, now_millis, split_length_prefixed, validate_group, validate_topic},
     system::is_reserved_topic,
     Status,
 };
@@ -58,12 +58,26 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
             ),
         );
     }
-    let kind = match due_ms {
-        Some(due_ms) => MessagesKind::Schedule {
+    if let Some(group) = &send.transaction_group {
+        if let Err(message) = validate_group(group) {
+            return Reply::error(Status::ParameterError, message);
+        }
+        if due_ms.is_some() {
+            return Reply::error(
+                Status::ParameterError,
+                "a transactional message cannot be scheduled too",
+            );
+        }
+    }
+    let kind = match (due_ms, &send.transaction_group) {
+        (Some(due_ms), _) => MessagesKind::Schedule {
             due_ms,
             dedup: true,
         },
-        None => MessagesKind::Send,
+        (None, Some(group)) => MessagesKind::Half {
+            producer_group: group.clone(),
+        },
+        (None, None) => MessagesKind::Send,
     };
     let payload = encode_messages_of(
         &kind,
@@ -114,6 +128,16 @@ pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
                 due_ms: Some(due_ms),
             })
         }
+        Ok(ApplyOutcome::HalfStored {
+            queue_id,
+            store_ts_ms,
+            ..
+        }) => Reply::ok(&SendResponse {
+            queue_id,
+            first_offset: 0,
+            store_ts_ms,
+            due_ms: None,
+        }),
         Ok(ApplyOutcome::Duplicate {
             queue_id,
             first_offset,
