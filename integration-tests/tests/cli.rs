@@ -255,6 +255,7 @@ fn every_command_explains_its_own_options() {
         (vec!["--help"], "--nameserver"),
         (vec!["standalone", "--help"], "--data-dir"),
         (vec!["send", "--help"], "--deliver-at"),
+        (vec!["send", "--help"], "--check-answer"),
         (vec!["consume", "--help"], "--fail-first"),
         (vec!["trace", "--help"], "--json"),
         (vec!["lag", "--help"], "--group"),

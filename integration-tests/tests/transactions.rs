@@ -335,3 +335,63 @@ async fn an_open_transaction_survives_a_leader_kill() {
     stop.cancel();
     within(WAIT, task).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_transactions_and_answers_check_backs() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(
+        &dir.path().join("b"),
+        &nameserver.addr,
+        dir.path(),
+        &FAST_CHECKS,
+    );
+    let client = client(&nameserver.addr).await;
+    client.create_topic("cli-tx", 1).await.unwrap();
+    wait_for_route(&client, "cli-tx", WAIT).await;
+    let addr = nameserver.addr.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let send = |body: &str, local: &str, answer: &str| {
+            ferromq_integration_tests::ferromq(&[
+                "--nameserver",
+                &addr,
+                "send",
+                "--topic",
+                "cli-tx",
+                "--body",
+                body,
+                "--transaction",
+                local,
+                "--check-answer",
+                answer,
+            ])
+        };
+        vec![
+            send("committed", "commit", "rollback"),
+            send("rolled back", "rollback", "commit"),
+            send("checked", "unknown", "commit"),
+        ]
+    })
+    .await
+    .unwrap();
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let checked = String::from_utf8_lossy(&outputs[2].stdout);
+    assert!(checked.contains("check-back for"), "{checked}");
+    let (seen, stop, task) = consume(&client, "cli-tx-readers", "cli-tx");
+    wait_until("both committed messages", || {
+        seen.lock().unwrap().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bodies = seen.lock().unwrap().clone();
+    bodies.sort();
+    assert_eq!(bodies, vec!["checked".to_string(), "committed".to_string()]);
+    stop.cancel();
+    within(WAIT, task).await.unwrap();
+}

@@ -7,7 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
-use ferromq_client::{Client, Message};
+use std::sync::Arc;
+
+use ferromq_client::{
+    Client, Message, ReceivedMessage, SendReceipt, TransactionListener, TransactionState,
+};
+use futures::future::BoxFuture;
 
 use crate::duration;
 
@@ -42,7 +47,97 @@ pub struct SendArgs {
     /// Send to the queue this key hashes to, so messages with the same key keep their order.
     #[arg(long, conflicts_with_all = ["delay", "deliver_at", "delay_level"])]
     sharding_key: Option<String>,
+    /// Send as a transactional message whose local transaction ends this way; with `unknown`,
+    /// wait for the broker's check-back (6 s by default) and answer it with --check-answer.
+    #[arg(long, value_enum, conflicts_with_all = ["delay", "deliver_at", "delay_level", "sharding_key"])]
+    transaction: Option<TxState>,
+    /// How check-backs are answered.
+    #[arg(long, value_enum, default_value = "commit", requires = "transaction")]
+    check_answer: TxState,
+    /// The transactional producer group.
+    #[arg(long, default_value = "ferromq-cli", requires = "transaction")]
+    producer_group: String,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TxState {
+    Commit,
+    Rollback,
+    Unknown,
+}
+
+impl From<TxState> for TransactionState {
+    fn from(state: TxState) -> TransactionState {
+        match state {
+            TxState::Commit => TransactionState::Commit,
+            TxState::Rollback => TransactionState::Rollback,
+            TxState::Unknown => TransactionState::Unknown,
+        }
+    }
+}
+
+/// The CLI's local transaction: ends as told; check-backs are answered as told and announced.
+struct CliTransaction {
+    local: TransactionState,
+    answer: TransactionState,
+    checked: Arc<tokio::sync::Notify>,
+}
+
+impl TransactionListener for CliTransaction {
+    fn execute_local<'a>(
+        &'a self,
+        _message: &'a Message,
+        _receipt: &'a SendReceipt,
+    ) -> BoxFuture<'a, TransactionState> {
+        Box::pin(async move { self.local })
+    }
+
+    fn check_local<'a>(&'a self, message: &'a ReceivedMessage) -> BoxFuture<'a, TransactionState> {
+        println!("check-back for {}: answering {:?}", message.id, self.answer);
+        self.checked.notify_one();
+        Box::pin(async move { self.answer })
+    }
+}
+
+/// Sends `count` transactional messages; waits for a check-back of each left `unknown`.
+async fn run_transactions(
+    client: &Client,
+    args: &SendArgs,
+    message: &Message,
+    local: TxState,
+) -> anyhow::Result<()> {
+    let checked = Arc::new(tokio::sync::Notify::new());
+    let listener = CliTransaction {
+        local: local.into(),
+        answer: args.check_answer.into(),
+        checked: checked.clone(),
+    };
+    let producer = client
+        .transaction_producer(args.producer_group.clone(), listener)
+        .await?;
+    for _ in 0..args.count {
+        let (receipt, state) = producer
+            .send_in_transaction(message.clone())
+            .await
+            .map_err(|err| err.error)?;
+        println!(
+            "half {} topic={} group={} queue={} local={state:?}",
+            receipt.message_id, receipt.topic, receipt.broker_group, receipt.queue_id
+        );
+        if local == TxState::Unknown {
+            tokio::time::timeout(CHECK_BACK_PATIENCE, checked.notified())
+                .await
+                .map_err(|_| anyhow::anyhow!("no check-back within {CHECK_BACK_PATIENCE:?}"))?;
+            // Give the broker a moment to log the answer before this producer goes away.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    producer.shutdown();
+    Ok(())
+}
+
+/// How long `--transaction unknown` waits for the broker's check-back.
+const CHECK_BACK_PATIENCE: Duration = Duration::from_secs(120);
 
 fn parse_time(text: &str) -> Result<SystemTime, String> {
     if let Ok(millis) = text.parse::<u64>() {
@@ -74,10 +169,13 @@ pub fn body(args: &SendArgs) -> anyhow::Result<Bytes> {
 }
 
 pub async fn run(client: &Client, args: SendArgs, body: Bytes) -> anyhow::Result<()> {
-    let mut message = Message::new(args.topic, body);
-    message.tag = args.tag;
-    message.keys = args.keys;
-    message.properties = args.properties.into_iter().collect();
+    let mut message = Message::new(args.topic.clone(), body);
+    message.tag = args.tag.clone();
+    message.keys = args.keys.clone();
+    message.properties = args.properties.clone().into_iter().collect();
+    if let Some(local) = args.transaction {
+        return run_transactions(client, &args, &message, local).await;
+    }
     let producer = client.producer();
     let mut failures = 0;
     for _ in 0..args.count {
