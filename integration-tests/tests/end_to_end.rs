@@ -326,6 +326,7 @@ async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
             count: 3,
             schedule: None,
             transaction_group: None,
+            reply_to: None,
         };
         let response: SendResponse = connection
             .request(RequestCode::Send, &header, body)

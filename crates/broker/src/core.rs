@@ -13,6 +13,7 @@ use crate::consumers::ConsumerRegistry;
 use crate::metrics::BrokerMetrics;
 use crate::notifier::QueueNotifier;
 use crate::producers::ProducerRegistry;
+use crate::replies::ReplyRegistry;
 use crate::scheduler::Scheduler;
 
 pub struct BrokerCore {
@@ -28,6 +29,8 @@ pub struct BrokerCore {
     pub scheduler: Scheduler,
     /// Live transactional producers, to ask about undecided transactions.
     pub producers: ProducerRegistry,
+    /// Requesters waiting for replies, by the connection their requests came over.
+    pub replies: ReplyRegistry,
     pub metrics: BrokerMetrics,
     pub topics_changed: watch::Receiver<u64>,
     /// Client address announced to nameservers.

@@ -13,6 +13,7 @@ mod notifier;
 mod peers;
 mod producers;
 mod registration;
+mod replies;
 mod scheduler;
 mod state_machine;
 mod transactions;
@@ -200,6 +201,7 @@ impl Broker {
             notifier,
             scheduler: scheduler::Scheduler::default(),
             producers,
+            replies: replies::ReplyRegistry::default(),
             metrics,
             topics_changed,
             started: Instant::now(),

@@ -27,6 +27,7 @@ use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
 use crate::consumer::{ConsumerBuilder, GroupSignal};
 use crate::error::ClientError;
 use crate::producer::Producer;
+use crate::request::ReplyWaiters;
 use crate::transaction::TransactionCheckers;
 
 /// How far a consumer group is behind on one queue.
@@ -97,6 +98,9 @@ pub(crate) struct Inner {
     group_listeners: Arc<GroupListeners>,
     /// Transactional producers' listeners, for brokers' check-backs.
     pub(crate) transaction_checkers: Arc<TransactionCheckers>,
+    /// This client's name as a requester, and its requests waiting for replies.
+    pub(crate) reply_id: String,
+    pub(crate) reply_waiters: Arc<ReplyWaiters>,
 }
 
 /// Consumers of this client that want to hear when their group changes.
@@ -110,12 +114,16 @@ pub(crate) struct GroupListeners {
 struct ClientHandler {
     listeners: Arc<GroupListeners>,
     checkers: Arc<TransactionCheckers>,
+    replies: Arc<ReplyWaiters>,
 }
 
 impl Handler for ClientHandler {
     async fn handle(&self, _connection: &Connection, request: Request) -> Reply {
         if request.code == RequestCode::CheckTransaction as u16 {
             return self.checkers.answer(request).await;
+        }
+        if request.code == RequestCode::ReplyDelivery as u16 {
+            return self.replies.deliver(request);
         }
         if request.code != RequestCode::GroupChanged as u16 {
             return Reply::error(
@@ -163,6 +171,12 @@ impl Client {
             handshake_timeout: config.request_timeout(),
             ..TransportConfig::default()
         });
+        // Unique per client: replies to its requests find their way back by this name.
+        let reply_id = format!(
+            "{}-{}",
+            config.client_id,
+            MessageIdGenerator::default().next_id()
+        );
         let client = Client {
             inner: Arc::new(Inner {
                 config,
@@ -175,6 +189,8 @@ impl Client {
                 tasks: TaskTracker::new(),
                 group_listeners: Arc::default(),
                 transaction_checkers: Arc::default(),
+                reply_id,
+                reply_waiters: Arc::default(),
             }),
         };
         client.cluster().await?;
@@ -226,6 +242,7 @@ impl Client {
         let handler = ClientHandler {
             listeners: self.inner.group_listeners.clone(),
             checkers: self.inner.transaction_checkers.clone(),
+            replies: self.inner.reply_waiters.clone(),
         };
         let connection = Connection::connect(
             addr,
@@ -416,6 +433,19 @@ impl Client {
         code: RequestCode,
         header: &H,
     ) -> Result<ferromq_transport::Response, ClientError> {
+        self.request_group_leader_with_body(topic, broker_group, code, header, Bytes::new())
+            .await
+    }
+
+    /// [`Client::request_group_leader`] with a request body.
+    pub(crate) async fn request_group_leader_with_body<H: Serialize>(
+        &self,
+        topic: &str,
+        broker_group: &str,
+        code: RequestCode,
+        header: &H,
+        body: Bytes,
+    ) -> Result<ferromq_transport::Response, ClientError> {
         let route = self.route(topic).await?;
         let Some(leader) = route
             .groups
@@ -429,7 +459,7 @@ impl Client {
         };
         let answer = match self.connection(&leader).await {
             Ok(connection) => connection
-                .request(code, header, Bytes::new())
+                .request(code, header, body.clone())
                 .await
                 .and_then(|response| response.into_result()),
             Err(err) => {
@@ -448,7 +478,7 @@ impl Client {
                 self.invalidate_route(topic);
                 let connection = self.connection(&leader).await?;
                 Ok(connection
-                    .request(code, header, Bytes::new())
+                    .request(code, header, body.clone())
                     .await?
                     .into_result()?)
             }

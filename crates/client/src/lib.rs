@@ -29,6 +29,7 @@ mod error;
 mod filter;
 pub mod idempotent;
 mod producer;
+mod request;
 pub mod transaction;
 
 pub use client::{Client, ClientBuilder, QueueLag};

@@ -46,6 +46,7 @@ pub struct SendReceipt {
 struct SendOptions {
     schedule: Option<Schedule>,
     transaction_group: Option<String>,
+    reply_to: Option<String>,
 }
 
 /// A writable queue of a topic, as a [`QueueSelector`] sees it.
@@ -187,7 +188,7 @@ impl Producer {
     ) -> Result<SendReceipt, SendError> {
         let options = SendOptions {
             schedule,
-            transaction_group: None,
+            ..SendOptions::default()
         };
         match self
             .send_records(std::slice::from_ref(&message), &options, None)
@@ -241,6 +242,7 @@ impl Producer {
                 count: 1,
                 schedule: None,
                 transaction_group: None,
+                reply_to: None,
             };
             let connection = self.client.connection(&target.leader).await?;
             connection.one_way(RequestCode::Send, &header, body).await?;
@@ -398,13 +400,36 @@ impl Producer {
         group: &str,
     ) -> Result<SendReceipt, ClientError> {
         let options = SendOptions {
-            schedule: None,
             transaction_group: Some(group.to_string()),
+            ..SendOptions::default()
         };
         let mut receipts = self
             .send_records(std::slice::from_ref(message), &options, None)
             .await?;
         Ok(receipts.remove(0))
+    }
+
+    /// Sends a request message whose replies come back to `requester` over this connection.
+    pub(crate) async fn send_request(
+        &self,
+        message: Message,
+        requester: String,
+    ) -> Result<SendReceipt, SendError> {
+        let options = SendOptions {
+            reply_to: Some(requester),
+            ..SendOptions::default()
+        };
+        match self
+            .send_records(std::slice::from_ref(&message), &options, None)
+            .await
+        {
+            Ok(mut receipts) => Ok(receipts.remove(0)),
+            Err(error) => Err(SendError { message, error }),
+        }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Commits or rolls back the transaction of a half message.
@@ -591,6 +616,7 @@ impl Producer {
             count,
             schedule: options.schedule,
             transaction_group: options.transaction_group.clone(),
+            reply_to: options.reply_to.clone(),
         };
         let sent = async {
             let connection = self.client.connection(&target.leader).await?;

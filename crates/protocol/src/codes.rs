@@ -51,13 +51,17 @@ pub enum RequestCode {
     EndTransaction = 218,
     /// Broker → producer: how did the local transaction of this half message end?
     CheckTransaction = 219,
+    /// A consumer answers a request message; the broker forwards the reply to the requester.
+    Reply = 220,
+    /// Broker → requester, one-way: the reply to one of its requests.
+    ReplyDelivery = 221,
 
     // Between the members of a broker group, on the peer port only.
     RaftMessages = 300,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 27] = [
+    pub const ALL: [RequestCode; 29] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -84,6 +88,8 @@ impl RequestCode {
         RequestCode::ProducerHeartbeat,
         RequestCode::EndTransaction,
         RequestCode::CheckTransaction,
+        RequestCode::Reply,
+        RequestCode::ReplyDelivery,
         RequestCode::RaftMessages,
     ];
 
@@ -122,6 +128,8 @@ impl RequestCode {
             RequestCode::ProducerHeartbeat => "producer_heartbeat",
             RequestCode::EndTransaction => "end_transaction",
             RequestCode::CheckTransaction => "check_transaction",
+            RequestCode::Reply => "reply",
+            RequestCode::ReplyDelivery => "reply_delivery",
             RequestCode::RaftMessages => "raft_messages",
         }
     }

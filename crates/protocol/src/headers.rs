@@ -137,6 +137,8 @@ pub struct SendRequest {
     /// Store as half messages of a transaction of this producer group: invisible until
     /// committed (`END_TRANSACTION`), asked about (`CHECK_TRANSACTION`) while undecided.
     pub transaction_group: Option<String>,
+    /// A request message: replies to it reach this requester over this connection.
+    pub reply_to: Option<String>,
 }
 
 /// When a scheduled send becomes visible in its queue.
@@ -158,6 +160,23 @@ pub struct SendResponse {
     pub first_offset: u64,
     pub store_ts_ms: u64,
     pub due_ms: Option<u64>,
+}
+
+/// A reply to a request message. Body: the reply's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRequest {
+    pub reply_to: String,
+    pub correlation_id: String,
+    /// The topic the request was sent to.
+    pub topic: String,
+}
+
+/// Broker → requester, one-way. Body: the reply's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyDelivery {
+    pub correlation_id: String,
+    /// The topic the request was sent to.
+    pub topic: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,10 @@ pub const PROPERTY_ORIGIN_TOPIC: &str = "__ORIGIN_TOPIC";
 pub const PROPERTY_ORIGIN_QUEUE: &str = "__ORIGIN_QUEUE";
 pub const PROPERTY_ORIGIN_OFFSET: &str = "__ORIGIN_OFFSET";
 
+/// On a request message: who waits for the reply, and which request it answers.
+pub const PROPERTY_REPLY_TO: &str = "__REPLY_TO";
+pub const PROPERTY_CORRELATION_ID: &str = "__CORRELATION_ID";
+
 /// RocketMQ's delay levels: `1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h`.
 pub const DEFAULT_DELAY_LEVELS_MS: [u64; 18] = [
     1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,

@@ -5,6 +5,7 @@ mod groups;
 mod locks;
 mod offsets;
 mod pull;
+mod reply;
 pub(crate) mod retry;
 mod send;
 mod topics;
@@ -35,7 +36,8 @@ impl Handler for BrokerHandler {
             Some(RequestCode::UnregisterConsumer) => groups::unregister(core, &request).await,
             Some(RequestCode::SearchOffset) => groups::search_offset(core, &request).await,
             Some(RequestCode::GetConsumerLag) => offsets::lag(core, &request).await,
-            Some(RequestCode::Send) => send::handle(core, &request).await,
+            Some(RequestCode::Send) => send::handle(core, connection, &request).await,
+            Some(RequestCode::Reply) => reply::handle(core, &request).await,
             Some(RequestCode::Pull) => pull::handle(core, &request).await,
             Some(RequestCode::CommitOffsets) => offsets::commit(core, &request).await,
             Some(RequestCode::QueryOffset) => offsets::query(core, &request).await,
@@ -59,6 +61,7 @@ impl Handler for BrokerHandler {
 
     fn on_close(&self, connection: &Connection) {
         self.core.producers.connection_closed(connection.id());
+        self.core.replies.connection_closed(connection.id());
         for group in self.core.consumers.connection_closed(connection.id()) {
             self.core.consumers.notify(&group);
         }

@@ -12,16 +12,23 @@ use ferromq_store::{
     command::{encode_messages_of, MessagesKind},
     ApplyOutcome,
 };
-use ferromq_transport::{Reply, Request};
+use ferromq_transport::{Connection, Reply, Request};
 
 use super::{propose_failed, topics::topic_for_send};
 use crate::core::BrokerCore;
 
-pub async fn handle(core: &BrokerCore, request: &Request) -> Reply {
+pub async fn handle(core: &BrokerCore, connection: &Connection, request: &Request) -> Reply {
     let send: SendRequest = match request.decode_header() {
         Ok(send) => send,
         Err(err) => return Reply::bad_header(&err),
     };
+    if let Some(requester) = &send.reply_to {
+        if requester.is_empty() || requester.len() > 255 {
+            return Reply::error(Status::ParameterError, "reply_to must be 1..=255 bytes");
+        }
+        // Replies to this request come back over this connection.
+        core.replies.register(requester, connection);
+    }
     if let Err(message) = validate_topic(&send.topic) {
         return Reply::error(Status::ParameterError, message);
     }
