@@ -395,3 +395,45 @@ async fn the_cli_sends_transactions_and_answers_check_backs() {
     stop.cancel();
     within(WAIT, task).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_half_message_survives_a_broker_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let checks = [
+        ("FERROMQ_TRANSACTIONS__CHECK_AFTER_MS", "1500"),
+        ("FERROMQ_TRANSACTIONS__CHECK_INTERVAL_MS", "500"),
+    ];
+    let mut broker = Broker::start(&dir.path().join("b"), &nameserver.addr, dir.path(), &checks);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("refunds", 1).await.unwrap();
+    wait_for_route(&client, "refunds", WAIT).await;
+    let producer = client
+        .transaction_producer(
+            "refund-service",
+            BodyDecides {
+                check_answer: TransactionState::Commit,
+                checks: Arc::default(),
+            },
+        )
+        .await
+        .unwrap();
+    producer
+        .send_in_transaction(Message::new("refunds", "pending across a crash"))
+        .await
+        .unwrap();
+    let before_crash = Instant::now();
+    broker.restart();
+    // The restarted broker still holds the half message and asks the producer (which
+    // heartbeats again within 5 s) about it.
+    let (seen, stop, task) = consume(&client, "refund-readers", "refunds");
+    wait_until("the half message committed after the restart", || {
+        seen.lock()
+            .unwrap()
+            .contains(&"pending across a crash".to_string())
+    })
+    .await;
+    assert!(before_crash.elapsed() < WAIT);
+    stop.cancel();
+    within(WAIT, task).await.unwrap();
+}
