@@ -47,6 +47,15 @@ impl BrokerCore {
         self.raft.propose(payload).await
     }
 
+    /// Proposes an entry only if this node still leads in `term`.
+    pub async fn propose_in_term(
+        &self,
+        payload: Vec<u8>,
+        term: u64,
+    ) -> Result<ApplyOutcome, ProposeError> {
+        self.raft.propose_in_term(payload, term).await
+    }
+
     /// Client address of the group member with this Raft id, if known.
     pub fn member_addr(&self, node_id: u64) -> Option<String> {
         if node_id == self.config.node_id {

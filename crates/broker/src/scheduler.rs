@@ -35,7 +35,8 @@ const READY_PATIENCE: Duration = Duration::from_secs(2);
 /// Largest deliver entry (bytes of records), well under the largest send.
 const MAX_DELIVER_BYTES: usize = 4 * 1024 * 1024;
 
-type Pending = ([u8; 16], String);
+/// A message a decision is on its way for: (id, topic, due time; 0 for a half message).
+type Pending = ([u8; 16], String, u64);
 
 #[derive(Default)]
 pub struct Scheduler {
@@ -76,6 +77,8 @@ pub enum CancelError {
     Delivering,
     Propose(ProposeError),
     Store(ferromq_store::StoreError),
+    /// Logged, and refused the same way by every replica.
+    Rejected(String),
 }
 
 impl Scheduler {
@@ -100,7 +103,7 @@ impl Scheduler {
     ) -> Result<(), CancelError> {
         self.decide_once(
             core,
-            (id.0, topic.to_string()),
+            |message: &ScheduledMessage| (id.0, topic.to_string(), message.due_ms),
             || core.store.scheduled_by_id(&id.0, topic),
             |message| {
                 encode_cancel_scheduled(&CancelScheduled {
@@ -125,7 +128,7 @@ impl Scheduler {
     ) -> Result<(), CancelError> {
         self.decide_once(
             core,
-            (id.0, topic.to_string()),
+            |_| (id.0, topic.to_string(), 0),
             || core.store.half(&id.0, topic),
             |half| match decision {
                 Decision::Commit => {
@@ -148,7 +151,7 @@ impl Scheduler {
     async fn decide_once<T>(
         &self,
         core: &BrokerCore,
-        key: Pending,
+        key_of: impl FnOnce(&T) -> Pending,
         lookup: impl FnOnce() -> Result<Option<T>, ferromq_store::StoreError>,
         payload: impl FnOnce(&T) -> Vec<u8>,
     ) -> Result<ApplyOutcome, CancelError> {
@@ -166,7 +169,7 @@ impl Scheduler {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let waiting = {
+        let (waiting, key) = {
             let mut state = self.state.lock();
             if state.ready_term != status.term {
                 return Err(CancelError::NotReady);
@@ -175,12 +178,18 @@ impl Scheduler {
             let waiting = lookup()
                 .map_err(CancelError::Store)?
                 .ok_or(CancelError::NotFound)?;
+            let key = key_of(&waiting);
             if !state.in_flight.insert(key.clone()) {
                 return Err(CancelError::Delivering);
             }
-            waiting
+            (waiting, key)
         };
-        match core.propose(payload(&waiting)).await {
+        match core.propose_in_term(payload(&waiting), status.term).await {
+            Ok(ApplyOutcome::Rejected(reason)) => {
+                // Applied as a refusal (its topic is gone): nothing changed.
+                self.state.lock().in_flight.remove(&key);
+                Err(CancelError::Rejected(reason))
+            }
             Ok(outcome) => {
                 self.state.lock().in_flight.remove(&key);
                 Ok(outcome)
@@ -199,8 +208,11 @@ impl Scheduler {
     }
 
     /// Takes the due messages not already on their way, marking them as on their way.
-    fn take_due(&self, core: &BrokerCore, now_ms: u64) -> Vec<ScheduledMessage> {
+    fn take_due(&self, core: &BrokerCore, now_ms: u64, term: u64) -> Vec<ScheduledMessage> {
         let mut state = self.state.lock();
+        if state.ready_term != term {
+            return Vec::new();
+        }
         // Messages scheduled since the last pass may be due earlier than where it stopped.
         state.scan_from_ms = state.scan_from_ms.min(core.store.take_schedule_hint());
         let limit = SCAN_LIMIT + state.in_flight.len();
@@ -218,7 +230,7 @@ impl Scheduler {
             _ => now_ms.saturating_add(1),
         };
         due.into_iter()
-            .filter(|m| state.in_flight.insert((m.id, m.topic.clone())))
+            .filter(|m| state.in_flight.insert((m.id, m.topic.clone(), m.due_ms)))
             .collect()
     }
 }
@@ -270,19 +282,18 @@ pub async fn timer_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
         }
         if !scheduler.ready(status.term) {
             scheduler.reset();
-            // An empty entry is a no-op command.
-            match core.propose(Vec::new()).await {
-                Ok(_) if core.raft.status().term == status.term => {
+            // An empty entry is a no-op command; logged in this term or not at all.
+            match core.propose_in_term(Vec::new(), status.term).await {
+                Ok(_) => {
                     scheduler.state.lock().ready_term = status.term;
                     debug!(term = status.term, "timer barrier applied");
                 }
-                Ok(_) => {}
                 Err(err) => debug!(%err, "timer barrier not applied"),
             }
             continue;
         }
         let now_ms = now_millis();
-        let due = scheduler.take_due(&core, now_ms);
+        let due = scheduler.take_due(&core, now_ms, status.term);
         if due.is_empty() {
             continue;
         }
@@ -290,7 +301,8 @@ pub async fn timer_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
         let proposals = batches.into_iter().map(|batch| {
             let core = &core;
             async move {
-                let outcome = core.propose(encode_deliver(&batch, now_millis())).await;
+                let payload = encode_deliver(&batch, now_millis());
+                let outcome = core.propose_in_term(payload, status.term).await;
                 (batch, outcome)
             }
         });
@@ -303,7 +315,11 @@ pub async fn timer_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
                     let visible_ms = now_millis();
                     let mut state = scheduler.state.lock();
                     for message in &batch {
-                        state.in_flight.remove(&(message.id, message.topic.clone()));
+                        state.in_flight.remove(&(
+                            message.id,
+                            message.topic.clone(),
+                            message.due_ms,
+                        ));
                         let late = visible_ms.saturating_sub(message.due_ms);
                         core.metrics.timer_lateness.observe(late as f64 / 1000.0);
                     }

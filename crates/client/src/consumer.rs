@@ -636,15 +636,18 @@ impl Consumer {
             };
             let mut failures = 0u32;
             loop {
+                let busy = self.last_source().shared.clone();
+                if orderly {
+                    // Marked busy before the ownership check: a release that took the queue
+                    // away meanwhile either sees this or made the check fail.
+                    *busy.busy.lock() = Some(key_of(&message));
+                }
                 // The queue may have moved to another member (or been reset, or its lock lost)
                 // while this message waited for a retry: then it is no longer this member's.
                 if !self.last_source().still_owns(&message) {
+                    *busy.busy.lock() = None;
                     self.last_source().last_yielded = None;
                     break;
-                }
-                let busy = self.last_source().shared.clone();
-                if orderly {
-                    *busy.busy.lock() = Some(key_of(&message));
                 }
                 let handled = AssertUnwindSafe(handler(message.clone())).catch_unwind();
                 let outcome = tokio::time::timeout(consume_timeout, handled).await;
@@ -1026,15 +1029,20 @@ async fn rebalance_loop(
                 orderly::wait_until_idle(&shared, &released).await;
             }
             // The next owner starts from what was committed here.
-            if let Err(err) = commit_consumed(&shared).await {
+            let committed = commit_consumed(&shared).await;
+            if let Err(err) = &committed {
                 warn!(group = %shared.group, %err, "committing released queues failed");
             }
-            if shared.config.orderly {
-                orderly::release(&shared, released.clone()).await;
+            {
+                let mut progress = shared.progress.lock();
+                for key in &released {
+                    progress.remove(key);
+                }
             }
-            let mut progress = shared.progress.lock();
-            for key in &released {
-                progress.remove(key);
+            // Orderly: unlocked only once committed, so the next owner never handles again what
+            // was handled here; otherwise the lock runs out at its lease.
+            if shared.config.orderly && committed.is_ok() {
+                orderly::release(&shared, released.clone()).await;
             }
             debug!(group = %shared.group, released = released.len(), "queues released");
         }
@@ -1052,6 +1060,20 @@ async fn rebalance_loop(
                     stop.clone(),
                 ));
                 running.insert(key.clone(), QueueTask { stop, task });
+            }
+        }
+        if shared.config.orderly {
+            // Locks of queues no task reads (stopped by a reset, or released with a failed
+            // commit) are not renewed forever.
+            let stale: Vec<QueueKey> = shared
+                .locks
+                .lock()
+                .keys()
+                .filter(|key| !running.contains_key(*key))
+                .cloned()
+                .collect();
+            if !stale.is_empty() {
+                orderly::release(&shared, stale).await;
             }
         }
     }
@@ -1237,6 +1259,7 @@ async fn pull_queue(
             warn!(topic = %shared.topic, queue = key.queue_id, "queue lock lost; restarting the queue");
             shared.owned.lock().remove(&key);
             shared.progress.lock().remove(&key);
+            shared.locks.lock().remove(&key);
             shared.changed.notify.notify_one();
             return;
         }

@@ -324,20 +324,32 @@ impl Producer {
     ) -> Result<SendReceipt, SendError> {
         let target = async {
             let route = self.client.route(&message.topic).await?;
-            let mut targets = targets(&route);
-            targets.sort_by(|a, b| (&a.group, a.queue_id).cmp(&(&b.group, b.queue_id)));
-            if targets.is_empty() {
-                return Err(ClientError::NoRoute(message.topic.clone()));
-            }
-            let queues: Vec<MessageQueue> = targets
+            // Every writable queue, led or not: a group in the middle of an election must not
+            // shift every key to another queue.
+            let mut queues: Vec<MessageQueue> = route
+                .groups
                 .iter()
-                .map(|t| MessageQueue {
-                    broker_group: t.group.clone(),
-                    queue_id: t.queue_id,
+                .filter(|g| g.perm & perm::WRITE != 0 && g.queues <= MAX_ROUTE_QUEUES)
+                .flat_map(|g| {
+                    (0..g.queues).map(|queue_id| MessageQueue {
+                        broker_group: g.group.clone(),
+                        queue_id,
+                    })
                 })
                 .collect();
-            let index = selector.select(&queues, &message) % targets.len();
-            Ok(targets.swap_remove(index))
+            queues
+                .sort_by(|a, b| (&a.broker_group, a.queue_id).cmp(&(&b.broker_group, b.queue_id)));
+            if queues.is_empty() {
+                return Err(ClientError::NoRoute(message.topic.clone()));
+            }
+            let index = selector.select(&queues, &message) % queues.len();
+            let queue = queues.swap_remove(index);
+            // The leader is looked up by each attempt; none right now means wait, not move.
+            Ok(Target {
+                group: queue.broker_group,
+                leader: String::new(),
+                queue_id: queue.queue_id,
+            })
         };
         let target = match target.await {
             Ok(target) => target,

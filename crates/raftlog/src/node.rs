@@ -156,6 +156,8 @@ pub enum ProposeError {
 enum Event<O> {
     Propose {
         payload: Vec<u8>,
+        /// Refused unless this node still leads in this term.
+        term: Option<u64>,
         reply: oneshot::Sender<Result<O, ProposeError>>,
     },
     Step(Box<Message>),
@@ -257,9 +259,24 @@ impl<O: Send + 'static> RaftNode<O> {
     /// Proposes an entry and waits until it is committed and applied; returns what applying
     /// it produced.
     pub async fn propose(&self, payload: Vec<u8>) -> Result<O, ProposeError> {
+        self.propose_event(payload, None).await
+    }
+
+    /// Like [`RaftNode::propose`], but only in `term`: a decision made from what this leader
+    /// saw in one term must not be logged in a later term of its (another leader may have
+    /// acted in between).
+    pub async fn propose_in_term(&self, payload: Vec<u8>, term: u64) -> Result<O, ProposeError> {
+        self.propose_event(payload, Some(term)).await
+    }
+
+    async fn propose_event(&self, payload: Vec<u8>, term: Option<u64>) -> Result<O, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.events
-            .send_async(Event::Propose { payload, reply })
+            .send_async(Event::Propose {
+                payload,
+                term,
+                reply,
+            })
             .await
             .map_err(|_| ProposeError::Stopped)?;
         answer.await.map_err(|_| ProposeError::Stopped)?
@@ -369,7 +386,11 @@ impl<SM: StateMachine> Driver<SM> {
         payload: Vec<u8>,
     ) -> oneshot::Receiver<Result<SM::Output, ProposeError>> {
         let (reply, answer) = oneshot::channel();
-        self.node.handle(Event::Propose { payload, reply });
+        self.node.handle(Event::Propose {
+            payload,
+            term: None,
+            reply,
+        });
         answer
     }
 
@@ -665,10 +686,18 @@ impl<SM: StateMachine> NodeLoop<SM> {
     /// Returns false on shutdown.
     fn handle(&mut self, event: Event<SM::Output>) -> bool {
         match event {
-            Event::Propose { payload, reply } => {
+            Event::Propose {
+                payload,
+                term,
+                reply,
+            } => {
                 if self.raw.raft.state != StateRole::Leader {
                     let leader_id = Some(self.raw.raft.leader_id).filter(|id| *id != 0);
                     let _ = reply.send(Err(ProposeError::NotLeader { leader_id }));
+                    return true;
+                }
+                if term.is_some_and(|term| term != self.raw.raft.term) {
+                    let _ = reply.send(Err(ProposeError::Dropped));
                     return true;
                 }
                 match self.raw.propose(Vec::new(), payload) {

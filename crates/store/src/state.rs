@@ -28,7 +28,8 @@ const CF_OFFSETS: &str = "offsets";
 const CF_KEYS: &str = "keys";
 /// `due_ms u64 | id [16] | topic` → `queue_id u32 | record`, in due order for the timer.
 const CF_SCHEDULE: &str = "schedule";
-/// `id [16] | topic` → `due_ms u64`, to find a scheduled message by its id.
+/// `id [16] | topic | 0 | due_ms u64` → nothing, to find scheduled messages by their id (one id
+/// may wait more than once for a topic: two retries of a message a group failed twice).
 const CF_SCHEDULE_IDS: &str = "schedule_ids";
 /// `h | id [16] | topic` → a half message; `c | id | topic` → its check-backs so far.
 const CF_HALF: &str = "half";
@@ -121,10 +122,17 @@ fn schedule_key(due_ms: u64, id: &[u8; 16], topic: &str) -> Vec<u8> {
     key
 }
 
-fn schedule_id_key(id: &[u8; 16], topic: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 + topic.len());
+fn schedule_id_prefix(id: &[u8; 16], topic: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(25 + topic.len());
     key.extend_from_slice(id);
     key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key
+}
+
+fn schedule_id_key(id: &[u8; 16], topic: &str, due_ms: u64) -> Vec<u8> {
+    let mut key = schedule_id_prefix(id, topic);
+    key.extend_from_slice(&due_ms.to_be_bytes());
     key
 }
 
@@ -416,15 +424,22 @@ impl StateDb {
         self.scheduled_due(0, u64::MAX, usize::MAX)
     }
 
-    /// The scheduled message with this id bound for `topic`, if it is still waiting.
+    /// The scheduled message with this id bound for `topic` (the one due first), if one is
+    /// still waiting.
     pub fn scheduled_by_id(&self, id: &[u8; 16], topic: &str) -> Result<Option<ScheduledMessage>> {
-        let Some(due) = self
+        let prefix = schedule_id_prefix(id, topic);
+        let first = self
             .db
-            .get_cf(self.cf(CF_SCHEDULE_IDS), schedule_id_key(id, topic))?
-        else {
+            .iterator_cf(
+                self.cf(CF_SCHEDULE_IDS),
+                IteratorMode::From(&prefix, Direction::Forward),
+            )
+            .next()
+            .transpose()?;
+        let Some((found, _)) = first.filter(|(key, _)| key.starts_with(&prefix)) else {
             return Ok(None);
         };
-        let due_ms = decode_u64(&due, "scheduled message due time")?;
+        let due_ms = decode_u64(&found[prefix.len()..], "scheduled message due time")?;
         let key = schedule_key(due_ms, id, topic);
         match self.db.get_cf(self.cf(CF_SCHEDULE), &key)? {
             Some(value) => Ok(Some(decode_scheduled(&key, &value)?)),
@@ -440,13 +455,20 @@ impl StateDb {
             IteratorMode::From(id, Direction::Forward),
         );
         for item in iter {
-            let (key, value) = item?;
+            let (key, _) = item?;
             if !key.starts_with(id) {
                 break;
             }
+            if key.len() < 16 + 9 {
+                return Err(StoreError::Decode {
+                    what: "scheduled message id key",
+                    reason: format!("{} bytes", key.len()),
+                });
+            }
+            let topic_end = key.len() - 9;
             found.push((
-                decode_u64(&value, "scheduled message due time")?,
-                String::from_utf8_lossy(&key[16..]).into_owned(),
+                decode_u64(&key[topic_end + 1..], "scheduled message due time")?,
+                String::from_utf8_lossy(&key[16..topic_end]).into_owned(),
             ));
         }
         Ok(found)
@@ -659,8 +681,8 @@ impl DerivedBatch<'_> {
         );
         self.batch.put_cf(
             self.db.cf(CF_SCHEDULE_IDS),
-            schedule_id_key(&message.id, &message.topic),
-            message.due_ms.to_be_bytes(),
+            schedule_id_key(&message.id, &message.topic, message.due_ms),
+            [],
         );
     }
 
@@ -668,8 +690,10 @@ impl DerivedBatch<'_> {
     pub fn delete_scheduled(&mut self, due_ms: u64, id: &[u8; 16], topic: &str) {
         self.batch
             .delete_cf(self.db.cf(CF_SCHEDULE), schedule_key(due_ms, id, topic));
-        self.batch
-            .delete_cf(self.db.cf(CF_SCHEDULE_IDS), schedule_id_key(id, topic));
+        self.batch.delete_cf(
+            self.db.cf(CF_SCHEDULE_IDS),
+            schedule_id_key(id, topic, due_ms),
+        );
     }
 
     pub fn write(self) -> Result<()> {

@@ -643,16 +643,17 @@ impl Store {
                         }
                     }
                 }
+                if let Some(reason) = refused {
+                    // A commit whose topic is gone leaves its half message in place (to be
+                    // parked later) rather than losing it.
+                    return Ok(ApplyOutcome::Rejected(reason));
+                }
                 if let MessagesKind::Commit { half_topic } = &kind {
-                    // Decided: no longer half, even if its topic is gone meanwhile.
                     for (_, record) in &records {
                         if let Some(id) = record_id(record) {
                             batch.delete_half(&id, half_topic);
                         }
                     }
-                }
-                if let Some(reason) = refused {
-                    return Ok(ApplyOutcome::Rejected(reason));
                 }
                 let first_id = peeks_first_id(&records);
                 let now_ms = peeks.first().map_or(0, |p| p.store_ts_ms);

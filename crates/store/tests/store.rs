@@ -709,3 +709,46 @@ fn scheduled_messages_travel_in_snapshots_after_their_entries_are_deleted() {
         leader.scheduled_due(0, u64::MAX, 10).unwrap()
     );
 }
+
+#[test]
+fn one_message_may_wait_twice_for_the_same_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(&store, vec![encode_create_topic(&default_topic("R", 1))]);
+    let body = send_body(&messages("R", 1, "retry"));
+    let copy = |due_ms| {
+        encode_messages_of(
+            &MessagesKind::Schedule {
+                due_ms,
+                dedup: false,
+            },
+            "R",
+            0,
+            1,
+            &body,
+            1,
+        )
+    };
+    propose(&store, vec![copy(100), copy(200)]);
+    let waiting = store.scheduled_due(0, u64::MAX, 10).unwrap();
+    assert_eq!(waiting.len(), 2);
+    let id = waiting[0].id;
+    assert_eq!(
+        store.scheduled_with_id(&id).unwrap(),
+        vec![(100, "R".to_string()), (200, "R".to_string())]
+    );
+    assert_eq!(
+        store.scheduled_by_id(&id, "R").unwrap().unwrap().due_ms,
+        100
+    );
+    propose(&store, vec![encode_deliver(&waiting[..1], 150)]);
+    // The second copy is still found by its id.
+    assert_eq!(
+        store.scheduled_with_id(&id).unwrap(),
+        vec![(200, "R".to_string())]
+    );
+    assert_eq!(
+        store.scheduled_by_id(&id, "R").unwrap().unwrap().due_ms,
+        200
+    );
+}

@@ -77,5 +77,6 @@ pub(crate) fn decision_failed(core: &BrokerCore, err: CancelError, what: &str) -
         ),
         CancelError::Propose(err) => propose_failed(core, err),
         CancelError::Store(err) => store_failed(err),
+        CancelError::Rejected(reason) => Reply::error(Status::ParameterError, reason),
     }
 }

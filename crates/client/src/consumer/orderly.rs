@@ -26,14 +26,24 @@ fn margin(lease: Duration) -> Duration {
     lease / 6
 }
 
-/// Takes, renews (or with `unlock` gives back) the locks of queues of one broker group; returns
-/// the queues this member holds afterwards and notes until when.
+/// What a lock request does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockChange {
+    Take,
+    /// Extends locks still held here; one given back meanwhile is not taken again.
+    Renew,
+    Give,
+}
+
+/// Takes, renews or gives back the locks of queues of one broker group; returns the queues this
+/// member holds afterwards and notes until when.
 async fn change_locks(
     shared: &Shared,
     broker_group: &str,
     queue_ids: Vec<u32>,
-    unlock: bool,
+    change: LockChange,
 ) -> Result<Vec<u32>, ClientError> {
+    let unlock = change == LockChange::Give;
     let header = QueueLocksRequest {
         group: shared.group.clone(),
         member_id: shared.member_id.clone(),
@@ -57,13 +67,13 @@ async fn change_locks(
         let until = asked_at + lease - margin(lease);
         let mut locks = shared.locks.lock();
         for queue_id in &answer.locked {
-            locks.insert(
-                QueueKey {
-                    broker_group: broker_group.to_string(),
-                    queue_id: *queue_id,
-                },
-                until,
-            );
+            let key = QueueKey {
+                broker_group: broker_group.to_string(),
+                queue_id: *queue_id,
+            };
+            if change == LockChange::Take || locks.contains_key(&key) {
+                locks.insert(key, until);
+            }
         }
     }
     Ok(answer.locked)
@@ -73,7 +83,14 @@ async fn change_locks(
 /// False if `stop` came first.
 pub(super) async fn acquire(shared: &Shared, key: &QueueKey, stop: &CancellationToken) -> bool {
     loop {
-        match change_locks(shared, &key.broker_group, vec![key.queue_id], false).await {
+        match change_locks(
+            shared,
+            &key.broker_group,
+            vec![key.queue_id],
+            LockChange::Take,
+        )
+        .await
+        {
             Ok(locked) if locked.contains(&key.queue_id) => return true,
             Ok(_) => {
                 debug!(topic = %shared.topic, queue = key.queue_id, "queue locked by another member; waiting")
@@ -120,7 +137,7 @@ pub(super) async fn renewal_loop(shared: std::sync::Arc<Shared>) {
         }
         let held: Vec<QueueKey> = shared.locks.lock().keys().cloned().collect();
         for (broker_group, queue_ids) in by_broker_group(held) {
-            match change_locks(&shared, &broker_group, queue_ids.clone(), false).await {
+            match change_locks(&shared, &broker_group, queue_ids.clone(), LockChange::Renew).await {
                 Ok(locked) => {
                     let mut locks = shared.locks.lock();
                     for queue_id in queue_ids.iter().filter(|q| !locked.contains(q)) {
@@ -149,7 +166,7 @@ pub(super) async fn release(shared: &Shared, keys: Vec<QueueKey>) {
         }
     }
     for (broker_group, queue_ids) in by_broker_group(keys) {
-        if let Err(err) = change_locks(shared, &broker_group, queue_ids, true).await {
+        if let Err(err) = change_locks(shared, &broker_group, queue_ids, LockChange::Give).await {
             debug!(%broker_group, %err, "unlock failed; the locks run out at their lease");
         }
     }
