@@ -326,3 +326,48 @@ async fn orderly_consumption_continues_in_order_across_a_broker_kill() {
     within(WAIT, member).await.unwrap();
     assert_in_order(&log.lock().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orderly_consumption_keeps_order_across_a_leader_kill_in_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let mut group =
+        ferromq_integration_tests::start_group("fifo-group", 3, dir.path(), &nameserver.addr, &[]);
+    let client = client(&nameserver.addr).await;
+    client.create_topic("fifo", 4).await.unwrap();
+    wait_for_route(&client, "fifo", WAIT).await;
+    let producer = client.producer();
+    for seq in 0..PER_KEY {
+        for key in 0..KEYS {
+            let key = format!("order-{key}");
+            producer
+                .send_ordered(Message::new("fifo", format!("{key}:{seq}")), &key)
+                .await
+                .unwrap();
+        }
+    }
+    let log: Log = Arc::default();
+    let (stop_a, a) = start_member(&client, "a", &log);
+    let (stop_b, b) = start_member(&client, "b", &log);
+    wait_for(&log, 150).await;
+    // The new leader knows the members' queue locks: they were logged.
+    let leader = ferromq_integration_tests::find_leader(&group).expect("a leader");
+    group[leader].process.kill9();
+    let total = KEYS * PER_KEY;
+    let deadline = Instant::now() + WAIT;
+    while distinct(&log) < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} handled",
+            distinct(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_a.cancel();
+    stop_b.cancel();
+    within(WAIT, a).await.unwrap();
+    within(WAIT, b).await.unwrap();
+    let log = log.lock().unwrap().clone();
+    assert_in_order(&log);
+    group[leader].restart();
+}

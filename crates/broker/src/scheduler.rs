@@ -1,13 +1,16 @@
 //! The leader's timer: delivers scheduled messages (delayed sends, consumer retries) to their
-//! queues when they fall due, as logged deliver entries, and recalls them on request.
+//! queues when they fall due, as logged deliver entries, and recalls them on request. Decisions
+//! about half messages of transactions (commit, rollback, park) follow the same rules.
 //!
 //! Exactly once across failover, without asking the applied state "was this delivered?" (which
 //! replay after a crash could answer differently): a new leader first gets an entry of its own
 //! term applied, a barrier. Every delivery or cancel an earlier leader got committed is then
 //! applied, so the schedule it reads holds only messages still waiting, and whatever an earlier
 //! leader proposed without committing is gone for good. Within its term the leader remembers the
-//! messages it has proposed and not yet seen applied, and offers none of them twice. A proposal
-//! that fails ends that bookkeeping: the next barrier starts over.
+//! messages it has proposed and not yet seen applied, and offers none of them twice; every
+//! proposal is pinned to that term, so a leader that lost and regained leadership in between
+//! cannot log a stale decision. A proposal that fails ends that bookkeeping: the next barrier
+//! starts over.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use crate::core::BrokerCore;
 const SCAN_LIMIT: usize = 8192;
 /// How long a cancel waits for a new leader's barrier before answering "not ready".
 const READY_PATIENCE: Duration = Duration::from_secs(2);
-/// Largest deliver entry (bytes of records), well under the largest send.
+/// Largest deliver entry (bytes of records), about the largest send; a bigger record goes alone.
 const MAX_DELIVER_BYTES: usize = 4 * 1024 * 1024;
 
 /// A message a decision is on its way for: (id, topic, due time; 0 for a half message).
