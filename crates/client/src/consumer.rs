@@ -82,6 +82,9 @@ pub enum ConsumeStatus {
     RetryLater(Option<Duration>),
 }
 
+/// Extra attempts of the commit at shutdown, half a second apart, while no leader answers.
+const FINAL_COMMIT_RETRIES: usize = 10;
+
 /// After a failed read from the leader, reads go to a follower for this long.
 const FOLLOWER_READ_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
@@ -511,7 +514,17 @@ impl Source {
     /// Waits for the tasks `stop` ended, commits what was consumed and leaves the group.
     async fn finish(&self) -> Result<(), ClientError> {
         self.tasks.wait().await;
-        let committed = commit_consumed(&self.shared).await;
+        // The last commit outlasts a failover in progress (an election takes a second or two).
+        let mut committed = commit_consumed(&self.shared).await;
+        for _ in 0..FINAL_COMMIT_RETRIES {
+            match &committed {
+                Err(err) if err.is_retriable() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    committed = commit_consumed(&self.shared).await;
+                }
+                _ => break,
+            }
+        }
         if self.shared.config.orderly {
             let held: Vec<QueueKey> = self.shared.locks.lock().keys().cloned().collect();
             orderly::release(&self.shared, held).await;
