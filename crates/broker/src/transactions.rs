@@ -34,6 +34,11 @@ pub async fn check_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.cancelled() => return,
         }
+        // Only the leader reads them (and exports the gauge, so a sum counts each once).
+        if !core.scheduler.is_ready(&core) {
+            core.metrics.half_messages.set(0);
+            continue;
+        }
         let halves = match core.store.half_messages() {
             Ok(halves) => halves,
             Err(err) => {
@@ -42,9 +47,6 @@ pub async fn check_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
             }
         };
         core.metrics.half_messages.set(halves.len() as i64);
-        if !core.scheduler.is_ready(&core) {
-            continue;
-        }
         let config = &core.config.transactions;
         let now = now_millis();
         for half in halves {
