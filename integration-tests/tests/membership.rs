@@ -23,6 +23,8 @@ const ENV: &[(&str, &str)] = &[
     ("FERROMQ_STORAGE__RETENTION_HOURS", "0.0003"),
     ("FERROMQ_STORAGE__RETENTION_CHECK_INTERVAL_MS", "200"),
     ("FERROMQ_STORAGE__CHECKPOINT_INTERVAL_MS", "200"),
+    // Every snapshot goes by ticket: the member fetches the base over the peer port.
+    ("FERROMQ_RAFT__SNAPSHOT_INLINE_MAX_BYTES", "0"),
 ];
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -177,6 +179,8 @@ async fn a_joining_member_catches_up_by_snapshot_and_can_lead() {
             && status["learners"].as_array().unwrap().is_empty()
     });
     assert!(metric(&joiner, "mq_raft_snapshots_installed_total") >= 1.0);
+    // It came by ticket, fetched in chunks over the peer port.
+    assert!(joiner.process.log().contains("fetched a snapshot base"));
     assert!(metric(&group[leader], "mq_raft_snapshots_sent_total") >= 1.0);
 
     // The new member takes over and serves everything it should have.

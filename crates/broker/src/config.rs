@@ -143,6 +143,9 @@ pub struct RaftSection {
     /// current members and this broker, and the leader adds it with
     /// `POST /v1/raft/members`; it then receives the log (or a snapshot).
     pub join: bool,
+    /// Snapshot bases larger than this are fetched by the receiving member in chunks over the
+    /// peer port instead of travelling inside one Raft message.
+    pub snapshot_inline_max_bytes: u64,
 }
 
 /// One member of a broker group.
@@ -235,6 +238,7 @@ impl Default for RaftSection {
             listen: "0.0.0.0:10912".into(),
             peers: Vec::new(),
             join: false,
+            snapshot_inline_max_bytes: 16 << 20,
         }
     }
 }
@@ -361,6 +365,7 @@ impl BrokerConfig {
             heartbeat_ticks: self.raft.heartbeat_ticks,
             flush: self.storage.flush,
             flush_interval: Duration::from_millis(self.storage.flush_interval_ms),
+            snapshot_inline_max_bytes: self.raft.snapshot_inline_max_bytes,
             ..RaftConfig::default()
         }
     }

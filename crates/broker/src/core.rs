@@ -33,6 +33,8 @@ pub struct BrokerCore {
     pub replies: ReplyRegistry,
     pub metrics: BrokerMetrics,
     pub topics_changed: watch::Receiver<u64>,
+    /// How this broker connects to its peers' peer ports (none without peers).
+    pub peer_client: Option<Arc<ferromq_transport::TransportConfig>>,
     /// Client address announced to nameservers.
     pub advertised_addr: String,
     pub admin_addr: String,

@@ -141,6 +141,7 @@ impl Broker {
         let members = Members::load(store.state(), configured)?;
         // A group configured with peers (even a group of one, which may grow) listens on the
         // peer port; a standalone broker without a peer list does not.
+        let mut peer_client = None;
         let (peer_listener, peer_sender): (Option<TcpListener>, Box<dyn PeerSender>) =
             if !config.raft.peers.is_empty() {
                 let (listener, _) = bind(&config.raft.listen).await?;
@@ -157,6 +158,7 @@ impl Broker {
                     local_ip,
                     ..(*peer_transport).clone()
                 });
+                peer_client = Some(client_side.clone());
                 let network = PeerNetwork::start(
                     &config.group,
                     config.node_id,
@@ -202,6 +204,7 @@ impl Broker {
             scheduler: scheduler::Scheduler::default(),
             producers,
             replies: replies::ReplyRegistry::default(),
+            peer_client,
             metrics,
             topics_changed,
             started: Instant::now(),

@@ -58,10 +58,12 @@ pub enum RequestCode {
 
     // Between the members of a broker group, on the peer port only.
     RaftMessages = 300,
+    /// A piece of a snapshot base, fetched by a member whose snapshot message held a ticket.
+    SnapshotChunk = 301,
 }
 
 impl RequestCode {
-    pub const ALL: [RequestCode; 29] = [
+    pub const ALL: [RequestCode; 30] = [
         RequestCode::Handshake,
         RequestCode::Ping,
         RequestCode::RegisterBroker,
@@ -91,6 +93,7 @@ impl RequestCode {
         RequestCode::Reply,
         RequestCode::ReplyDelivery,
         RequestCode::RaftMessages,
+        RequestCode::SnapshotChunk,
     ];
 
     pub fn from_u16(value: u16) -> Option<RequestCode> {
@@ -131,6 +134,7 @@ impl RequestCode {
             RequestCode::Reply => "reply",
             RequestCode::ReplyDelivery => "reply_delivery",
             RequestCode::RaftMessages => "raft_messages",
+            RequestCode::SnapshotChunk => "snapshot_chunk",
         }
     }
 }

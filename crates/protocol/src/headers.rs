@@ -515,6 +515,23 @@ pub struct GetConsumerLagResponse {
     pub queues: Vec<QueueLagInfo>,
 }
 
+/// Peer port only: up to `len` bytes of the snapshot base at `index`, from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunkRequest {
+    pub group: String,
+    pub from: u64,
+    pub index: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The chunk is the body; empty at the end of the base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunkResponse {
+    /// The offset just past this chunk.
+    pub end: u64,
+}
+
 /// One-way frame between members of a broker group. Body: the Raft messages (see
 /// `ferromq_raftlog::peer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

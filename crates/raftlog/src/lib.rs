@@ -8,6 +8,7 @@ pub mod metrics;
 mod node;
 pub mod peer;
 pub mod storage;
+pub mod ticket;
 
 pub use membership::{MemberAddress, Members, MembershipChange, MembershipError};
 pub use metrics::RaftMetrics;

@@ -53,6 +53,9 @@ pub struct RaftConfig {
     pub max_batch: usize,
     /// Proposals and messages waiting for the loop at most; senders wait beyond that.
     pub queue_capacity: usize,
+    /// Snapshot bases larger than this are not put in the Raft message: it carries a ticket,
+    /// and the receiver fetches the base over the peer port (see `ticket`).
+    pub snapshot_inline_max_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -69,6 +72,7 @@ impl Default for RaftConfig {
             flush_interval: Duration::from_millis(200),
             max_batch: 4096,
             queue_capacity: 8192,
+            snapshot_inline_max_bytes: 16 << 20,
         }
     }
 }
@@ -548,6 +552,7 @@ impl<SM: StateMachine> NodeLoop<SM> {
         members: Members,
     ) -> Result<NodeLoop<SM>, RaftError> {
         let mut storage = RaftStorage::open(store.clone())?;
+        storage.set_snapshot_inline_max(config.snapshot_inline_max_bytes);
         if config.join {
             if storage.conf_state().voters.is_empty() {
                 info!("waiting for the group's leader to add this node");

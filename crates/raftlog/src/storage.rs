@@ -95,6 +95,8 @@ pub struct RaftStorage {
     persisted_commit: u64,
     watermark: u64,
     repair_target: Option<u64>,
+    /// Larger snapshot bases go out of band (see `ticket`).
+    snapshot_inline_max: u64,
 }
 
 fn read_u64(state: &ferromq_store::state::StateDb, key: &str) -> Result<Option<u64>, StoreError> {
@@ -168,7 +170,13 @@ impl RaftStorage {
             persisted_commit,
             watermark,
             repair_target,
+            snapshot_inline_max: u64::MAX,
         })
+    }
+
+    /// Snapshot bases larger than this go out of band (see `ticket`).
+    pub fn set_snapshot_inline_max(&mut self, bytes: u64) {
+        self.snapshot_inline_max = bytes;
     }
 
     /// The index this node must have again (committed, from a leader) before it may vote or
@@ -502,8 +510,23 @@ impl raft::Storage for RaftStorage {
     /// it. Only ever asked for when the log was compacted.
     fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let unavailable = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
-        let (point, bytes) = match self.store.snapshot_at_log_start() {
-            Ok(Some(found)) => found,
+        let (point, bytes) = match self.store.snapshot_size_at_log_start() {
+            Ok(Some((point, size))) if size > self.snapshot_inline_max => {
+                // Out of band: the receiver fetches the base itself.
+                let ticket = crate::ticket::SnapshotTicket {
+                    index: point.index,
+                    len: size,
+                };
+                (point, ticket.encode())
+            }
+            Ok(Some(_)) => match self.store.snapshot_at_log_start() {
+                Ok(Some(found)) => found,
+                Ok(None) => return Err(unavailable),
+                Err(err) => {
+                    tracing::error!(%err, to, "cannot read the snapshot base");
+                    return Err(unavailable);
+                }
+            },
             Ok(None) => return Err(unavailable),
             Err(err) => {
                 tracing::error!(%err, to, "cannot read the snapshot base");

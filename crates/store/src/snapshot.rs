@@ -139,6 +139,32 @@ impl SnapshotDir {
         }
     }
 
+    /// Size of the base saved at `index`, if there is one.
+    pub fn size(&self, index: u64) -> Result<Option<u64>> {
+        let path = self.dir.join(file_name(index));
+        match fs::metadata(&path) {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Up to `len` bytes of the base saved at `index`, from `offset` (fewer at its end).
+    pub fn read_range(&self, index: u64, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.dir.join(file_name(index));
+        let mut file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let mut chunk = Vec::with_capacity(len.min(64 << 20));
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.take(len as u64).read_to_end(&mut chunk))
+            .map_err(StoreError::io(&path))?;
+        Ok(Some(chunk))
+    }
+
     pub fn contains(&self, index: u64) -> bool {
         self.dir.join(file_name(index)).exists()
     }

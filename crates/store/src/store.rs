@@ -455,6 +455,20 @@ impl Store {
             .map(|bytes| (start, bytes)))
     }
 
+    /// The log start and the size of the base there, without reading it.
+    pub fn snapshot_size_at_log_start(&self) -> Result<Option<(LogPoint, u64)>> {
+        let start = self.log.start();
+        if start.index == 0 {
+            return Ok(None);
+        }
+        Ok(self.snapshots.size(start.index)?.map(|size| (start, size)))
+    }
+
+    /// A piece of the base saved at `index` (for a member fetching a large snapshot).
+    pub fn snapshot_chunk(&self, index: u64, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        self.snapshots.read_range(index, offset, len)
+    }
+
     /// Replaces the whole store with a snapshot from the leader: the log continues after the
     /// snapshot's index, derived state is the snapshot's. Crash-safe: the base and the new log
     /// start are durable before anything is removed, and an interrupted install finishes at
