@@ -578,6 +578,15 @@ pub fn ferromq(args: &[&str]) -> Output {
         .expect("ferromq runs")
 }
 
+/// Polls `done` every 20 ms until it holds, failing the test after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Awaits `future`, failing the test if it takes longer than `timeout`.
 pub async fn within<F: std::future::Future>(timeout: Duration, future: F) -> F::Output {
     tokio::time::timeout(timeout, future)

@@ -11,21 +11,12 @@ use std::time::{Duration, Instant};
 use ferromq_client::{
     Client, ConsumeStatus, ConsumerConfig, Message, MessageQueue, ReceivedMessage,
 };
-use ferromq_integration_tests::{start_nameserver, wait_for_route, within, Broker};
+use ferromq_integration_tests::{client, start_nameserver, wait_for_route, within, Broker};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 const KEYS: usize = 12;
 const PER_KEY: usize = 60;
-
-async fn client(nameserver: &str) -> Client {
-    Client::builder()
-        .name_servers([nameserver])
-        .request_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap()
-}
 
 /// One handled message: who, which queue, key and sequence number, and when.
 #[derive(Debug, Clone)]

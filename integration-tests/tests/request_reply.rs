@@ -5,20 +5,11 @@
 
 use std::time::Duration;
 
-use ferromq_client::{Client, ConsumeStatus, Message};
-use ferromq_integration_tests::{start_nameserver, wait_for_route, within, Broker};
+use ferromq_client::{ConsumeStatus, Message};
+use ferromq_integration_tests::{client, start_nameserver, wait_for_route, within, Broker};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn client(nameserver: &str) -> Client {
-    Client::builder()
-        .name_servers([nameserver])
-        .request_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_gets_the_consumers_reply_and_times_out_without_one() {

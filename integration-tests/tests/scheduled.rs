@@ -10,21 +10,12 @@ use ferromq_client::{
     Client, ConsumeStatus, ConsumerConfig, DeliveryState, Message, ReceivedMessage,
 };
 use ferromq_integration_tests::{
-    http_get, http_post, start_nameserver, wait_for_route, within, Broker,
+    client, http_get, http_post, start_nameserver, wait_for_route, within, Broker,
 };
 use ferromq_protocol::system::dlq_topic;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn client(nameserver: &str) -> Client {
-    Client::builder()
-        .name_servers([nameserver])
-        .request_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap()
-}
 
 /// Messages a handler saw, with when it saw them.
 type Seen = Arc<Mutex<Vec<(Instant, ReceivedMessage)>>>;
@@ -65,12 +56,8 @@ fn run_consumer(
     (seen, stop, task)
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    ferromq_integration_tests::wait_until(what, WAIT, done).await
 }
 
 fn body(message: &ReceivedMessage) -> String {

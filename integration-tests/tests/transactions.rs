@@ -12,7 +12,7 @@ use ferromq_client::{
     TransactionState,
 };
 use ferromq_integration_tests::{
-    find_leader, http_get, start_group, start_nameserver, wait_for_route, within, Broker,
+    client, find_leader, http_get, start_group, start_nameserver, wait_for_route, within, Broker,
 };
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -24,15 +24,6 @@ const FAST_CHECKS: [(&str, &str); 3] = [
     ("FERROMQ_TRANSACTIONS__CHECK_INTERVAL_MS", "500"),
     ("FERROMQ_TRANSACTIONS__MAX_CHECKS", "3"),
 ];
-
-async fn client(nameserver: &str) -> Client {
-    Client::builder()
-        .name_servers([nameserver])
-        .request_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap()
-}
 
 fn body(message: &ReceivedMessage) -> String {
     String::from_utf8_lossy(&message.body).into_owned()
@@ -101,12 +92,8 @@ fn consume(
     (seen, stop, task)
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    ferromq_integration_tests::wait_until(what, WAIT, done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

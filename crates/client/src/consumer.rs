@@ -73,6 +73,30 @@ pub struct ReceivedMessage {
     pub reconsume_times: u32,
 }
 
+impl ReceivedMessage {
+    /// A decoded record as the application sees it, found at `queue_offset` of a queue.
+    pub(crate) fn from_record(
+        record: ferromq_protocol::MessageRecord,
+        topic: String,
+        (broker_group, queue_id, queue_offset): (String, u32, u64),
+    ) -> ReceivedMessage {
+        ReceivedMessage {
+            id: record.id,
+            topic,
+            broker_group,
+            queue_id,
+            queue_offset,
+            tag: record.tag,
+            keys: record.keys,
+            properties: record.properties,
+            body: record.body,
+            born_ts_ms: record.born_ts_ms,
+            store_ts_ms: record.store_ts_ms,
+            reconsume_times: record.reconsume_times,
+        }
+    }
+}
+
 /// What a handler of [`Consumer::run`] decided about a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeStatus {
@@ -1343,20 +1367,11 @@ async fn pull_queue(
                     Some(origin) if retry_group(&shared.topic).is_some() => origin.clone(),
                     _ => shared.topic.clone(),
                 };
-                let message = ReceivedMessage {
-                    id: record.id,
+                let message = ReceivedMessage::from_record(
+                    record,
                     topic,
-                    broker_group: key.broker_group.clone(),
-                    queue_id: key.queue_id,
-                    queue_offset: pulled.queue_offset,
-                    tag: record.tag,
-                    keys: record.keys,
-                    properties: record.properties,
-                    body: record.body,
-                    born_ts_ms: record.born_ts_ms,
-                    store_ts_ms: record.store_ts_ms,
-                    reconsume_times: record.reconsume_times,
-                };
+                    (key.broker_group.clone(), key.queue_id, pulled.queue_offset),
+                );
                 if let Some(entry) = shared.progress.lock().get_mut(&key) {
                     if entry
                         .pending

@@ -180,7 +180,6 @@ impl Producer {
         self.send_one(message, None).await
     }
 
-    /// One message: `send_records` returns one receipt per message.
     async fn send_one(
         &self,
         message: Message,
@@ -190,8 +189,18 @@ impl Producer {
             schedule,
             ..SendOptions::default()
         };
+        self.send_single(message, &options, None).await
+    }
+
+    /// One message: `send_records` returns one receipt per message.
+    async fn send_single(
+        &self,
+        message: Message,
+        options: &SendOptions,
+        pin: Option<Target>,
+    ) -> Result<SendReceipt, SendError> {
         match self
-            .send_records(std::slice::from_ref(&message), &options, None)
+            .send_records(std::slice::from_ref(&message), options, pin)
             .await
         {
             Ok(mut receipts) => Ok(receipts.remove(0)),
@@ -355,17 +364,8 @@ impl Producer {
             Ok(target) => target,
             Err(error) => return Err(SendError { message, error }),
         };
-        match self
-            .send_records(
-                std::slice::from_ref(&message),
-                &SendOptions::default(),
-                Some(target),
-            )
+        self.send_single(message, &SendOptions::default(), Some(target))
             .await
-        {
-            Ok(mut receipts) => Ok(receipts.remove(0)),
-            Err(error) => Err(SendError { message, error }),
-        }
     }
 
     /// Recalls a scheduled message before it is due. Fails (`PARAMETER_ERROR`) when it was
@@ -415,10 +415,9 @@ impl Producer {
             transaction_group: Some(group.to_string()),
             ..SendOptions::default()
         };
-        let mut receipts = self
-            .send_records(std::slice::from_ref(message), &options, None)
-            .await?;
-        Ok(receipts.remove(0))
+        self.send_single(message.clone(), &options, None)
+            .await
+            .map_err(|err| err.error)
     }
 
     /// Sends a request message whose replies come back to `requester` over this connection.
@@ -431,13 +430,7 @@ impl Producer {
             reply_to: Some(requester),
             ..SendOptions::default()
         };
-        match self
-            .send_records(std::slice::from_ref(&message), &options, None)
-            .await
-        {
-            Ok(mut receipts) => Ok(receipts.remove(0)),
-            Err(error) => Err(SendError { message, error }),
-        }
+        self.send_single(message, &options, None).await
     }
 
     pub(crate) fn client(&self) -> &Client {

@@ -39,20 +39,8 @@ impl ReplyWaiters {
         };
         let waiter = self.by_correlation.lock().remove(&delivery.correlation_id);
         if let Some(waiter) = waiter {
-            let _ = waiter.send(ReceivedMessage {
-                id: record.id,
-                topic: delivery.topic,
-                broker_group: String::new(),
-                queue_id: 0,
-                queue_offset: 0,
-                tag: record.tag,
-                keys: record.keys,
-                properties: record.properties,
-                body: record.body,
-                born_ts_ms: record.born_ts_ms,
-                store_ts_ms: record.store_ts_ms,
-                reconsume_times: record.reconsume_times,
-            });
+            let reply = ReceivedMessage::from_record(record, delivery.topic, (String::new(), 0, 0));
+            let _ = waiter.send(reply);
         }
         Reply::ok(&())
     }

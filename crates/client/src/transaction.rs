@@ -72,20 +72,8 @@ impl TransactionCheckers {
                 return Reply::error(Status::ParameterError, format!("malformed record: {err}"))
             }
         };
-        let message = ReceivedMessage {
-            id: record.id,
-            topic: check.topic,
-            broker_group: String::new(),
-            queue_id: check.queue_id,
-            queue_offset: 0,
-            tag: record.tag,
-            keys: record.keys,
-            properties: record.properties,
-            body: record.body,
-            born_ts_ms: record.born_ts_ms,
-            store_ts_ms: record.store_ts_ms,
-            reconsume_times: record.reconsume_times,
-        };
+        let message =
+            ReceivedMessage::from_record(record, check.topic, (String::new(), check.queue_id, 0));
         let state = listener.check_local(&message).await;
         Reply::ok(&CheckTransactionResponse { state })
     }
