@@ -258,6 +258,8 @@ fn every_command_explains_its_own_options() {
         (vec!["send", "--help"], "--check-answer"),
         (vec!["consume", "--help"], "--fail-first"),
         (vec!["trace", "--help"], "--json"),
+        (vec!["admin", "--help"], "--admin"),
+        (vec!["admin", "dlq", "resend", "--help"], "--offset"),
         (vec!["lag", "--help"], "--group"),
         (vec!["bench", "produce", "--help"], "--batch"),
         (vec!["bench", "consume", "--help"], "--idle-timeout"),

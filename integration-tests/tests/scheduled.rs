@@ -483,3 +483,105 @@ async fn the_cli_schedules_fails_first_and_traces() {
     ]);
     assert!(!output.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_shows_groups_messages_dead_letters_and_raft() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let levels = short_levels();
+    let _broker = Broker::start(
+        &dir.path().join("b"),
+        &nameserver.addr,
+        dir.path(),
+        &[("FERROMQ_SCHEDULE__DELAY_LEVELS_MS", levels.as_str())],
+    );
+    let client = client(&nameserver.addr).await;
+    client.create_topic("audit", 1).await.unwrap();
+    wait_for_route(&client, "audit", WAIT).await;
+    let poison = client
+        .producer()
+        .send(Message::new("audit", "bad").with_key("case-1"))
+        .await
+        .unwrap();
+    // Dead-lettered at once (no retries allowed).
+    let consumer = client
+        .consumer("auditors")
+        .subscribe("audit", "*")
+        .config(ConsumerConfig {
+            max_reconsume_times: 0,
+            ..ConsumerConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running =
+        tokio::spawn(consumer.run(|_| async { ConsumeStatus::RetryLater(None) }, stop.clone()));
+    let trace_client = client.clone();
+    let id = poison.message_id;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let trace = trace_client.trace(id).await.unwrap();
+        if trace.groups.iter().any(|g| g.dead_lettered_ms.is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered: {trace:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    within(WAIT, running).await.unwrap().unwrap();
+
+    let addr = nameserver.addr.clone();
+    let id = id.to_string();
+    let asked = id.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let admin = |args: &[&str]| {
+            let mut all = vec!["--nameserver", addr.as_str(), "admin"];
+            all.extend_from_slice(args);
+            let output = ferromq_integration_tests::ferromq(&all);
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        vec![
+            admin(&["cluster"]),
+            admin(&["raft", "status", "--json"]),
+            admin(&["topic", "list"]),
+            admin(&[
+                "message", "query", "--topic", "audit", "--key", "case-1", "--json",
+            ]),
+            admin(&["message", "trace", &asked, "--json"]),
+            admin(&["dlq", "list", "auditors", "--json"]),
+            admin(&[
+                "dlq", "resend", "auditors", "--offset", "0", "--to", "retry",
+            ]),
+            admin(&["group", "lag", "auditors", "--topic", "audit"]),
+            admin(&["message", "get", "not-an-id"]),
+        ]
+    })
+    .await
+    .unwrap();
+    for (ok, out, err) in &outputs[..8] {
+        assert!(ok, "{out}{err}");
+    }
+    assert!(outputs[0].1.contains("Leader"), "{}", outputs[0].1);
+    let raft: serde_json::Value = serde_json::from_str(outputs[1].1.trim()).unwrap();
+    assert_eq!(raft["role"], "Leader");
+    assert!(outputs[2].1.contains("audit"), "{}", outputs[2].1);
+    let found: serde_json::Value = serde_json::from_str(outputs[3].1.trim()).unwrap();
+    assert_eq!(found[0]["id"], id.as_str());
+    let trace: serde_json::Value = serde_json::from_str(outputs[4].1.trim()).unwrap();
+    assert_eq!(trace["groups"][0]["state"], "dead_lettered", "{trace}");
+    let page: serde_json::Value = serde_json::from_str(outputs[5].1.trim()).unwrap();
+    assert_eq!(page["messages"][0]["id"], id.as_str());
+    assert!(outputs[6].1.contains("RETRY"), "{}", outputs[6].1);
+    assert!(
+        outputs[7].1.to_uppercase().contains("TOTAL_LAG"),
+        "{}",
+        outputs[7].1
+    );
+    let (ok, _, err) = &outputs[8];
+    assert!(!ok && err.contains("400"), "{err}");
+}

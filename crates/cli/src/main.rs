@@ -1,5 +1,6 @@
 //! `ferromq`: run a standalone node, send and consume messages, and benchmark.
 
+mod admin;
 mod bench;
 mod consume;
 mod duration;
@@ -40,6 +41,8 @@ enum Command {
     /// Where a message is stored and what each consumer group did with it (delivered,
     /// acknowledged, retried, dead-lettered).
     Trace(trace::TraceArgs),
+    /// The brokers' admin API: cluster, topics, groups, messages, dead letters, Raft.
+    Admin(admin::AdminArgs),
     /// Load generators for produce and consume throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Lag(args) => lag::run(&client, args).await,
         Command::Trace(args) => trace::run(&client, args).await,
+        Command::Admin(args) => admin::run(&client, args).await,
         Command::Bench(command) => bench::run(&client, command).await,
     };
     client.shutdown().await;

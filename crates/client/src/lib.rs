@@ -44,6 +44,7 @@ pub use producer::{MessageQueue, Producer, QueueSelector, SendHandle, SendReceip
 pub use transaction::{Transaction, TransactionListener, TransactionProducer, TransactionState};
 
 pub use ferromq_protocol::headers::{
-    DeliveryAttempt, DeliveryState, GroupTrace, MessageTrace, SendBackResponse, StoredCopy,
+    BrokerRole, DeliveryAttempt, DeliveryState, GroupTrace, MessageTrace, SendBackResponse,
+    StoredCopy,
 };
 pub use ferromq_protocol::{Message, MessageId, RequestCode};
