@@ -219,28 +219,31 @@ pub fn encode_deliver(due: &[ScheduledMessage], store_ts_ms: u64) -> Vec<u8> {
     )
 }
 
-pub fn encode_commit_offsets(commit: &CommitOffsets) -> Vec<u8> {
-    let mut payload = vec![TAG_COMMIT_OFFSETS];
-    payload.extend_from_slice(&codec::encode(commit));
+/// `tag | codec(value)`: the layout of every command other than messages.
+fn tagged<T: Serialize>(tag: u8, value: &T) -> Vec<u8> {
+    let mut payload = vec![tag];
+    payload.extend_from_slice(&codec::encode(value));
     payload
+}
+
+fn decode_tagged<T: serde::de::DeserializeOwned>(payload: &Bytes) -> Result<T, StoreError> {
+    codec::decode(&payload[1..]).map_err(|err| bad(err.to_string()))
+}
+
+pub fn encode_commit_offsets(commit: &CommitOffsets) -> Vec<u8> {
+    tagged(TAG_COMMIT_OFFSETS, commit)
 }
 
 pub fn encode_create_topic(topic: &TopicConfig) -> Vec<u8> {
-    let mut payload = vec![TAG_CREATE_TOPIC];
-    payload.extend_from_slice(&codec::encode(topic));
-    payload
+    tagged(TAG_CREATE_TOPIC, topic)
 }
 
 pub fn encode_end_half(end: &EndHalf) -> Vec<u8> {
-    let mut payload = vec![TAG_END_HALF];
-    payload.extend_from_slice(&codec::encode(end));
-    payload
+    tagged(TAG_END_HALF, end)
 }
 
 pub fn encode_half_checked(checked: &HalfChecked) -> Vec<u8> {
-    let mut payload = vec![TAG_HALF_CHECKED];
-    payload.extend_from_slice(&codec::encode(checked));
-    payload
+    tagged(TAG_HALF_CHECKED, checked)
 }
 
 /// A commit entry for one half message: its record appended to `to_topic`/`queue_id`.
@@ -259,15 +262,11 @@ pub fn encode_commit_half(
 }
 
 pub fn encode_queue_locks(change: &QueueLockChange) -> Vec<u8> {
-    let mut payload = vec![TAG_QUEUE_LOCKS];
-    payload.extend_from_slice(&codec::encode(change));
-    payload
+    tagged(TAG_QUEUE_LOCKS, change)
 }
 
 pub fn encode_cancel_scheduled(cancel: &CancelScheduled) -> Vec<u8> {
-    let mut payload = vec![TAG_CANCEL_SCHEDULED];
-    payload.extend_from_slice(&codec::encode(cancel));
-    payload
+    tagged(TAG_CANCEL_SCHEDULED, cancel)
 }
 
 fn bad(reason: impl Into<String>) -> StoreError {
@@ -317,9 +316,7 @@ pub fn decode(payload: &Bytes) -> Result<Command, StoreError> {
             }
             Ok(command)
         }
-        TAG_CANCEL_SCHEDULED => codec::decode(&payload[1..])
-            .map(Command::CancelScheduled)
-            .map_err(|err| bad(err.to_string())),
+        TAG_CANCEL_SCHEDULED => decode_tagged(payload).map(Command::CancelScheduled),
         TAG_HALF | TAG_COMMIT_HALF => {
             let mut prefix = payload.slice(1..);
             if prefix.remaining() < 2 {
@@ -340,21 +337,11 @@ pub fn decode(payload: &Bytes) -> Result<Command, StoreError> {
             };
             decode_messages(payload, 3 + len, kind)
         }
-        TAG_END_HALF => codec::decode(&payload[1..])
-            .map(Command::EndHalf)
-            .map_err(|err| bad(err.to_string())),
-        TAG_HALF_CHECKED => codec::decode(&payload[1..])
-            .map(Command::HalfChecked)
-            .map_err(|err| bad(err.to_string())),
-        TAG_QUEUE_LOCKS => codec::decode(&payload[1..])
-            .map(Command::QueueLocks)
-            .map_err(|err| bad(err.to_string())),
-        TAG_COMMIT_OFFSETS => codec::decode(&payload[1..])
-            .map(Command::CommitOffsets)
-            .map_err(|err| bad(err.to_string())),
-        TAG_CREATE_TOPIC => codec::decode(&payload[1..])
-            .map(Command::CreateTopic)
-            .map_err(|err| bad(err.to_string())),
+        TAG_END_HALF => decode_tagged(payload).map(Command::EndHalf),
+        TAG_HALF_CHECKED => decode_tagged(payload).map(Command::HalfChecked),
+        TAG_QUEUE_LOCKS => decode_tagged(payload).map(Command::QueueLocks),
+        TAG_COMMIT_OFFSETS => decode_tagged(payload).map(Command::CommitOffsets),
+        TAG_CREATE_TOPIC => decode_tagged(payload).map(Command::CreateTopic),
         other => Err(bad(format!("unknown command tag {other}"))),
     }
 }
