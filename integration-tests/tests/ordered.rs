@@ -109,19 +109,8 @@ async fn each_key_is_consumed_in_order_while_members_join_leave_and_crash() {
     wait_for_route(&client, "fifo", WAIT).await;
     let producer = client.producer();
 
-    // Same key, same queue; a selector closure picks queues too.
-    let mut queue_of_key = BTreeMap::new();
-    for seq in 0..PER_KEY {
-        for key in 0..KEYS {
-            let key = format!("order-{key}");
-            let receipt = producer
-                .send_ordered(Message::new("fifo", format!("{key}:{seq}")), &key)
-                .await
-                .unwrap();
-            let queue = *queue_of_key.entry(key.clone()).or_insert(receipt.queue_id);
-            assert_eq!(queue, receipt.queue_id, "{key} moved queue");
-        }
-    }
+    // Same key, same queue (checked by `send_keys`); a selector closure picks queues too.
+    send_keys(&producer).await;
     let last = |queues: &[MessageQueue], _: &Message| queues.len() - 1;
     let receipt = producer
         .send_with_selector(Message::new("fifo", "selector:0"), &last)
@@ -254,6 +243,23 @@ async fn the_cli_sends_by_sharding_key_and_consumes_orderly() {
     assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
 }
 
+/// Sends `PER_KEY` messages `key:seq` for each of `KEYS` keys, interleaved, to topic `fifo` by
+/// sharding key; every key must stay in one queue.
+async fn send_keys(producer: &ferromq_client::Producer) {
+    let mut queue_of_key = BTreeMap::new();
+    for seq in 0..PER_KEY {
+        for key in 0..KEYS {
+            let key = format!("order-{key}");
+            let receipt = producer
+                .send_ordered(Message::new("fifo", format!("{key}:{seq}")), &key)
+                .await
+                .unwrap();
+            let queue = *queue_of_key.entry(key.clone()).or_insert(receipt.queue_id);
+            assert_eq!(queue, receipt.queue_id, "{key} moved queue");
+        }
+    }
+}
+
 /// Per key: the handled sequence numbers run up by one, or start again from an earlier one (a
 /// whole-prefix redelivery from the last commit); never a gap, never out of order.
 fn assert_in_order(log: &[Handled]) {
@@ -287,16 +293,7 @@ async fn orderly_consumption_continues_in_order_across_a_broker_kill() {
     let client = client(&nameserver.addr).await;
     client.create_topic("fifo", 4).await.unwrap();
     wait_for_route(&client, "fifo", WAIT).await;
-    let producer = client.producer();
-    for seq in 0..PER_KEY {
-        for key in 0..KEYS {
-            let key = format!("order-{key}");
-            producer
-                .send_ordered(Message::new("fifo", format!("{key}:{seq}")), &key)
-                .await
-                .unwrap();
-        }
-    }
+    send_keys(&client.producer()).await;
     let log: Log = Arc::default();
     let (stop, member) = start_member(&client, "a", &log);
     wait_for(&log, 150).await;
@@ -327,16 +324,7 @@ async fn orderly_consumption_keeps_order_across_a_leader_kill_in_a_group() {
     let client = client(&nameserver.addr).await;
     client.create_topic("fifo", 4).await.unwrap();
     wait_for_route(&client, "fifo", WAIT).await;
-    let producer = client.producer();
-    for seq in 0..PER_KEY {
-        for key in 0..KEYS {
-            let key = format!("order-{key}");
-            producer
-                .send_ordered(Message::new("fifo", format!("{key}:{seq}")), &key)
-                .await
-                .unwrap();
-        }
-    }
+    send_keys(&client.producer()).await;
     let log: Log = Arc::default();
     let (stop_a, a) = start_member(&client, "a", &log);
     let (stop_b, b) = start_member(&client, "b", &log);

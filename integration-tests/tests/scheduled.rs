@@ -172,17 +172,22 @@ fn short_levels() -> String {
     format!("[{}]", levels.join(", "))
 }
 
+/// A broker whose delay levels are [`short_levels`].
+fn broker_with_short_levels(dir: &std::path::Path, nameserver: &str) -> Broker {
+    let levels = short_levels();
+    Broker::start(
+        &dir.join("b"),
+        nameserver,
+        dir,
+        &[("FERROMQ_SCHEDULE__DELAY_LEVELS_MS", levels.as_str())],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_always_fails_is_retried_16_times_then_dead_lettered_and_traced() {
     let dir = tempfile::tempdir().unwrap();
     let nameserver = start_nameserver(dir.path(), &[]);
-    let levels = short_levels();
-    let broker = Broker::start(
-        &dir.path().join("b"),
-        &nameserver.addr,
-        dir.path(),
-        &[("FERROMQ_SCHEDULE__DELAY_LEVELS_MS", levels.as_str())],
-    );
+    let broker = broker_with_short_levels(dir.path(), &nameserver.addr);
     let client = client(&nameserver.addr).await;
     client.create_topic("orders", 2).await.unwrap();
     wait_for_route(&client, "orders", WAIT).await;
@@ -410,13 +415,7 @@ async fn scheduled_messages_are_delivered_exactly_once_across_a_leader_kill() {
 async fn the_cli_schedules_fails_first_and_traces() {
     let dir = tempfile::tempdir().unwrap();
     let nameserver = start_nameserver(dir.path(), &[]);
-    let levels = short_levels();
-    let _broker = Broker::start(
-        &dir.path().join("b"),
-        &nameserver.addr,
-        dir.path(),
-        &[("FERROMQ_SCHEDULE__DELAY_LEVELS_MS", levels.as_str())],
-    );
+    let _broker = broker_with_short_levels(dir.path(), &nameserver.addr);
     let client = client(&nameserver.addr).await;
     client.create_topic("cli-jobs", 1).await.unwrap();
     wait_for_route(&client, "cli-jobs", WAIT).await;
@@ -488,13 +487,7 @@ async fn the_cli_schedules_fails_first_and_traces() {
 async fn the_admin_cli_shows_groups_messages_dead_letters_and_raft() {
     let dir = tempfile::tempdir().unwrap();
     let nameserver = start_nameserver(dir.path(), &[]);
-    let levels = short_levels();
-    let _broker = Broker::start(
-        &dir.path().join("b"),
-        &nameserver.addr,
-        dir.path(),
-        &[("FERROMQ_SCHEDULE__DELAY_LEVELS_MS", levels.as_str())],
-    );
+    let _broker = broker_with_short_levels(dir.path(), &nameserver.addr);
     let client = client(&nameserver.addr).await;
     client.create_topic("audit", 1).await.unwrap();
     wait_for_route(&client, "audit", WAIT).await;
