@@ -5,12 +5,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::PathBuf;
 
 use ferromq_integration_tests::{http_get, start_nameserver, Broker};
 
 fn repo_file(path: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The directory of this run's checkout (set by cargo and nextest when tests run), not the
+    // one the binary was compiled in: a build reused from another clone of the repository
+    // would otherwise read that clone's files, or none once it is gone.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let root = manifest_dir.join("..");
     std::fs::read_to_string(root.join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
 }
 
