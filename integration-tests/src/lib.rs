@@ -185,25 +185,31 @@ impl Drop for Process {
 
 /// A minimal HTTP/1.1 GET over loopback: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http_request("GET", addr, path, "")
+    http_request("GET", addr, path, "", &[])
 }
 
 /// A minimal HTTP/1.1 POST of a JSON body over loopback: (status code, body).
 pub fn http_post(addr: &str, path: &str, json: &str) -> std::io::Result<(u16, String)> {
-    http_request("POST", addr, path, json)
+    http_request("POST", addr, path, json, &[])
 }
 
-fn http_request(
+/// A minimal HTTP/1.1 request with a JSON body and extra headers: (status code, body).
+pub fn http_request(
     method: &str,
     addr: &str,
     path: &str,
     json: &str,
+    headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
         json.len()
     )?;
@@ -339,6 +345,17 @@ impl Broker {
         log_dir: &Path,
         env: &[(&str, &str)],
     ) -> Broker {
+        Broker::start_with_admin(data_dir, nameserver, log_dir, env, "127.0.0.1:0")
+    }
+
+    /// Like [`Broker::start`], the admin API listening on `admin_listen`.
+    pub fn start_with_admin(
+        data_dir: &Path,
+        nameserver: &str,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+        admin_listen: &str,
+    ) -> Broker {
         let mut spec = BrokerSpec {
             addr: String::new(),
             admin: String::new(),
@@ -351,7 +368,7 @@ impl Broker {
             log_dir: log_dir.to_path_buf(),
         };
         let file = addr_file(log_dir, "broker");
-        let mut process = spec.spawn("127.0.0.1:0", "127.0.0.1:0", Some(&file));
+        let mut process = spec.spawn("127.0.0.1:0", admin_listen, Some(&file));
         let addresses = read_addr_file(&file, &mut process);
         spec.addr = field(&addresses, "addr");
         spec.admin = field(&addresses, "admin_addr");

@@ -136,21 +136,17 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// Members of `group` reading its subscribed topic (each clustering consumer is listed once
 /// more, reading the group's retry topic).
 fn member_count(broker: &Broker, group: &str) -> usize {
-    let (_, body) = http_get(&broker.spec.admin, "/v1/groups").unwrap();
-    let groups: serde_json::Value = serde_json::from_str(&body).unwrap();
-    groups
+    let (status, body) = http_get(&broker.spec.admin, &format!("/v1/groups/{group}")).unwrap();
+    if status == 404 {
+        return 0;
+    }
+    let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
+    detail["members"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["group"] == group)
-        .map_or(0, |g| {
-            g["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|m| !m["topic"].as_str().unwrap().starts_with('%'))
-                .count()
-        })
+        .filter(|m| !m["topic"].as_str().unwrap().starts_with('%'))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

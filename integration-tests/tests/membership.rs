@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferromq_client::{Message, StartFrom};
 use ferromq_integration_tests::{
-    client, find_leader, http_get, http_post, join_group, raft_status, start_group,
+    client, ferromq, find_leader, http_get, http_post, join_group, raft_status, start_group,
     start_nameserver, try_raft_status, within, Broker,
 };
 
@@ -73,21 +73,28 @@ fn post(broker: &Broker, path: &str, json: &str) -> (u16, String) {
     })
 }
 
-/// Asks the current leader for a membership change, retrying while the answer is retriable
-/// (leadership moving, another change in progress, outcome unknown).
-fn change_members(group: &[&Broker], json: &str) -> (u16, String) {
+/// Asks the current leader for a membership change with `ferromq admin raft …`, retrying
+/// while the answer is retriable (leadership moving, another change in progress, outcome
+/// unknown). Returns the CLI's error output when it fails.
+fn change_members(group: &[&Broker], args: &[&str]) -> Result<(), String> {
     let deadline = Instant::now() + WAIT;
     let mut retried = false;
     loop {
         let leader = leader_of(group);
-        let (status, body) = post(group[leader], "/v1/raft/members", json);
-        // An earlier attempt whose outcome was unknown did happen after all.
-        let done_before = body.contains("already a member") || body.contains("is not a member");
-        if retried && status == 400 && done_before {
-            return (200, body);
+        let mut all = vec!["admin", "--admin", &group[leader].spec.admin, "raft"];
+        all.extend_from_slice(args);
+        let out = ferromq(&all);
+        if out.status.success() {
+            return Ok(());
         }
-        if !body.contains("\"retriable\":true") || Instant::now() > deadline {
-            return (status, body);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        // An earlier attempt whose outcome was unknown did happen after all.
+        let done_before = err.contains("already a member") || err.contains("is not a member");
+        if retried && done_before {
+            return Ok(());
+        }
+        if !err.contains("retriable") || Instant::now() > deadline {
+            return Err(err);
         }
         retried = true;
         std::thread::sleep(Duration::from_millis(200));
@@ -144,11 +151,12 @@ async fn a_joining_member_catches_up_by_snapshot_and_can_lead() {
     assert!(body.contains("transfer leadership first"), "{body}");
     let (status, body) = post(&group[leader], "/v1/raft/members", r#"{"action":"grow"}"#);
     assert_eq!(status, 400, "{body}");
-    let (status, body) = change_members(
+    let follower_arg = follower_id.to_string();
+    change_members(
         &group.iter().collect::<Vec<_>>(),
-        &format!(r#"{{"action":"remove","id":{follower_id}}}"#),
-    );
-    assert_eq!(status, 200, "{body}");
+        &["remove-member", &follower_arg],
+    )
+    .unwrap();
     let removed = group.remove(follower);
     drop(removed);
     let leader = leader_of(&group.iter().collect::<Vec<_>>());
@@ -164,14 +172,18 @@ async fn a_joining_member_catches_up_by_snapshot_and_can_lead() {
     let remaining: Vec<&Broker> = group.iter().collect();
     let (joiner, joiner_raft) =
         join_group("grow", 4, &remaining, dir.path(), &nameserver.addr, ENV);
-    let (status, body) = change_members(
+    change_members(
         &group.iter().collect::<Vec<_>>(),
-        &format!(
-            r#"{{"action":"add","id":4,"raft_addr":"{joiner_raft}","client_addr":"{}"}}"#,
-            joiner.spec.addr
-        ),
-    );
-    assert_eq!(status, 200, "{body}");
+        &[
+            "add-member",
+            "4",
+            "--raft-addr",
+            &joiner_raft,
+            "--client-addr",
+            &joiner.spec.addr,
+        ],
+    )
+    .unwrap();
     wait_until("the new member is promoted to voter", || {
         let leader = leader_of(&group.iter().collect::<Vec<_>>());
         let status = raft_status(&group[leader]);

@@ -25,6 +25,10 @@ pub struct BrokerConfig {
     pub advertised_addr: String,
     /// Admin HTTP address (`/livez`, `/readyz`, `/metrics`, `/v1/...`).
     pub admin_listen: String,
+    /// Bearer token for admin requests that change something; empty: those are accepted
+    /// only from loopback addresses. Never printed.
+    #[serde(serialize_with = "ferromq_service::config::redact")]
+    pub admin_token: String,
     /// Where the commit log, consume queues and state live.
     pub data_dir: PathBuf,
     /// Nameservers to register with; empty runs without registration.
@@ -168,6 +172,7 @@ impl Default for BrokerConfig {
             listen: "0.0.0.0:10911".into(),
             advertised_addr: String::new(),
             admin_listen: "127.0.0.1:10913".into(),
+            admin_token: String::new(),
             data_dir: PathBuf::from("data/broker"),
             nameservers: vec!["127.0.0.1:9876".into()],
             heartbeat_interval_ms: 30_000,

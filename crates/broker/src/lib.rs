@@ -29,6 +29,7 @@ use ferromq_raftlog::{
     MemberAddress, Members, NoPeers, PeerSender, RaftError, RaftMetrics, RaftNode, RaftStatus,
 };
 use ferromq_service::admin as http;
+use ferromq_service::connections::ConnectionTable;
 use ferromq_service::metrics::{new_registry, Instrumented};
 use ferromq_store::{Store, StoreError};
 use tokio::net::TcpListener;
@@ -220,9 +221,11 @@ impl Broker {
         }
 
         let tasks = TaskTracker::new();
+        let connections = Arc::new(ConnectionTable::new(&registry));
         let handler = Arc::new(Instrumented::new(
             BrokerHandler { core: core.clone() },
             &registry,
+            connections.clone(),
         ));
         tasks.spawn(ferromq_transport::serve(
             listener,
@@ -232,8 +235,16 @@ impl Broker {
             shutdown.clone(),
         ));
         let router = http::probes_router(Arc::new(admin::BrokerReadiness(core.clone())), registry)
-            .merge(admin::router(core.clone()));
-        tasks.spawn(http::serve_http(admin_listener, router, shutdown.clone()));
+            .merge(admin::router(core.clone()))
+            .merge(http::connections_router(connections));
+        let access = http::AdminAccess::new(&core.config.admin_token);
+        info!("{}", access.describe());
+        tasks.spawn(http::serve_http(
+            admin_listener,
+            router,
+            access,
+            shutdown.clone(),
+        ));
         for nameserver in core.config.nameservers.clone() {
             tasks.spawn(registration::run(
                 core.clone(),

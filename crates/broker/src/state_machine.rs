@@ -32,7 +32,9 @@ impl StateMachine for BrokerStateMachine {
                 } => self
                     .notifier
                     .advanced(topic, *queue_id, first_offset + u64::from(*count)),
-                ApplyOutcome::TopicCreated { created: true } => {
+                ApplyOutcome::TopicCreated { created: true }
+                | ApplyOutcome::TopicUpdated
+                | ApplyOutcome::TopicDeleted => {
                     self.topics_changed.send_modify(|version| *version += 1);
                 }
                 _ => {}

@@ -19,6 +19,14 @@ pub struct AdminArgs {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Bearer token for requests that change something (the broker's `admin_token`).
+    #[arg(
+        long,
+        global = true,
+        env = "FERROMQ_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -46,12 +54,50 @@ enum AdminCommand {
 
 #[derive(Debug, Subcommand)]
 enum TopicCommand {
-    List,
+    /// Topics in name order, a page at a time.
+    List {
+        /// Topics after this name (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// A topic with its queues' offsets.
+    Show { name: String },
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Queue count (default: the broker's `topics.default_queues`).
+        #[arg(long)]
+        queues: Option<u32>,
+        /// `rw`, `r`, `w` or `-`.
+        #[arg(long, default_value = "rw")]
+        perm: String,
+    },
+    /// Change a topic's permissions or give it more queues.
+    Update {
+        name: String,
+        #[arg(long)]
+        queues: Option<u32>,
+        /// `rw`, `r`, `w` or `-`.
+        #[arg(long)]
+        perm: Option<String>,
+    },
+    /// Delete a topic with its queues and committed offsets.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 enum GroupCommand {
-    List,
+    /// Groups with live members or committed offsets.
+    List {
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// A group's members, subscriptions, mode and backlog.
+    Show { group: String },
     /// Lag per topic and queue.
     Lag {
         group: String,
@@ -80,12 +126,20 @@ enum MessageCommand {
     Get { id: String },
     /// What each consumer group did with a message.
     Trace { id: String },
-    /// Messages of a topic stored with a key.
+    /// Messages of a topic stored with a key, or stored in a time range.
     Query {
         #[arg(long)]
         topic: String,
+        #[arg(long, conflicts_with_all = ["from_ms", "to_ms"])]
+        key: Option<String>,
+        /// Stored at or after this time (ms since the epoch).
         #[arg(long)]
-        key: String,
+        from_ms: Option<u64>,
+        /// Stored at or before this time (ms since the epoch; default now).
+        #[arg(long)]
+        to_ms: Option<u64>,
+        #[arg(long, default_value_t = 32)]
+        limit: usize,
     },
 }
 
@@ -119,12 +173,32 @@ enum RaftCommand {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Add a member: it joins as a learner and becomes a voter once caught up. Start it with
+    /// `raft.join = true` first.
+    AddMember {
+        id: u64,
+        /// Its peer address (HOST:PORT of `raft.listen`).
+        #[arg(long)]
+        raft_addr: String,
+        /// Its client address (what clients are told to use).
+        #[arg(long)]
+        client_addr: String,
+    },
+    /// Remove a member from the group.
+    RemoveMember { id: u64 },
 }
 
-pub async fn run(client: &Client, args: AdminArgs) -> anyhow::Result<()> {
+pub async fn run(nameservers: Vec<String>, args: AdminArgs) -> anyhow::Result<()> {
+    let connect = || {
+        Client::builder()
+            .name_servers(nameservers.clone())
+            .connect()
+    };
     if let AdminCommand::Cluster = args.command {
-        let cluster = client.cluster().await?;
-        let rows: Vec<Value> = cluster
+        let client = connect().await?;
+        let cluster = client.cluster().await;
+        client.shutdown().await;
+        let rows: Vec<Value> = cluster?
             .brokers
             .iter()
             .map(|b| {
@@ -144,14 +218,24 @@ pub async fn run(client: &Client, args: AdminArgs) -> anyhow::Result<()> {
     }
     let admin = match &args.admin {
         Some(admin) => admin.clone(),
-        None => leader_admin(client, args.broker_group.as_deref()).await?,
+        None => {
+            let client = connect().await?;
+            let leader = leader_admin(&client, args.broker_group.as_deref()).await;
+            client.shutdown().await;
+            leader?
+        }
     };
     let (method, path, body) = request_of(&args.command)?;
-    let (status, answer) = http(&admin, method, &path, &body).await?;
+    let (status, answer) = http(&admin, method, &path, &body, args.token.as_deref()).await?;
     let value: Value = serde_json::from_str(&answer).unwrap_or(Value::String(answer.clone()));
     if status >= 400 {
         let message = value["message"].as_str().unwrap_or(&answer);
-        bail!("{admin} answered {status}: {message}");
+        let retriable = if value["retriable"] == true {
+            " (retriable: try again)"
+        } else {
+            ""
+        };
+        bail!("{admin} answered {status}: {message}{retriable}");
     }
     print(&value, args.json)
 }
@@ -187,8 +271,40 @@ fn encode(text: &str) -> String {
 fn request_of(command: &AdminCommand) -> anyhow::Result<(&'static str, String, String)> {
     Ok(match command {
         AdminCommand::Cluster => unreachable!("answered from the nameserver"),
-        AdminCommand::Topic(TopicCommand::List) => ("GET", "/v1/topics".into(), String::new()),
-        AdminCommand::Group(GroupCommand::List) => ("GET", "/v1/groups".into(), String::new()),
+        AdminCommand::Topic(TopicCommand::List { after, limit }) => {
+            ("GET", page_path("/v1/topics", after, *limit), String::new())
+        }
+        AdminCommand::Topic(TopicCommand::Show { name }) => {
+            ("GET", format!("/v1/topics/{}", encode(name)), String::new())
+        }
+        AdminCommand::Topic(TopicCommand::Create { name, queues, perm }) => (
+            "POST",
+            "/v1/topics".into(),
+            json!({"name": name, "queues": queues, "perm": perm}).to_string(),
+        ),
+        AdminCommand::Topic(TopicCommand::Update { name, queues, perm }) => {
+            if queues.is_none() && perm.is_none() {
+                bail!("give --queues, --perm or both");
+            }
+            (
+                "PATCH",
+                format!("/v1/topics/{}", encode(name)),
+                json!({"queues": queues, "perm": perm}).to_string(),
+            )
+        }
+        AdminCommand::Topic(TopicCommand::Delete { name }) => (
+            "DELETE",
+            format!("/v1/topics/{}", encode(name)),
+            String::new(),
+        ),
+        AdminCommand::Group(GroupCommand::List { after, limit }) => {
+            ("GET", page_path("/v1/groups", after, *limit), String::new())
+        }
+        AdminCommand::Group(GroupCommand::Show { group }) => (
+            "GET",
+            format!("/v1/groups/{}", encode(group)),
+            String::new(),
+        ),
         AdminCommand::Group(GroupCommand::Lag { group, topic }) => {
             let mut path = format!("/v1/groups/{}/lag", encode(group));
             if let Some(topic) = topic {
@@ -223,11 +339,24 @@ fn request_of(command: &AdminCommand) -> anyhow::Result<(&'static str, String, S
             format!("/v1/messages/{}/trace", encode(id)),
             String::new(),
         ),
-        AdminCommand::Message(MessageCommand::Query { topic, key }) => (
-            "GET",
-            format!("/v1/messages?topic={}&key={}", encode(topic), encode(key)),
-            String::new(),
-        ),
+        AdminCommand::Message(MessageCommand::Query {
+            topic,
+            key,
+            from_ms,
+            to_ms,
+            limit,
+        }) => {
+            let mut path = format!("/v1/messages?topic={}&limit={limit}", encode(topic));
+            match (key, from_ms) {
+                (Some(key), _) => path.push_str(&format!("&key={}", encode(key))),
+                (None, Some(from)) => path.push_str(&format!("&from={from}")),
+                (None, None) => bail!("give --key, or --from-ms (and --to-ms)"),
+            }
+            if let Some(to) = to_ms {
+                path.push_str(&format!("&to={to}"));
+            }
+            ("GET", path, String::new())
+        }
         AdminCommand::Dlq(DlqCommand::List {
             group,
             offset,
@@ -252,16 +381,49 @@ fn request_of(command: &AdminCommand) -> anyhow::Result<(&'static str, String, S
             }
             ("POST", path, String::new())
         }
+        AdminCommand::Raft(RaftCommand::AddMember {
+            id,
+            raft_addr,
+            client_addr,
+        }) => (
+            "POST",
+            "/v1/raft/members".into(),
+            json!({"action": "add", "id": id, "raft_addr": raft_addr, "client_addr": client_addr})
+                .to_string(),
+        ),
+        AdminCommand::Raft(RaftCommand::RemoveMember { id }) => (
+            "POST",
+            "/v1/raft/members".into(),
+            json!({"action": "remove", "id": id}).to_string(),
+        ),
     })
 }
 
+/// A list path with its paging parameters.
+fn page_path(path: &str, after: &Option<String>, limit: usize) -> String {
+    let mut path = format!("{path}?limit={limit}");
+    if let Some(after) = after {
+        path.push_str(&format!("&after={}", encode(after)));
+    }
+    path
+}
+
 /// One HTTP/1.1 request (the admin API speaks JSON, closes after the answer).
-async fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the admin API at {addr}"))?;
+    let authorization = token.map_or_else(String::new, |token| {
+        format!("Authorization: Bearer {token}\r\n")
+    });
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -81,6 +81,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let nameservers = cli
         .nameserver
         .unwrap_or_else(|| vec!["127.0.0.1:9876".to_string()]);
+    if let Command::Admin(args) = cli.command {
+        // Talks HTTP to a broker; the nameserver only when no --admin address is given.
+        return admin::run(nameservers, args).await;
+    }
     let client = Client::builder()
         .name_servers(nameservers)
         .connect()
@@ -91,7 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Lag(args) => lag::run(&client, args).await,
         Command::Trace(args) => trace::run(&client, args).await,
-        Command::Admin(args) => admin::run(&client, args).await,
+        Command::Admin(_) => unreachable!("handled above"),
         Command::Bench(command) => bench::run(&client, command).await,
     };
     client.shutdown().await;

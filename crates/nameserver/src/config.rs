@@ -10,6 +10,10 @@ pub struct NameserverConfig {
     pub listen: String,
     /// Admin HTTP address (`/livez`, `/readyz`, `/metrics`, `/v1/cluster`).
     pub admin_listen: String,
+    /// Bearer token for admin requests that change something; empty: those are accepted
+    /// only from loopback addresses. Never printed.
+    #[serde(serialize_with = "ferromq_service::config::redact")]
+    pub admin_token: String,
     /// A broker that has not heartbeated for this long leaves the routes.
     pub broker_expiry_ms: u64,
     /// How often expired brokers are looked for.
@@ -22,6 +26,7 @@ impl Default for NameserverConfig {
         NameserverConfig {
             listen: "0.0.0.0:9876".into(),
             admin_listen: "127.0.0.1:9877".into(),
+            admin_token: String::new(),
             broker_expiry_ms: 120_000,
             scan_interval_ms: 5_000,
             limits: LimitsConfig::default(),

@@ -17,6 +17,7 @@ use axum::{
 };
 use ferromq_protocol::headers::{BrokerInfo, TopicRoute};
 use ferromq_service::admin::{self, ApiError, Readiness};
+use ferromq_service::connections::ConnectionTable;
 use ferromq_service::metrics::{new_registry, Instrumented};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -82,12 +83,14 @@ impl Nameserver {
         let registry = Arc::new(Mutex::new(RouteRegistry::new(Duration::from_millis(
             config.broker_expiry_ms,
         ))));
+        let connections = Arc::new(ConnectionTable::new(&prometheus));
         let handler = Arc::new(Instrumented::new(
             NameserverHandler {
                 registry: registry.clone(),
                 metrics: metrics.clone(),
             },
             &prometheus,
+            connections.clone(),
         ));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -104,9 +107,17 @@ impl Nameserver {
             Duration::from_millis(config.scan_interval_ms),
             shutdown.clone(),
         ));
-        let router =
-            admin::probes_router(Arc::new(AlwaysReady), prometheus).merge(api_router(registry));
-        tasks.spawn(admin::serve_http(admin_listener, router, shutdown.clone()));
+        let router = admin::probes_router(Arc::new(AlwaysReady), prometheus)
+            .merge(api_router(registry))
+            .merge(admin::connections_router(connections));
+        let access = admin::AdminAccess::new(&config.admin_token);
+        info!("{}", access.describe());
+        tasks.spawn(admin::serve_http(
+            admin_listener,
+            router,
+            access,
+            shutdown.clone(),
+        ));
         tasks.close();
         info!(%addr, %admin_addr, "nameserver started");
         Ok(Nameserver {

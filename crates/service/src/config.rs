@@ -126,6 +126,11 @@ fn merge(base: &mut toml::Value, overlay: toml::Value) {
     }
 }
 
+/// Serializes a secret (for `--print-config`) without showing it.
+pub fn redact<S: serde::Serializer>(secret: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connections;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

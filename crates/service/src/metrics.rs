@@ -1,6 +1,9 @@
 //! Metrics every service exports: build info and the latency of every RPC it answers.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use crate::connections::ConnectionTable;
 
 use ferromq_protocol::{RequestCode, Status};
 use ferromq_transport::{Connection, Handler, Reply, Request};
@@ -42,10 +45,16 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(
 pub struct Instrumented<H> {
     inner: H,
     duration: HistogramVec,
+    connections: Arc<ConnectionTable>,
 }
 
 impl<H> Instrumented<H> {
-    pub fn new(inner: H, registry: &Registry) -> Instrumented<H> {
+    /// Wraps `inner`, timing its answers and keeping `connections` up to date.
+    pub fn new(
+        inner: H,
+        registry: &Registry,
+        connections: Arc<ConnectionTable>,
+    ) -> Instrumented<H> {
         let duration = register(
             registry,
             HistogramVec::new(
@@ -58,7 +67,11 @@ impl<H> Instrumented<H> {
             )
             .expect("valid metric"),
         );
-        Instrumented { inner, duration }
+        Instrumented {
+            inner,
+            duration,
+            connections,
+        }
     }
 
     pub fn inner(&self) -> &H {
@@ -69,6 +82,7 @@ impl<H> Instrumented<H> {
 impl<H: Handler> Handler for Instrumented<H> {
     async fn handle(&self, connection: &Connection, request: Request) -> Reply {
         let started = Instant::now();
+        self.connections.requested(connection);
         let code = RequestCode::from_u16(request.code).map_or("unknown", RequestCode::name);
         let reply = self.inner.handle(connection, request).await;
         let status: &str = if reply.status == Status::Ok {
@@ -82,7 +96,13 @@ impl<H: Handler> Handler for Instrumented<H> {
         reply
     }
 
+    fn on_open(&self, connection: &Connection) {
+        self.connections.opened(connection);
+        self.inner.on_open(connection)
+    }
+
     fn on_close(&self, connection: &Connection) {
+        self.connections.closed(connection);
         self.inner.on_close(connection)
     }
 }

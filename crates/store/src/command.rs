@@ -26,6 +26,8 @@ const TAG_HALF: u8 = 9;
 const TAG_COMMIT_HALF: u8 = 10;
 const TAG_END_HALF: u8 = 11;
 const TAG_HALF_CHECKED: u8 = 12;
+const TAG_UPDATE_TOPIC: u8 = 13;
+const TAG_DELETE_TOPIC: u8 = 14;
 
 /// What a messages entry does with its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,13 @@ pub struct HalfChecked {
     pub at_ms: u64,
 }
 
+/// Removes a topic: its configuration, consume queues, key index and the offsets groups
+/// committed on it. Its messages stay in the commit log until retention removes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteTopic {
+    pub name: String,
+}
+
 /// Recalls a scheduled message before it is due.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelScheduled {
@@ -98,6 +107,10 @@ pub enum Command {
     },
     CommitOffsets(CommitOffsets),
     CreateTopic(TopicConfig),
+    /// New permissions or more queues for an existing topic (queues never shrink: messages in
+    /// the removed queues would become unreachable).
+    UpdateTopic(TopicConfig),
+    DeleteTopic(DeleteTopic),
     CancelScheduled(CancelScheduled),
     QueueLocks(QueueLockChange),
     EndHalf(EndHalf),
@@ -238,6 +251,14 @@ pub fn encode_create_topic(topic: &TopicConfig) -> Vec<u8> {
     tagged(TAG_CREATE_TOPIC, topic)
 }
 
+pub fn encode_update_topic(topic: &TopicConfig) -> Vec<u8> {
+    tagged(TAG_UPDATE_TOPIC, topic)
+}
+
+pub fn encode_delete_topic(delete: &DeleteTopic) -> Vec<u8> {
+    tagged(TAG_DELETE_TOPIC, delete)
+}
+
 pub fn encode_end_half(end: &EndHalf) -> Vec<u8> {
     tagged(TAG_END_HALF, end)
 }
@@ -342,6 +363,8 @@ pub fn decode(payload: &Bytes) -> Result<Command, StoreError> {
         TAG_QUEUE_LOCKS => decode_tagged(payload).map(Command::QueueLocks),
         TAG_COMMIT_OFFSETS => decode_tagged(payload).map(Command::CommitOffsets),
         TAG_CREATE_TOPIC => decode_tagged(payload).map(Command::CreateTopic),
+        TAG_UPDATE_TOPIC => decode_tagged(payload).map(Command::UpdateTopic),
+        TAG_DELETE_TOPIC => decode_tagged(payload).map(Command::DeleteTopic),
         other => Err(bad(format!("unknown command tag {other}"))),
     }
 }

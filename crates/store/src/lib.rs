@@ -11,6 +11,7 @@ pub mod command;
 pub mod commit_log;
 pub mod consume_queue;
 pub mod dedup;
+mod deleted_queues;
 mod durable;
 pub mod error;
 pub mod locks;

@@ -613,6 +613,23 @@ impl DerivedBatch<'_> {
         );
     }
 
+    /// Removes a topic's configuration, its key index and the given groups' offsets on it.
+    pub fn delete_topic(&mut self, topic: &str, offsets: &[(String, u32)]) {
+        self.batch
+            .delete_cf(self.db.cf(CF_TOPICS), topic.as_bytes());
+        for (group, queue_id) in offsets {
+            self.batch
+                .delete_cf(self.db.cf(CF_OFFSETS), offset_key(group, topic, *queue_id));
+        }
+        // Key entries are `topic 0 key 0 position`; topic names hold no NUL, so this range is
+        // exactly the topic's (message-id entries start with 0 and sort before it).
+        let mut from = topic.as_bytes().to_vec();
+        from.push(0);
+        let mut to = topic.as_bytes().to_vec();
+        to.push(1);
+        self.batch.delete_range_cf(self.db.cf(CF_KEYS), from, to);
+    }
+
     pub fn put_offset(&mut self, group: &str, topic: &str, queue_id: u32, offset: u64) {
         self.batch.put_cf(
             self.db.cf(CF_OFFSETS),

@@ -21,6 +21,7 @@ use crate::command::{self, Command, MessagesKind};
 use crate::commit_log::{CommitLog, LogPoint, OpenReport, RECORD_HEADER_BYTES};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::dedup::{DedupWindow, StoredSend};
+use crate::deleted_queues;
 use crate::error::{Result, StoreError};
 use crate::locks::LockTable;
 use crate::snapshot::{SnapshotBase, SnapshotDir, REPLICATED_RAFT_KEYS};
@@ -110,6 +111,8 @@ pub enum ApplyOutcome {
     TopicCreated {
         created: bool,
     },
+    TopicUpdated,
+    TopicDeleted,
     /// The command was refused the same way on every replica (unknown topic, bad queue).
     Rejected(String),
 }
@@ -256,6 +259,7 @@ impl Store {
             )));
         }
 
+        deleted_queues::restore(dir, checkpoint.applied_index)?;
         let queues = open_queues(dir, &config, &checkpoint, log.start_position())?;
         remove_unlisted_queue_dirs(&dir.join("cq"), &queues)?;
 
@@ -401,6 +405,37 @@ impl Store {
             rest = later;
         }
         Ok(outcomes)
+    }
+
+    /// Removes a topic (by the entry at `index`) and sets its consume queues aside until a
+    /// checkpoint covers the delete (see `deleted_queues`). Appends to its queues staged
+    /// earlier in this apply call are written first, so no queue is written after it moved.
+    fn delete_topic(
+        &self,
+        name: &str,
+        index: u64,
+        batch: &mut crate::state::DerivedBatch<'_>,
+        pending: &mut Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)>,
+    ) -> Result<ApplyOutcome> {
+        if self.topics.write().remove(name).is_none() {
+            return Ok(ApplyOutcome::Rejected(format!(
+                "topic {name:?} does not exist"
+            )));
+        }
+        for (queue, units) in pending.drain(..) {
+            queue.append(&units)?;
+        }
+        let offsets: Vec<(String, u32)> = self
+            .db
+            .all_offsets()?
+            .into_iter()
+            .filter(|(_, topic, _, _)| topic == name)
+            .map(|(group, _, queue_id, _)| (group, queue_id))
+            .collect();
+        batch.delete_topic(name, &offsets);
+        self.queues.write().retain(|(topic, _), _| topic != name);
+        deleted_queues::set_aside(&self.dir, name, index)?;
+        Ok(ApplyOutcome::TopicDeleted)
     }
 
     fn starts_segment(&self, entry: &CommittedEntry) -> bool {
@@ -599,6 +634,29 @@ impl Store {
                     topics.insert(topic.name.clone(), topic);
                     ApplyOutcome::TopicCreated { created: true }
                 }
+            }
+            Command::UpdateTopic(update) => {
+                let mut topics = self.topics.write();
+                match topics.get(&update.name) {
+                    None => {
+                        ApplyOutcome::Rejected(format!("topic {:?} does not exist", update.name))
+                    }
+                    Some(existing) if update.queues < existing.queues => {
+                        ApplyOutcome::Rejected(format!(
+                            "topic {:?} has {} queues; queues cannot be removed (messages in \
+                             them would become unreachable)",
+                            update.name, existing.queues
+                        ))
+                    }
+                    Some(_) => {
+                        batch.put_topic(&update);
+                        topics.insert(update.name.clone(), update);
+                        ApplyOutcome::TopicUpdated
+                    }
+                }
+            }
+            Command::DeleteTopic(delete) => {
+                self.delete_topic(&delete.name, entry.index, batch, pending)?
             }
             Command::CommitOffsets(commit) => {
                 for (topic, queue_id, offset) in &commit.offsets {
@@ -1151,6 +1209,7 @@ impl Store {
         self.db.save_checkpoint(&checkpoint)?;
         self.checkpointed_index
             .store(point.index, Ordering::Release);
+        deleted_queues::purge(&self.dir, point.index)?;
         Ok(point.index)
     }
 
@@ -1247,6 +1306,7 @@ fn restore_from_base(
     for (key, value) in &base.raft_values {
         db.save_raft_value(key, value, true)?;
     }
+    deleted_queues::clear(dir)?;
     let cq = dir.join("cq");
     fs::remove_dir_all(&cq).map_err(StoreError::io(&cq))?;
     fs::create_dir_all(&cq).map_err(StoreError::io(&cq))?;

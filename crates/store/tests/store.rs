@@ -10,8 +10,9 @@ use ferromq_protocol::message::{
 };
 use ferromq_store::{
     command::{
-        encode_cancel_scheduled, encode_commit_offsets, encode_create_topic, encode_deliver,
-        encode_messages, encode_messages_of, CancelScheduled, CommitOffsets, MessagesKind,
+        encode_cancel_scheduled, encode_commit_offsets, encode_create_topic, encode_delete_topic,
+        encode_deliver, encode_messages, encode_messages_of, encode_update_topic, CancelScheduled,
+        CommitOffsets, DeleteTopic, MessagesKind,
     },
     default_topic, ApplyOutcome, CommittedEntry, LogEntry, ReadStatus, Store, StoreConfig,
     ENTRY_NORMAL,
@@ -356,6 +357,82 @@ fn restart_without_checkpoint_replays_everything() {
     replay_all(&store);
     assert_eq!(bodies(&store, "T", 0, 0, &[]).len(), 50);
     assert_eq!(store.consumer_offset("g", "T", 0).unwrap(), Some(7));
+}
+
+#[test]
+fn topics_grow_queues_and_are_deleted_with_their_queues_offsets_and_keys_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let delete = || encode_delete_topic(&DeleteTopic { name: "T".into() });
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        let outcomes = propose(
+            &store,
+            vec![
+                encode_create_topic(&default_topic("T", 1)),
+                encode_messages("T", 0, 20, &send_body(&messages("T", 20, "A")), 1),
+                encode_commit_offsets(&CommitOffsets {
+                    group: "g".into(),
+                    offsets: vec![("T".into(), 0, 5)],
+                }),
+                encode_update_topic(&default_topic("T", 3)),
+                encode_messages("T", 2, 1, &send_body(&messages("T", 1, "B")), 2),
+                encode_update_topic(&default_topic("T", 2)),
+                encode_update_topic(&default_topic("Missing", 2)),
+            ],
+        );
+        assert_eq!(outcomes[3], ApplyOutcome::TopicUpdated);
+        assert!(
+            matches!(&outcomes[5], ApplyOutcome::Rejected(r) if r.contains("cannot be removed"))
+        );
+        assert!(matches!(&outcomes[6], ApplyOutcome::Rejected(r) if r.contains("does not exist")));
+        assert_eq!(store.topic("T").unwrap().queues, 3);
+        assert_eq!(bodies(&store, "T", 2, 0, &[]), ["B-0"]);
+        assert_eq!(store.checkpoint().unwrap(), 7);
+        // Messages appended in the same apply call as the delete, then the delete.
+        let outcomes = propose(
+            &store,
+            vec![
+                encode_messages("T", 0, 2, &send_body(&messages("T", 2, "C")), 3),
+                delete(),
+                delete(),
+            ],
+        );
+        assert_eq!(outcomes[1], ApplyOutcome::TopicDeleted);
+        assert!(matches!(&outcomes[2], ApplyOutcome::Rejected(_)));
+        assert!(store.topic("T").is_none());
+        assert!(store.queue_offsets("T").is_none());
+        assert_eq!(store.consumer_offset("g", "T", 0).unwrap(), None);
+        assert!(store.find_by_key("T", "k1", 10).unwrap().is_empty());
+        assert!(!dir.path().join("cq").join("T").exists());
+        // Created again under the same name: empty queues, no old keys.
+        propose(
+            &store,
+            vec![
+                encode_create_topic(&default_topic("T", 1)),
+                encode_messages("T", 0, 1, &send_body(&messages("T", 1, "D")), 4),
+            ],
+        );
+        assert_eq!(bodies(&store, "T", 0, 0, &[]), ["D-0"]);
+        assert_eq!(store.find_by_key("T", "k0", 10).unwrap().len(), 1);
+        // Crash before a checkpoint covers the delete.
+    }
+    let store = Store::open(dir.path(), config()).unwrap();
+    replay_all(&store);
+    assert_eq!(store.topic("T").unwrap().queues, 1);
+    assert_eq!(bodies(&store, "T", 0, 0, &[]), ["D-0"]);
+    assert_eq!(store.consumer_offset("g", "T", 0).unwrap(), None);
+    store.checkpoint().unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cq-deleted"))
+            .unwrap()
+            .count(),
+        0,
+        "a checkpoint past the delete removes the old queues"
+    );
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(store.queue_offsets("T").unwrap(), vec![(0, 0, 1)]);
+    assert_eq!(bodies(&store, "T", 0, 0, &[]), ["D-0"]);
 }
 
 #[test]

@@ -520,6 +520,7 @@ async fn read_loop<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
+    handler.on_open(&connection);
     let inner = &connection.inner;
     let in_flight = Arc::new(Semaphore::new(inner.config.max_in_flight));
     let handlers = TaskTracker::new();

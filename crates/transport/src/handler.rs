@@ -15,6 +15,9 @@ pub trait Handler: Send + Sync + 'static {
         request: Request,
     ) -> impl Future<Output = Reply> + Send;
 
+    /// Called once when the connection is established (after the handshake), before any request.
+    fn on_open(&self, _connection: &Connection) {}
+
     /// Called once when the connection has closed, for whatever reason.
     fn on_close(&self, _connection: &Connection) {}
 }

@@ -14,7 +14,6 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use ferromq_protocol::headers::TopicConfig;
 use ferromq_protocol::system::{
     dlq_topic, retry_topic, PROPERTY_ORIGIN_QUEUE, PROPERTY_ORIGIN_TOPIC,
 };
@@ -22,11 +21,14 @@ use ferromq_protocol::MessageId;
 use ferromq_raftlog::{
     MemberAddress, MembershipChange, MembershipError, PeerProgress, RaftStatus, Role,
 };
-use ferromq_service::admin::{ApiError, Readiness};
+use ferromq_service::admin::{bad_request, page_limit, ApiError, Readiness};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::core::BrokerCore;
+
+mod groups;
+mod topics;
 
 /// Ready when the store is open, Raft has not failed, a leader is known and this node has
 /// applied everything it knows to be committed.
@@ -78,15 +80,13 @@ pub fn router(core: Arc<BrokerCore>) -> Router {
         .route("/v1/raft", get(raft))
         .route("/v1/raft:transfer-leader", post(transfer_leader))
         .route("/v1/raft/members", get(members).post(change_members))
-        .route("/v1/topics", get(topics))
-        .route("/v1/groups", get(groups))
         .route("/v1/messages", get(messages))
         .route("/v1/messages/{id}", get(message_by_id))
         .route("/v1/messages/{id}/trace", get(message_trace))
         // `POST /v1/dlq/{group}:resend`: the action is part of the last segment.
         .route("/v1/dlq/{group}", get(dlq_list).post(dlq_resend))
-        .route("/v1/groups/{group}/lag", get(group_lag))
-        .route("/v1/groups/{group}/offsets:reset", post(reset_offsets))
+        .merge(topics::routes())
+        .merge(groups::routes())
         .with_state(core)
 }
 
@@ -302,12 +302,15 @@ pub async fn hand_over_leadership(core: &BrokerCore, to: Option<u64>) -> Result<
     }
 }
 
-/// Which messages to show: of `topic`, with `key`, or the one at `queue` and `offset`.
+/// Which messages to show: of `topic`, with `key`, stored between `from` and `to` (ms since
+/// the epoch), or the ones from `queue` and `offset`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MessageQuery {
     topic: String,
     key: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
     queue: Option<u32>,
     offset: Option<u64>,
     /// At most this many (default 32, at most 1000).
@@ -406,15 +409,29 @@ async fn messages(
             query.topic
         )));
     }
-    let limit = query.limit.unwrap_or(32).clamp(1, 1000);
+    let limit = page_limit(query.limit, 32)?;
     enum Lookup {
         Key(String),
         At(u32, u64),
+        Stored(u64, u64),
     }
-    let lookup = match (query.key, query.queue, query.offset) {
-        (Some(key), None, None) => Lookup::Key(key),
-        (None, Some(queue), Some(offset)) => Lookup::At(queue, offset),
-        _ => return Err(bad_request("give either key, or queue and offset".into())),
+    let lookup = match (query.key, query.from, query.queue, query.offset) {
+        (Some(key), None, None, None) if query.to.is_none() => Lookup::Key(key),
+        (None, Some(from), None, None) => {
+            let to = query
+                .to
+                .unwrap_or_else(ferromq_protocol::message::now_millis);
+            if to < from {
+                return Err(bad_request(format!("to ({to}) is before from ({from})")));
+            }
+            Lookup::Stored(from, to)
+        }
+        (None, None, Some(queue), Some(offset)) if query.to.is_none() => Lookup::At(queue, offset),
+        _ => {
+            return Err(bad_request(
+                "give key, or from (and to), or queue and offset".into(),
+            ))
+        }
     };
     let store = core.store.clone();
     let topic = query.topic;
@@ -431,6 +448,7 @@ async fn messages(
                 .into_iter()
                 .filter_map(|(at, record)| message_view(&topic, queue, at, record))
                 .collect(),
+            Lookup::Stored(from, to) => stored_between(&store, &topic, (from, to), limit)?,
         };
         add_consumption(&store, &mut views)?;
         Ok::<_, ferromq_store::StoreError>(views)
@@ -439,6 +457,29 @@ async fn messages(
     .map_err(|err| ApiError::internal(err.to_string()))?
     .map_err(|err| ApiError::internal(err.to_string()))?;
     Ok(Json(found))
+}
+
+/// The first `limit` messages of `topic` stored in `from..=to`, oldest first.
+fn stored_between(
+    store: &ferromq_store::Store,
+    topic: &str,
+    (from, to): (u64, u64),
+    limit: usize,
+) -> Result<Vec<MessageView>, ferromq_store::StoreError> {
+    let mut found = Vec::new();
+    for (queue, _, _) in store.queue_offsets(topic).unwrap_or_default() {
+        let start = store.search_offset(topic, queue, from)?;
+        let read = store.read_queue(topic, queue, start, limit, 16 * 1024 * 1024, &[])?;
+        found.extend(
+            read.messages
+                .into_iter()
+                .filter_map(|(at, record)| message_view(topic, queue, at, record))
+                .take_while(|view| view.store_time_ms <= to),
+        );
+    }
+    found.sort_by_key(|view| (view.store_time_ms, view.queue, view.offset));
+    found.truncate(limit);
+    Ok(found)
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
@@ -681,182 +722,4 @@ fn propose_error(core: &BrokerCore, err: ferromq_raftlog::ProposeError) -> ApiEr
             retriable: true,
         },
     }
-}
-
-/// Where to move a group's offsets of one topic: exactly one of `to` (`"first"` or
-/// `"last"`), `timestamp_ms` (the first message stored at or after it) or `offset`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResetRequest {
-    topic: String,
-    to: Option<String>,
-    timestamp_ms: Option<u64>,
-    offset: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct ResetView {
-    group: String,
-    topic: String,
-    /// (queue id, new offset)
-    offsets: Vec<(u32, u64)>,
-}
-
-fn bad_request(message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_request",
-        message,
-        retriable: false,
-    }
-}
-
-/// Moves a group's committed offsets (through Raft) and tells its running members, which drop
-/// their positions and continue from the new offsets.
-async fn reset_offsets(
-    State(core): State<Arc<BrokerCore>>,
-    Path(group): Path<String>,
-    request: Result<Json<ResetRequest>, JsonRejection>,
-) -> Result<Json<ResetView>, ApiError> {
-    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
-    ferromq_protocol::message::validate_group(&group)
-        .and_then(|()| ferromq_protocol::message::validate_topic(&request.topic))
-        .map_err(bad_request)?;
-    enum Target {
-        First,
-        Last,
-        Time(u64),
-        Offset(u64),
-    }
-    let target =
-        match (&request.to, request.timestamp_ms, request.offset) {
-            (Some(to), None, None) if to == "first" => Target::First,
-            (Some(to), None, None) if to == "last" => Target::Last,
-            (None, Some(time), None) => Target::Time(time),
-            (None, None, Some(offset)) => Target::Offset(offset),
-            _ => return Err(bad_request(
-                "give exactly one of \"to\": \"first\"|\"last\", \"timestamp_ms\" or \"offset\""
-                    .into(),
-            )),
-        };
-    let topic = request.topic;
-    let Some(queues) = core.store.queue_offsets(&topic) else {
-        return Err(ApiError::not_found(format!(
-            "topic {topic:?} does not exist"
-        )));
-    };
-    let store = core.store.clone();
-    let search_topic = topic.clone();
-    let offsets = tokio::task::spawn_blocking(move || {
-        queues
-            .into_iter()
-            .map(|(queue_id, min, max)| {
-                let offset = match target {
-                    Target::First => min,
-                    Target::Last => max,
-                    Target::Offset(offset) => offset.clamp(min, max),
-                    Target::Time(time) => store.search_offset(&search_topic, queue_id, time)?,
-                };
-                Ok((queue_id, offset))
-            })
-            .collect::<Result<Vec<(u32, u64)>, ferromq_store::StoreError>>()
-    })
-    .await
-    .map_err(|err| ApiError::internal(err.to_string()))?
-    .map_err(|err| ApiError::internal(err.to_string()))?;
-    let command = ferromq_store::command::CommitOffsets {
-        group: group.clone(),
-        offsets: offsets
-            .iter()
-            .map(|(queue_id, offset)| (topic.clone(), *queue_id, *offset))
-            .collect(),
-    };
-    let outcome = core
-        .propose(ferromq_store::command::encode_commit_offsets(&command))
-        .await;
-    match outcome {
-        Ok(ferromq_store::ApplyOutcome::OffsetsCommitted) => {}
-        Ok(other) => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
-        Err(err) => return Err(propose_error(&core, err)),
-    }
-    core.consumers.notify_with(&group, Some(&topic));
-    Ok(Json(ResetView {
-        group,
-        topic,
-        offsets,
-    }))
-}
-
-#[derive(Deserialize)]
-struct LagQuery {
-    topic: Option<String>,
-}
-
-#[derive(Serialize)]
-struct TopicLag {
-    topic: String,
-    /// Messages not consumed yet, over all queues of this broker group.
-    total_lag: u64,
-    /// Age of the oldest unconsumed message, in seconds.
-    oldest_unconsumed_seconds: Option<f64>,
-    queues: Vec<ferromq_store::QueueLag>,
-}
-
-/// How far a group is behind on this broker group's queues: of one topic, or of every topic
-/// the group has committed offsets for.
-async fn group_lag(
-    State(core): State<Arc<BrokerCore>>,
-    Path(group): Path<String>,
-    query: Result<Query<LagQuery>, QueryRejection>,
-) -> Result<Json<Vec<TopicLag>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
-    ferromq_protocol::message::validate_group(&group).map_err(bad_request)?;
-    let store = core.store.clone();
-    let lags = tokio::task::spawn_blocking(move || {
-        let topics: Vec<String> = match query.topic {
-            Some(topic) => vec![topic],
-            None => store
-                .consumer_groups()?
-                .into_iter()
-                .filter(|(g, _)| *g == group)
-                .map(|(_, topic)| topic)
-                .collect(),
-        };
-        let mut lags = Vec::new();
-        for topic in topics {
-            if let Some(queues) = store.group_lag(&group, &topic)? {
-                lags.push((topic, queues));
-            }
-        }
-        Ok::<_, ferromq_store::StoreError>(lags)
-    })
-    .await
-    .map_err(|err| ApiError::internal(err.to_string()))?
-    .map_err(|err| ApiError::internal(err.to_string()))?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Ok(Json(
-        lags.into_iter()
-            .map(|(topic, queues)| TopicLag {
-                topic,
-                total_lag: queues.iter().map(|q| q.lag).sum(),
-                oldest_unconsumed_seconds: queues
-                    .iter()
-                    .filter_map(|q| q.oldest_unconsumed_ms)
-                    .min()
-                    .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
-                queues,
-            })
-            .collect(),
-    ))
-}
-
-/// Consumer groups with their live members, as this broker sees them.
-async fn groups(State(core): State<Arc<BrokerCore>>) -> Json<Vec<crate::consumers::GroupView>> {
-    Json(core.consumers.views())
-}
-
-async fn topics(State(core): State<Arc<BrokerCore>>) -> Json<Vec<TopicConfig>> {
-    Json(core.store.topics())
 }

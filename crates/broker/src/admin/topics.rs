@@ -1,0 +1,297 @@
+//! `/v1/topics`: list, create, show, update (permissions, more queues) and delete topics.
+//! Changes go through Raft, so they need the group's leader; every member answers reads.
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use axum::{
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        Path, Query, State,
+    },
+    http::StatusCode,
+    Json,
+};
+use ferromq_protocol::headers::{perm, TopicConfig};
+use ferromq_protocol::message::validate_topic;
+use ferromq_service::admin::ApiError;
+use ferromq_store::command::{
+    encode_create_topic, encode_delete_topic, encode_update_topic, DeleteTopic,
+};
+use ferromq_store::ApplyOutcome;
+use serde::{Deserialize, Serialize};
+
+use ferromq_service::admin::{bad_request, page_limit, Page};
+
+use super::propose_error;
+use crate::core::BrokerCore;
+
+pub(super) fn routes() -> Router<Arc<BrokerCore>> {
+    Router::new()
+        .route("/v1/topics", get(list).post(create))
+        .route("/v1/topics/{topic}", get(show).patch(update).delete(delete))
+}
+
+#[derive(Serialize)]
+struct TopicView {
+    name: String,
+    queues: u32,
+    /// RocketMQ's permission bits: 4 read, 2 write.
+    perm: u8,
+    readable: bool,
+    writable: bool,
+}
+
+impl From<TopicConfig> for TopicView {
+    fn from(topic: TopicConfig) -> TopicView {
+        TopicView {
+            readable: topic.perm & perm::READ != 0,
+            writable: topic.perm & perm::WRITE != 0,
+            name: topic.name,
+            queues: topic.queues,
+            perm: topic.perm,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct QueueView {
+    queue: u32,
+    /// Oldest offset still stored.
+    min_offset: u64,
+    /// Offset the next message gets.
+    max_offset: u64,
+}
+
+#[derive(Serialize)]
+struct TopicDetail {
+    #[serde(flatten)]
+    topic: TopicView,
+    /// Messages stored in all queues.
+    messages: u64,
+    queue_offsets: Vec<QueueView>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicPageQuery {
+    /// Topics after this name (the `next` of the previous page).
+    after: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/topics`: topics in name order, a page at a time.
+async fn list(
+    State(core): State<Arc<BrokerCore>>,
+    query: Result<Query<TopicPageQuery>, QueryRejection>,
+) -> Result<Json<Page<TopicView>>, ApiError> {
+    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let limit = page_limit(query.limit, 100)?;
+    let topics = core
+        .store
+        .topics()
+        .into_iter()
+        .filter(|t| query.after.as_ref().is_none_or(|after| t.name > *after));
+    Ok(Json(Page::of(topics.map(TopicView::from), limit, |t| {
+        t.name.clone()
+    })))
+}
+
+/// Permissions in a request: `"rw"`, `"r"`, `"w"` or `"-"` (neither).
+fn parse_perm(text: &str) -> Result<u8, ApiError> {
+    match text {
+        "rw" => Ok(perm::READ_WRITE),
+        "r" => Ok(perm::READ),
+        "w" => Ok(perm::WRITE),
+        "-" => Ok(0),
+        other => Err(bad_request(format!(
+            "perm must be \"rw\", \"r\", \"w\" or \"-\", not {other:?}"
+        ))),
+    }
+}
+
+fn check_queues(core: &BrokerCore, queues: u32) -> Result<(), ApiError> {
+    let max = core.config.topics.max_queues;
+    if queues == 0 || queues > max {
+        return Err(bad_request(format!("queues must be in 1..={max}")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    name: String,
+    /// Default: the broker's `topics.default_queues`.
+    queues: Option<u32>,
+    /// Default `"rw"`.
+    perm: Option<String>,
+}
+
+fn conflict(code: &'static str, message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code,
+        message,
+        retriable: false,
+    }
+}
+
+/// `POST /v1/topics`: creates a topic; 201 when created, 200 when it already exists exactly
+/// so, 409 when it exists differently.
+async fn create(
+    State(core): State<Arc<BrokerCore>>,
+    request: Result<Json<CreateRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<TopicView>), ApiError> {
+    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    validate_topic(&request.name).map_err(bad_request)?;
+    let queues = request.queues.unwrap_or(core.config.topics.default_queues);
+    check_queues(&core, queues)?;
+    let topic = TopicConfig {
+        name: request.name,
+        queues,
+        perm: parse_perm(request.perm.as_deref().unwrap_or("rw"))?,
+    };
+    if let Some(existing) = core.store.topic(&topic.name) {
+        return same_or_conflict(existing, topic);
+    }
+    let limit = core.config.topics.max_topics as usize;
+    if core.store.topic_count() >= limit {
+        return Err(conflict(
+            "limit_reached",
+            format!("this broker's limit of {limit} topics is reached"),
+        ));
+    }
+    match core.propose(encode_create_topic(&topic)).await {
+        Ok(ApplyOutcome::TopicCreated { created: true }) => {
+            core.metrics.topics.set(core.store.topic_count() as i64);
+            Ok((StatusCode::CREATED, Json(topic.into())))
+        }
+        // Created meanwhile by someone else (a producer's auto-creation, another request).
+        Ok(ApplyOutcome::TopicCreated { created: false }) => match core.store.topic(&topic.name) {
+            Some(existing) => same_or_conflict(existing, topic),
+            None => Err(ApiError::internal("topic vanished after creation".into())),
+        },
+        Ok(other) => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        Err(err) => Err(propose_error(&core, err)),
+    }
+}
+
+fn same_or_conflict(
+    existing: TopicConfig,
+    wanted: TopicConfig,
+) -> Result<(StatusCode, Json<TopicView>), ApiError> {
+    if existing == wanted {
+        return Ok((StatusCode::OK, Json(existing.into())));
+    }
+    Err(conflict(
+        "topic_exists",
+        format!(
+            "topic {:?} already exists with {} queues and perm {}; update it instead",
+            existing.name, existing.queues, existing.perm
+        ),
+    ))
+}
+
+fn existing(core: &BrokerCore, name: &str) -> Result<TopicConfig, ApiError> {
+    validate_topic(name).map_err(bad_request)?;
+    core.store
+        .topic(name)
+        .ok_or_else(|| ApiError::not_found(format!("topic {name:?} does not exist")))
+}
+
+/// `GET /v1/topics/{topic}`: the topic with its queues' offsets.
+async fn show(
+    State(core): State<Arc<BrokerCore>>,
+    Path(name): Path<String>,
+) -> Result<Json<TopicDetail>, ApiError> {
+    let topic = existing(&core, &name)?;
+    let queue_offsets: Vec<QueueView> = core
+        .store
+        .queue_offsets(&name)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(queue, min_offset, max_offset)| QueueView {
+            queue,
+            min_offset,
+            max_offset,
+        })
+        .collect();
+    Ok(Json(TopicDetail {
+        messages: queue_offsets
+            .iter()
+            .map(|q| q.max_offset - q.min_offset)
+            .sum(),
+        queue_offsets,
+        topic: topic.into(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    /// More queues (never fewer: messages in removed queues would become unreachable).
+    queues: Option<u32>,
+    perm: Option<String>,
+}
+
+/// `PATCH /v1/topics/{topic}`: new permissions or more queues.
+async fn update(
+    State(core): State<Arc<BrokerCore>>,
+    Path(name): Path<String>,
+    request: Result<Json<UpdateRequest>, JsonRejection>,
+) -> Result<Json<TopicView>, ApiError> {
+    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let current = existing(&core, &name)?;
+    let mut updated = current.clone();
+    if let Some(queues) = request.queues {
+        check_queues(&core, queues)?;
+        if queues < current.queues {
+            return Err(bad_request(format!(
+                "topic {name:?} has {} queues; queues cannot be removed (messages in them would \
+                 become unreachable)",
+                current.queues
+            )));
+        }
+        updated.queues = queues;
+    }
+    if let Some(perm) = &request.perm {
+        updated.perm = parse_perm(perm)?;
+    }
+    if updated == current {
+        return Ok(Json(current.into()));
+    }
+    match core.propose(encode_update_topic(&updated)).await {
+        Ok(ApplyOutcome::TopicUpdated) => Ok(Json(updated.into())),
+        Ok(ApplyOutcome::Rejected(reason)) => Err(conflict("not_updated", reason)),
+        Ok(other) => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        Err(err) => Err(propose_error(&core, err)),
+    }
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    deleted: String,
+}
+
+/// `DELETE /v1/topics/{topic}`: removes the topic, its queues and the offsets committed on
+/// it. Its messages stay in the commit log until retention removes them. With topic
+/// auto-creation on, a producer that keeps sending creates it again.
+async fn delete(
+    State(core): State<Arc<BrokerCore>>,
+    Path(name): Path<String>,
+) -> Result<Json<Deleted>, ApiError> {
+    existing(&core, &name)?;
+    let delete = DeleteTopic { name: name.clone() };
+    match core.propose(encode_delete_topic(&delete)).await {
+        Ok(ApplyOutcome::TopicDeleted) => {
+            core.metrics.topics.set(core.store.topic_count() as i64);
+            Ok(Json(Deleted { deleted: name }))
+        }
+        Ok(ApplyOutcome::Rejected(reason)) => Err(ApiError::not_found(reason)),
+        Ok(other) => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+        Err(err) => Err(propose_error(&core, err)),
+    }
+}
