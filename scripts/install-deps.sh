@@ -5,8 +5,8 @@
 #   --build   only what building needs: a C toolchain, Debian's RocksDB and libclang (for the
 #             rocksdb crate's bindgen) - the quick start uses this
 #   (none)    also the test tools: cargo-deny, cargo-fuzz, a nightly toolchain for fuzzing,
-#             cargo-nextest if the machine lacks it, and iptables (the chaos test's network
-#             faults)
+#             cargo-nextest if the machine lacks it, iptables (the chaos test's network
+#             faults), and schemathesis from PyPI in a virtualenv (the admin API fuzz test)
 #   --chaos   what building needs, and iptables (scripts/chaos.sh)
 #   --bench   also iperf3 and fio (the machine's limits), python3 (the report) and perf
 #             (profiles), which scripts/bench.sh uses
@@ -16,6 +16,7 @@ mode="${1:-test}"
 TOOLS_DIR="${FERROMQ_TOOLS_DIR:-$HOME/.cache/ferromq/tools}"
 APT_PACKAGES=(build-essential librocksdb-dev libclang-dev)
 [[ "$mode" != "--build" ]] && APT_PACKAGES+=(iptables)
+[[ "$mode" == "test" ]] && APT_PACKAGES+=(python3 python3-venv)
 [[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio python3 linux-perf)
 
 missing=()
@@ -51,4 +52,14 @@ if ! rustup toolchain list | grep -q '^nightly'; then
 fi
 if rustup toolchain list | grep -q '^nightly'; then
     install_tool cargo-fuzz 0.13.2 cargo-fuzz
+fi
+
+# The admin API fuzz test (integration-tests/tests/openapi_fuzz.rs) runs schemathesis, from PyPI,
+# in a virtualenv of Debian's python3 (scripts/env.sh points SCHEMATHESIS_BIN at it).
+SCHEMATHESIS_VERSION=4.32.5
+VENV_DIR="${TEST_VENV_DIR:-$HOME/.cache/ferromq/venv}"
+if ! "$VENV_DIR/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $VENV_DIR"
+    /usr/bin/python3 -m venv "$VENV_DIR"
+    "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi

@@ -34,12 +34,13 @@ pub struct GroupView {
     pub members: Vec<MemberView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MemberView {
     pub member_id: String,
     pub client_addr: String,
     pub topic: String,
     pub expression: String,
+    #[schema(value_type = String)]
     pub mode: ConsumeMode,
     pub last_heartbeat_ms_ago: u64,
 }

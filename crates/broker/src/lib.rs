@@ -3,6 +3,8 @@
 //! protocol, registers with nameservers, and exposes probes and metrics over HTTP.
 
 mod admin;
+
+pub use admin::openapi;
 pub mod config;
 mod consumers;
 mod core;
@@ -236,7 +238,8 @@ impl Broker {
         ));
         let router = http::probes_router(Arc::new(admin::BrokerReadiness(core.clone())), registry)
             .merge(admin::router(core.clone()))
-            .merge(http::connections_router(connections));
+            .merge(http::connections_router(connections))
+            .merge(http::openapi_router(admin::openapi()));
         let access = http::AdminAccess::new(&core.config.admin_token);
         info!("{}", access.describe());
         tasks.spawn(http::serve_http(

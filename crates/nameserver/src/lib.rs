@@ -109,7 +109,8 @@ impl Nameserver {
         ));
         let router = admin::probes_router(Arc::new(AlwaysReady), prometheus)
             .merge(api_router(registry))
-            .merge(admin::connections_router(connections));
+            .merge(admin::connections_router(connections))
+            .merge(admin::openapi_router(openapi()));
         let access = admin::AdminAccess::new(&config.admin_token);
         info!("{}", access.describe());
         tasks.spawn(admin::serve_http(
@@ -175,9 +176,22 @@ async fn expire_loop(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ClusterView {
+    /// Every registered broker: group, node, role, term, addresses, topics, last heartbeat.
+    #[schema(value_type = Vec<Object>)]
     brokers: Vec<BrokerInfo>,
+}
+
+/// The nameserver's admin API, for its OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(cluster, route), components(schemas(ClusterView)))]
+struct NameserverApi;
+
+/// The nameserver admin API's OpenAPI document (checked in as docs/openapi/nameserver.json).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    admin::openapi_document(NameserverApi::openapi(), "FerroMQ nameserver admin API")
 }
 
 fn api_router(registry: Arc<Mutex<RouteRegistry>>) -> Router {
@@ -187,12 +201,25 @@ fn api_router(registry: Arc<Mutex<RouteRegistry>>) -> Router {
         .with_state(registry)
 }
 
+/// Every broker the nameserver knows.
+#[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = ClusterView)), tag = "nameserver")]
 async fn cluster(State(registry): State<Arc<Mutex<RouteRegistry>>>) -> Json<ClusterView> {
     Json(ClusterView {
         brokers: registry.lock().brokers(Instant::now()),
     })
 }
 
+/// The route of a topic: which broker groups serve it, their leaders and queue counts.
+#[utoipa::path(
+    get,
+    path = "/v1/routes/{topic}",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The route", body = Object),
+        (status = 404, description = "No broker serves the topic", body = admin::ErrorBody),
+    ),
+    tag = "nameserver"
+)]
 async fn route(
     State(registry): State<Arc<Mutex<RouteRegistry>>>,
     Path(topic): Path<String>,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::metrics::register;
 
 /// What the admin API shows of one connection.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub id: u64,
     pub peer_addr: String,

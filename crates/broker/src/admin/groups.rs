@@ -17,12 +17,30 @@ use ferromq_protocol::headers::ConsumeMode;
 use ferromq_protocol::message::validate_group;
 use ferromq_service::admin::ApiError;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use ferromq_service::admin::{bad_request, page_limit, Page};
+use ferromq_service::admin::{bad_request, page_limit, ErrorBody, Page};
 
 use super::{blocking_store, propose_error};
 use crate::consumers::MemberView;
 use crate::core::BrokerCore;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, show, lag, reset_offsets),
+    components(schemas(
+        GroupSummary,
+        GroupDetail,
+        Subscription,
+        TopicLagSummary,
+        MemberView,
+        TopicLag,
+        ResetRequest,
+        ResetView,
+        Page<GroupSummary>
+    ))
+)]
+pub(super) struct GroupsApi;
 
 pub(super) fn routes() -> Router<Arc<BrokerCore>> {
     Router::new()
@@ -34,7 +52,7 @@ pub(super) fn routes() -> Router<Arc<BrokerCore>> {
 
 /// Where to move a group's offsets of one topic: exactly one of `to` (`"first"` or
 /// `"last"`), `timestamp_ms` (the first message stored at or after it) or `offset`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
     topic: String,
@@ -43,16 +61,31 @@ struct ResetRequest {
     offset: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ResetView {
     group: String,
     topic: String,
     /// (queue id, new offset)
+    #[schema(value_type = Vec<Vec<u64>>)]
     offsets: Vec<(u32, u64)>,
 }
 
 /// Moves a group's committed offsets (through Raft) and tells its running members, which drop
 /// their positions and continue from the new offsets.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/offsets:reset",
+    params(("group" = String, Path, description = "Consumer group", pattern = "^[%|a-zA-Z0-9_-]{1,120}$")),
+    request_body = ResetRequest,
+    responses(
+        (status = 200, body = ResetView),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 404, description = "No such topic", body = ErrorBody),
+        (status = 409, description = "Not the leader", body = ErrorBody),
+        (status = 503, description = "Outcome unknown", body = ErrorBody),
+    ),
+    tag = "groups"
+)]
 async fn reset_offsets(
     State(core): State<Arc<BrokerCore>>,
     Path(group): Path<String>,
@@ -127,23 +160,36 @@ async fn reset_offsets(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LagQuery {
     topic: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TopicLag {
     topic: String,
     /// Messages not consumed yet, over all queues of this broker group.
     total_lag: u64,
     /// Age of the oldest unconsumed message, in seconds.
     oldest_unconsumed_seconds: Option<f64>,
+    /// Per queue: committed, min and max offset, lag, oldest unconsumed store time.
+    #[schema(value_type = Vec<Object>)]
     queues: Vec<ferromq_store::QueueLag>,
 }
 
 /// How far a group is behind on this broker group's queues: of one topic, or of every topic
 /// the group has committed offsets for.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{group}/lag",
+    params(("group" = String, Path, description = "Consumer group", pattern = "^[%|a-zA-Z0-9_-]{1,120}$"), LagQuery),
+    responses(
+        (status = 200, body = Vec<TopicLag>),
+        (status = 400, description = "Bad group name", body = ErrorBody),
+    ),
+    tag = "groups"
+)]
 async fn lag(
     State(core): State<Arc<BrokerCore>>,
     Path(group): Path<String>,
@@ -192,8 +238,9 @@ async fn lag(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct GroupPageQuery {
     /// Groups after this name (the `next` of the previous page).
     after: Option<String>,
@@ -201,10 +248,11 @@ struct GroupPageQuery {
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct GroupSummary {
     group: String,
     /// Clustering or broadcast, from its live members; absent when none is connected.
+    #[schema(value_type = Option<String>)]
     mode: Option<ConsumeMode>,
     /// Live members connected to this broker.
     members: usize,
@@ -257,6 +305,16 @@ fn known_groups(core: &BrokerCore) -> Result<BTreeMap<String, GroupSummary>, Api
 }
 
 /// `GET /v1/groups`: groups in name order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/groups",
+    params(GroupPageQuery),
+    responses(
+        (status = 200, body = Page<GroupSummary>),
+        (status = 400, description = "Bad parameters", body = ErrorBody),
+    ),
+    tag = "groups"
+)]
 async fn list(
     State(core): State<Arc<BrokerCore>>,
     query: Result<Query<GroupPageQuery>, QueryRejection>,
@@ -275,16 +333,17 @@ fn query_after(name: &str, after: &str) -> bool {
     after.is_empty() || name > after
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Subscription {
     topic: String,
     /// The tag expression, as members sent it.
     expression: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct GroupDetail {
     group: String,
+    #[schema(value_type = Option<String>)]
     mode: Option<ConsumeMode>,
     members: Vec<MemberView>,
     subscriptions: Vec<Subscription>,
@@ -292,13 +351,24 @@ struct GroupDetail {
     lag: Vec<TopicLagSummary>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TopicLagSummary {
     topic: String,
     total_lag: u64,
 }
 
 /// `GET /v1/groups/{group}`: members, subscriptions, mode and backlog.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{group}",
+    params(("group" = String, Path, description = "Consumer group", pattern = "^[%|a-zA-Z0-9_-]{1,120}$")),
+    responses(
+        (status = 200, body = GroupDetail),
+        (status = 400, description = "Bad group name", body = ErrorBody),
+        (status = 404, description = "Unknown group", body = ErrorBody),
+    ),
+    tag = "groups"
+)]
 async fn show(
     State(core): State<Arc<BrokerCore>>,
     Path(group): Path<String>,

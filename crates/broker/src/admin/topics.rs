@@ -21,11 +21,27 @@ use ferromq_store::command::{
 };
 use ferromq_store::ApplyOutcome;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use ferromq_service::admin::{bad_request, page_limit, Page};
+use ferromq_service::admin::{bad_request, page_limit, ErrorBody, Page};
 
 use super::propose_error;
 use crate::core::BrokerCore;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, create, show, update, delete),
+    components(schemas(
+        TopicView,
+        TopicDetail,
+        QueueView,
+        CreateRequest,
+        UpdateRequest,
+        Deleted,
+        Page<TopicView>
+    ))
+)]
+pub(super) struct TopicsApi;
 
 pub(super) fn routes() -> Router<Arc<BrokerCore>> {
     Router::new()
@@ -33,7 +49,7 @@ pub(super) fn routes() -> Router<Arc<BrokerCore>> {
         .route("/v1/topics/{topic}", get(show).patch(update).delete(delete))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TopicView {
     name: String,
     queues: u32,
@@ -55,7 +71,7 @@ impl From<TopicConfig> for TopicView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct QueueView {
     queue: u32,
     /// Oldest offset still stored.
@@ -64,7 +80,7 @@ struct QueueView {
     max_offset: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TopicDetail {
     #[serde(flatten)]
     topic: TopicView,
@@ -73,8 +89,9 @@ struct TopicDetail {
     queue_offsets: Vec<QueueView>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TopicPageQuery {
     /// Topics after this name (the `next` of the previous page).
     after: Option<String>,
@@ -83,6 +100,16 @@ struct TopicPageQuery {
 }
 
 /// `GET /v1/topics`: topics in name order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/topics",
+    params(TopicPageQuery),
+    responses(
+        (status = 200, description = "A page of topics", body = Page<TopicView>),
+        (status = 400, description = "Bad parameters", body = ErrorBody),
+    ),
+    tag = "topics"
+)]
 async fn list(
     State(core): State<Arc<BrokerCore>>,
     query: Result<Query<TopicPageQuery>, QueryRejection>,
@@ -120,13 +147,15 @@ fn check_queues(core: &BrokerCore, queues: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
+    #[schema(pattern = "^[%|a-zA-Z0-9_-]{1,127}$")]
     name: String,
     /// Default: the broker's `topics.default_queues`.
     queues: Option<u32>,
-    /// Default `"rw"`.
+    /// `"rw"` (default), `"r"`, `"w"` or `"-"`.
+    #[schema(pattern = "^(rw|r|w|-)$")]
     perm: Option<String>,
 }
 
@@ -141,6 +170,19 @@ fn conflict(code: &'static str, message: String) -> ApiError {
 
 /// `POST /v1/topics`: creates a topic; 201 when created, 200 when it already exists exactly
 /// so, 409 when it exists differently.
+#[utoipa::path(
+    post,
+    path = "/v1/topics",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = "Created", body = TopicView),
+        (status = 200, description = "Already exists exactly so", body = TopicView),
+        (status = 400, description = "Bad name, queue count or perm", body = ErrorBody),
+        (status = 409, description = "Exists differently, limit reached, or not the leader", body = ErrorBody),
+        (status = 503, description = "Outcome unknown (leadership changed meanwhile)", body = ErrorBody),
+    ),
+    tag = "topics"
+)]
 async fn create(
     State(core): State<Arc<BrokerCore>>,
     request: Result<Json<CreateRequest>, JsonRejection>,
@@ -203,6 +245,17 @@ fn existing(core: &BrokerCore, name: &str) -> Result<TopicConfig, ApiError> {
 }
 
 /// `GET /v1/topics/{topic}`: the topic with its queues' offsets.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}",
+    params(("topic" = String, Path, description = "Topic name", pattern = "^[%|a-zA-Z0-9_-]{1,127}$")),
+    responses(
+        (status = 200, body = TopicDetail),
+        (status = 400, description = "Bad topic name", body = ErrorBody),
+        (status = 404, description = "No such topic", body = ErrorBody),
+    ),
+    tag = "topics"
+)]
 async fn show(
     State(core): State<Arc<BrokerCore>>,
     Path(name): Path<String>,
@@ -229,15 +282,31 @@ async fn show(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateRequest {
     /// More queues (never fewer: messages in removed queues would become unreachable).
     queues: Option<u32>,
+    /// `"rw"`, `"r"`, `"w"` or `"-"`.
+    #[schema(pattern = "^(rw|r|w|-)$")]
     perm: Option<String>,
 }
 
 /// `PATCH /v1/topics/{topic}`: new permissions or more queues.
+#[utoipa::path(
+    patch,
+    path = "/v1/topics/{topic}",
+    params(("topic" = String, Path, description = "Topic name", pattern = "^[%|a-zA-Z0-9_-]{1,127}$")),
+    request_body = UpdateRequest,
+    responses(
+        (status = 200, body = TopicView),
+        (status = 400, description = "Bad request, or fewer queues", body = ErrorBody),
+        (status = 404, description = "No such topic", body = ErrorBody),
+        (status = 409, description = "Not the leader, or refused", body = ErrorBody),
+        (status = 503, description = "Outcome unknown", body = ErrorBody),
+    ),
+    tag = "topics"
+)]
 async fn update(
     State(core): State<Arc<BrokerCore>>,
     Path(name): Path<String>,
@@ -271,7 +340,7 @@ async fn update(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Deleted {
     deleted: String,
 }
@@ -279,6 +348,19 @@ struct Deleted {
 /// `DELETE /v1/topics/{topic}`: removes the topic, its queues and the offsets committed on
 /// it. Its messages stay in the commit log until retention removes them. With topic
 /// auto-creation on, a producer that keeps sending creates it again.
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{topic}",
+    params(("topic" = String, Path, description = "Topic name", pattern = "^[%|a-zA-Z0-9_-]{1,127}$")),
+    responses(
+        (status = 200, body = Deleted),
+        (status = 400, description = "Bad topic name", body = ErrorBody),
+        (status = 404, description = "No such topic", body = ErrorBody),
+        (status = 409, description = "Not the leader", body = ErrorBody),
+        (status = 503, description = "Outcome unknown", body = ErrorBody),
+    ),
+    tag = "topics"
+)]
 async fn delete(
     State(core): State<Arc<BrokerCore>>,
     Path(name): Path<String>,

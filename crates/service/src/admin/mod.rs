@@ -1,13 +1,12 @@
 //! The admin HTTP endpoint every service has: probes, Prometheus metrics, and whatever JSON
 //! routes the service merges in.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use std::net::SocketAddr;
-
 use axum::{
-    extract::{rejection::QueryRejection, ConnectInfo, Query, Request, State},
-    http::{header, Method, StatusCode},
+    extract::{rejection::QueryRejection, Query, Request, State},
+    http::{header, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
     routing::get,
@@ -17,8 +16,51 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::connections::{ConnectionTable, ConnectionView};
+
+mod access;
+
+pub use access::AdminAccess;
+
+/// The endpoints every service has, for its OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(livez, readyz, metrics, connections),
+    components(schemas(ErrorBody, ConnectionView, Page<ConnectionView>, Status, Readyz))
+)]
+pub struct CommonApi;
+
+/// A service's OpenAPI document: `api` with the common endpoints merged in.
+pub fn openapi_document(
+    mut api: utoipa::openapi::OpenApi,
+    title: &str,
+) -> utoipa::openapi::OpenApi {
+    api.merge(CommonApi::openapi());
+    api.info.title = title.to_string();
+    api.info.version = env!("CARGO_PKG_VERSION").to_string();
+    api.info.description = Some(
+        "Reads (GET) are open to whoever reaches the admin port. Anything else needs \
+         `Authorization: Bearer <admin_token>` when a token is configured, and otherwise comes \
+         only from loopback. Errors are `{code, message, retriable}`."
+            .to_string(),
+    );
+    api.info.license = None;
+    api
+}
+
+/// `GET /v1/openapi.json`: the service's OpenAPI document.
+pub fn openapi_router(document: utoipa::openapi::OpenApi) -> Router {
+    let document = Arc::new(document);
+    Router::new().route(
+        "/v1/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { Json(document.as_ref().clone()) }
+        }),
+    )
+}
 
 /// What `/readyz` asks: `Err(reason)` answers 503 with the reason.
 pub trait Readiness: Send + Sync + 'static {
@@ -39,8 +81,9 @@ pub fn connections_router(table: Arc<ConnectionTable>) -> Router {
         .with_state(table)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ConnectionPageQuery {
     /// Connections after this id (the `next` of the previous page).
     after: Option<u64>,
@@ -48,6 +91,16 @@ struct ConnectionPageQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/connections",
+    params(ConnectionPageQuery),
+    responses(
+        (status = 200, description = "A page of open client connections", body = Page<ConnectionView>),
+        (status = 400, description = "Bad parameters", body = ErrorBody),
+    ),
+    tag = "service"
+)]
 async fn connections(
     State(table): State<Arc<ConnectionTable>>,
     query: Result<Query<ConnectionPageQuery>, QueryRejection>,
@@ -73,21 +126,60 @@ pub fn probes_router(readiness: Arc<dyn Readiness>, registry: prometheus::Regist
         .fallback(not_found)
 }
 
-async fn livez() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+#[derive(Serialize, ToSchema)]
+struct Status {
+    status: &'static str,
 }
 
+/// Alive: the process answers.
+#[utoipa::path(get, path = "/livez", responses((status = 200, body = Status)), tag = "service")]
+async fn livez() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+struct Readyz {
+    ready: bool,
+    /// Why not, when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// Ready to serve (for a broker: storage open, a Raft leader known, caught up).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready", body = Readyz),
+        (status = 503, description = "Not ready, with the reason", body = Readyz),
+    ),
+    tag = "service"
+)]
 async fn readyz(State(state): State<ProbeState>) -> Response {
     match state.readiness.readiness() {
-        Ok(()) => Json(serde_json::json!({ "ready": true })).into_response(),
+        Ok(()) => Json(Readyz {
+            ready: true,
+            reason: None,
+        })
+        .into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "reason": reason })),
+            Json(Readyz {
+                ready: false,
+                reason: Some(reason),
+            }),
         )
             .into_response(),
     }
 }
 
+/// Prometheus metrics, text format (see docs/metrics.md).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+    tag = "service"
+)]
 async fn metrics(State(state): State<ProbeState>) -> Response {
     let families = state.registry.gather();
     match prometheus::TextEncoder::new().encode_to_string(&families) {
@@ -134,26 +226,68 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
-    retriable: bool,
+/// Every error answer of the admin API.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable name (`invalid_request`, `not_found`, `not_leader`, …).
+    pub code: String,
+    pub message: String,
+    /// Whether the same request may succeed later (e.g. once a leader is elected).
+    pub retriable: bool,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            code: self.code,
-            message: &self.message,
+            code: self.code.to_string(),
+            message: self.message,
             retriable: self.retriable,
         };
         (self.status, Json(body)).into_response()
     }
 }
 
+/// Gives errors the framework answers itself (unsupported method, malformed path, body too
+/// large) the API's one JSON error shape.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_");
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let body = ErrorBody {
+        code,
+        message,
+        retriable: status.is_server_error(),
+    };
+    let mut answer = (status, Json(body)).into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
+}
+
 /// One page of a list: `next`, when present, is the `after` that continues it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
@@ -189,106 +323,6 @@ pub fn bad_request(message: String) -> ApiError {
     }
 }
 
-/// Who may change things through the admin API. Reads (`GET`) are open to whoever reaches
-/// the port (probes and metrics must be); anything else needs `Authorization: Bearer <token>`
-/// when a token is configured, and otherwise comes only from a loopback address.
-#[derive(Clone)]
-pub struct AdminAccess {
-    token: Option<Arc<str>>,
-}
-
-/// How long a refused mutation waits before its answer, to slow down token guessing.
-const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
-
-impl AdminAccess {
-    /// `token`: empty for none.
-    pub fn new(token: &str) -> AdminAccess {
-        AdminAccess {
-            token: (!token.is_empty()).then(|| Arc::from(token)),
-        }
-    }
-
-    /// A line for the start-up log saying how mutations are guarded.
-    pub fn describe(&self) -> &'static str {
-        match self.token {
-            Some(_) => "admin API: changes need the bearer token (admin_token)",
-            None => {
-                "admin API: no admin_token configured, so changes are accepted only from \
-                 loopback addresses; reads and probes are open to whoever reaches the port"
-            }
-        }
-    }
-
-    fn check(&self, request: &Request) -> Result<(), ApiError> {
-        if matches!(
-            *request.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS
-        ) {
-            return Ok(());
-        }
-        match &self.token {
-            Some(token) => {
-                let presented = request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                if same_secret(presented.as_bytes(), token.as_bytes()) {
-                    Ok(())
-                } else {
-                    Err(ApiError {
-                        status: StatusCode::UNAUTHORIZED,
-                        code: "unauthorized",
-                        message: "this request changes the broker: send Authorization: Bearer \
-                                  <admin_token>"
-                            .into(),
-                        retriable: false,
-                    })
-                }
-            }
-            None => {
-                let loopback = request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
-                if loopback {
-                    Ok(())
-                } else {
-                    Err(ApiError {
-                        status: StatusCode::FORBIDDEN,
-                        code: "forbidden",
-                        message: "no admin_token is configured, so changes are accepted only \
-                                  from loopback addresses"
-                            .into(),
-                        retriable: false,
-                    })
-                }
-            }
-        }
-    }
-}
-
-/// Compares without stopping at the first difference (only the length can leak).
-fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
-    presented.len() == expected.len()
-        && presented
-            .iter()
-            .zip(expected)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
-}
-
-async fn guard(State(access): State<AdminAccess>, request: Request, next: Next) -> Response {
-    match access.check(&request) {
-        Ok(()) => next.run(request).await,
-        Err(refused) => {
-            tokio::time::sleep(REFUSAL_DELAY).await;
-            refused.into_response()
-        }
-    }
-}
-
 /// Serves `router` on `listener`, guarded by `access`, until `shutdown` is cancelled.
 pub async fn serve_http(
     listener: TcpListener,
@@ -296,7 +330,9 @@ pub async fn serve_http(
     access: AdminAccess,
     shutdown: CancellationToken,
 ) {
-    let router = router.layer(axum::middleware::from_fn_with_state(access, guard));
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(access, access::guard))
+        .layer(axum::middleware::from_fn(json_errors));
     let result = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
