@@ -54,12 +54,19 @@ if rustup toolchain list | grep -q '^nightly'; then
     install_tool cargo-fuzz 0.13.2 cargo-fuzz
 fi
 
-# The admin API fuzz test (integration-tests/tests/openapi_fuzz.rs) runs schemathesis, from PyPI,
-# in a virtualenv of Debian's python3 (scripts/env.sh points SCHEMATHESIS_BIN at it).
-SCHEMATHESIS_VERSION=4.32.5
+# Python test tools from PyPI, in a virtualenv of Debian's python3 (scripts/env.sh exports
+# TEST_PYTHON and SCHEMATHESIS_BIN): schemathesis fuzzes the admin APIs
+# (integration-tests/tests/openapi_fuzz.rs); prometheus_client, the Prometheus project's own
+# text-format parser, reads /metrics (integration-tests/tests/deploy_metrics.rs).
+PYTHON_TOOLS=("schemathesis==4.32.5" "prometheus-client==0.26.0")
 VENV_DIR="${TEST_VENV_DIR:-$HOME/.cache/ferromq/venv}"
-if ! "$VENV_DIR/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
-    echo "installing schemathesis $SCHEMATHESIS_VERSION into $VENV_DIR"
+installed="$("$VENV_DIR/bin/pip" freeze 2>/dev/null | tr '_A-Z' '-a-z' || true)"
+missing_tools=()
+for tool in "${PYTHON_TOOLS[@]}"; do
+    grep -qx "$tool" <<<"$installed" || missing_tools+=("$tool")
+done
+if ((${#missing_tools[@]})); then
+    echo "installing ${missing_tools[*]} into $VENV_DIR"
     /usr/bin/python3 -m venv "$VENV_DIR"
-    "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}"
 fi

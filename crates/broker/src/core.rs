@@ -32,6 +32,8 @@ pub struct BrokerCore {
     /// Requesters waiting for replies, by the connection their requests came over.
     pub replies: ReplyRegistry,
     pub metrics: BrokerMetrics,
+    /// How far groups were delivered, for the in-flight gauge.
+    pub deliveries: crate::deliveries::Deliveries,
     pub topics_changed: watch::Receiver<u64>,
     /// How this broker connects to its peers' peer ports (none without peers).
     pub peer_client: Option<Arc<ferromq_transport::TransportConfig>>,

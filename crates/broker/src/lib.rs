@@ -8,6 +8,7 @@ pub use admin::openapi;
 pub mod config;
 mod consumers;
 mod core;
+mod deliveries;
 mod handlers;
 mod maintenance;
 mod metrics;
@@ -209,6 +210,7 @@ impl Broker {
             replies: replies::ReplyRegistry::default(),
             peer_client,
             metrics,
+            deliveries: deliveries::Deliveries::default(),
             topics_changed,
             started: Instant::now(),
             shutdown: shutdown.clone(),

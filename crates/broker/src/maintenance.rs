@@ -42,8 +42,9 @@ pub async fn checkpoint_loop(core: Arc<BrokerCore>, shutdown: CancellationToken)
 const MAX_LAG_SERIES: usize = 1000;
 
 /// Keeps the lag gauges current (also the followers' replication lag): on the leader, for every
-/// group with committed offsets (the
-/// first `MAX_LAG_SERIES`); elsewhere none, so sums over a cluster count each queue once.
+/// group with committed offsets (the first `MAX_LAG_SERIES`); elsewhere none, so sums over a
+/// cluster count each queue once. On every member: messages it delivered and the groups have
+/// not committed, and the age of the oldest message in its log.
 pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(10));
     loop {
@@ -65,9 +66,12 @@ pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToke
             }
         }
         let store = core.store.clone();
+        let work = core.clone();
         let lags = tokio::task::spawn_blocking(move || {
+            let in_flight = work.deliveries.in_flight(&store)?;
+            let oldest = store.oldest_message_store_ms()?;
             if !leader {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), in_flight, oldest));
             }
             let mut lags = Vec::new();
             for (group, topic) in store.consumer_groups()?.into_iter().take(MAX_LAG_SERIES) {
@@ -75,11 +79,11 @@ pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToke
                     lags.push((group, topic, queues));
                 }
             }
-            Ok::<_, ferromq_store::StoreError>(lags)
+            Ok::<_, ferromq_store::StoreError>((lags, in_flight, oldest))
         })
         .await;
-        let lags = match lags {
-            Ok(Ok(lags)) => lags,
+        let (lags, in_flight, oldest_ms) = match lags {
+            Ok(Ok(found)) => found,
             Ok(Err(err)) => {
                 warn!(%err, "consumer lag not computed");
                 continue;
@@ -94,6 +98,22 @@ pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToke
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        core.metrics.consumer_inflight.reset();
+        for (group, topic, _) in &lags {
+            // Every group the leader knows has a series, 0 when nothing is in flight here.
+            core.metrics
+                .consumer_inflight
+                .with_label_values(&[topic, group]);
+        }
+        for (topic, group, pending) in in_flight.into_iter().take(MAX_LAG_SERIES) {
+            core.metrics
+                .consumer_inflight
+                .with_label_values(&[&topic, &group])
+                .add(pending as i64);
+        }
+        core.metrics
+            .oldest_message_age
+            .set(oldest_ms.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0));
         for (group, topic, queues) in lags {
             let total: u64 = queues.iter().map(|q| q.lag).sum();
             let oldest = queues.iter().filter_map(|q| q.oldest_unconsumed_ms).min();

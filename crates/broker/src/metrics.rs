@@ -35,6 +35,9 @@ pub struct BrokerMetrics {
     pub transaction_checks: IntCounterVec,
     pub transactions_ended: IntCounterVec,
     pub transactions_parked: prometheus::IntCounter,
+    pub produce_duration: Histogram,
+    pub consumer_inflight: IntGaugeVec,
+    pub oldest_message_age: prometheus::Gauge,
     /// Always 1; its labels say which cluster, group and member this broker is, for joins.
     pub info: IntGaugeVec,
 }
@@ -48,7 +51,7 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 impl BrokerMetrics {
     pub fn new(registry: &Registry) -> BrokerMetrics {
-        BrokerMetrics {
+        let metrics = BrokerMetrics {
             consumer_lag_messages: register(
                 registry,
                 IntGaugeVec::new(
@@ -223,6 +226,56 @@ impl BrokerMetrics {
                 registry,
                 IntGauge::new("mq_topics", "Topics on this broker").expect("valid metric"),
             ),
+            produce_duration: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "mq_produce_duration_seconds",
+                        "Time from a send's arrival to its acknowledgement (replicated, applied)",
+                    )
+                    .buckets(ferromq_service::metrics::LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            consumer_inflight: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mq_consumer_inflight_messages",
+                        "Messages this broker delivered to a group that it has not committed yet",
+                    ),
+                    &["topic", "group"],
+                )
+                .expect("valid metric"),
+            ),
+            oldest_message_age: register(
+                registry,
+                prometheus::Gauge::new(
+                    "mq_storage_oldest_message_age_seconds",
+                    "Age of the oldest message still in the commit log (how far back retention reaches)",
+                )
+                .expect("valid metric"),
+            ),
+        };
+        // Bounded label values start at 0, so rate() and alerts see them before the first event.
+        for result in ["commit", "rollback", "unknown", "no_producer", "failed"] {
+            metrics.transaction_checks.with_label_values(&[result]);
         }
+        for result in ["commit", "rollback"] {
+            metrics.transactions_ended.with_label_values(&[result]);
+        }
+        metrics
+    }
+
+    /// Starts a group's retry and dead-letter series at 0 (when a member joins), so an alert
+    /// on their increase works from the first event.
+    pub fn group_seen(&self, group: &str) {
+        self.consumer_retries.with_label_values(&[group]);
+        self.dlq_messages.with_label_values(&[group]);
+    }
+
+    /// Starts the per-topic produce series at 0 (called when a topic first takes messages).
+    pub fn topic_seen(&self, topic: &str) {
+        self.messages_deduplicated.with_label_values(&[topic]);
     }
 }

@@ -14,7 +14,7 @@ pub struct NameserverMetrics {
 
 impl NameserverMetrics {
     pub fn new(registry: &Registry) -> NameserverMetrics {
-        NameserverMetrics {
+        let metrics = NameserverMetrics {
             brokers: register(
                 registry,
                 IntGauge::new("mq_nameserver_brokers", "Brokers currently registered")
@@ -39,7 +39,16 @@ impl NameserverMetrics {
                 )
                 .expect("valid metric"),
             ),
+        };
+        // Every reason starts at 0, so alerts see the series before the first removal.
+        for reason in [
+            RemovalReason::Expired,
+            RemovalReason::ConnectionClosed,
+            RemovalReason::Unregistered,
+        ] {
+            metrics.removals.with_label_values(&[reason.name()]);
         }
+        metrics
     }
 
     pub fn removed(&self, reason: RemovalReason, count: usize) {

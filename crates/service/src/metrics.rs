@@ -45,6 +45,7 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(
 pub struct Instrumented<H> {
     inner: H,
     duration: HistogramVec,
+    in_flight: prometheus::IntGauge,
     connections: Arc<ConnectionTable>,
 }
 
@@ -67,9 +68,15 @@ impl<H> Instrumented<H> {
             )
             .expect("valid metric"),
         );
+        let in_flight = register(
+            registry,
+            prometheus::IntGauge::new("mq_requests_in_flight", "Requests being answered now")
+                .expect("valid metric"),
+        );
         Instrumented {
             inner,
             duration,
+            in_flight,
             connections,
         }
     }
@@ -84,6 +91,9 @@ impl<H: Handler> Handler for Instrumented<H> {
         let started = Instant::now();
         self.connections.requested(connection);
         let code = RequestCode::from_u16(request.code).map_or("unknown", RequestCode::name);
+        self.in_flight.inc();
+        // Decremented even if the handler's future is dropped (the connection closed).
+        let _in_flight = scopeguard(&self.in_flight);
         let reply = self.inner.handle(connection, request).await;
         let status: &str = if reply.status == Status::Ok {
             "ok"
@@ -104,5 +114,18 @@ impl<H: Handler> Handler for Instrumented<H> {
     fn on_close(&self, connection: &Connection) {
         self.connections.closed(connection);
         self.inner.on_close(connection)
+    }
+}
+
+/// Decrements `gauge` when dropped.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+fn scopeguard(gauge: &prometheus::IntGauge) -> InFlight<'_> {
+    InFlight(gauge)
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -854,6 +854,25 @@ impl Store {
         })
     }
 
+    /// Store time of the oldest message still in the commit log (looked for in the first
+    /// entries from the log start), or `None` when none is there.
+    pub fn oldest_message_store_ms(&self) -> Result<Option<u64>> {
+        let first = self.log.first_index().max(1);
+        let last = self.log.last_index();
+        if first > last {
+            return Ok(None);
+        }
+        let high = (first + 256).min(last + 1);
+        for (_, entry) in self.log.entries(first, high, Some(1 << 20))? {
+            if let Ok(Command::Messages { records, .. }) = command::decode(&entry.payload) {
+                if let Some(peek) = records.first().and_then(|(_, r)| peek_record(r).ok()) {
+                    return Ok(Some(peek.store_ts_ms));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub fn topic(&self, name: &str) -> Option<TopicConfig> {
         self.topics.read().get(name).cloned()
     }

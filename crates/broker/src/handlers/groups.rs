@@ -55,6 +55,7 @@ pub async fn heartbeat(core: &BrokerCore, connection: &Connection, request: &Req
     {
         Ok(joined) => {
             for group in joined {
+                core.metrics.group_seen(&group);
                 core.consumers.notify(&group);
             }
             Reply::ok(&())

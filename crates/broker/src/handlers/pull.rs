@@ -158,6 +158,8 @@ fn reply(core: &BrokerCore, pull: &PullRequest, read: QueueRead) -> Reply {
         encode_pulled(&mut body, *offset, record);
     }
     if !read.messages.is_empty() {
+        core.deliveries
+            .record(&pull.group, &pull.topic, pull.queue_id, read.next_offset);
         let labels = [pull.topic.as_str(), pull.group.as_str()];
         core.metrics
             .messages_out

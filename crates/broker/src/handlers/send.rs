@@ -18,6 +18,17 @@ use super::{propose_failed, topics::topic_for_send};
 use crate::core::BrokerCore;
 
 pub async fn handle(core: &BrokerCore, connection: &Connection, request: &Request) -> Reply {
+    let started = std::time::Instant::now();
+    let reply = store(core, connection, request).await;
+    if reply.status == Status::Ok {
+        core.metrics
+            .produce_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+    reply
+}
+
+async fn store(core: &BrokerCore, connection: &Connection, request: &Request) -> Reply {
     let send: SendRequest = match request.decode_header() {
         Ok(send) => send,
         Err(err) => return Reply::bad_header(&err),
@@ -103,6 +114,7 @@ pub async fn handle(core: &BrokerCore, connection: &Connection, request: &Reques
             bytes,
             ..
         }) => {
+            core.metrics.topic_seen(&topic.name);
             core.metrics
                 .messages_in
                 .with_label_values(&[&topic.name])
