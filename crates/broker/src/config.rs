@@ -45,6 +45,29 @@ pub struct BrokerConfig {
     pub schedule: ScheduleSection,
     pub transactions: TransactionsSection,
     pub limits: LimitsConfig,
+    /// Client authentication and permissions on the client port (off by default).
+    pub auth: ferromq_service::auth::AuthConfig,
+    /// Credentials to register with nameservers that require authentication (an `admin` key
+    /// of their `[auth]`); empty: none.
+    pub nameserver_credentials: NameserverCredentials,
+}
+
+/// `[nameserver_credentials]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NameserverCredentials {
+    pub access_key: String,
+    #[serde(serialize_with = "ferromq_service::config::redact")]
+    pub secret_key: String,
+}
+
+impl NameserverCredentials {
+    pub fn get(&self) -> Option<ferromq_protocol::auth::Credentials> {
+        (!self.access_key.is_empty()).then(|| ferromq_protocol::auth::Credentials {
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+        })
+    }
 }
 
 /// Check-backs of transactions left undecided.
@@ -184,6 +207,8 @@ impl Default for BrokerConfig {
             schedule: ScheduleSection::default(),
             transactions: TransactionsSection::default(),
             limits: LimitsConfig::default(),
+            auth: ferromq_service::auth::AuthConfig::default(),
+            nameserver_credentials: NameserverCredentials::default(),
         }
     }
 }
@@ -253,6 +278,7 @@ impl BrokerConfig {
         if self.node_id == 0 {
             return Err("node_id must be positive".into());
         }
+        self.auth.validate()?;
         ferromq_protocol::message::validate_group(&self.group)
             .map_err(|e| format!("group: {e}"))?;
         if self.heartbeat_interval_ms == 0 {

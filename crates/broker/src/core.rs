@@ -32,6 +32,8 @@ pub struct BrokerCore {
     /// Requesters waiting for replies, by the connection their requests came over.
     pub replies: ReplyRegistry,
     pub metrics: BrokerMetrics,
+    /// Who may connect and do what (`[auth]`).
+    pub access: ferromq_service::auth::Access,
     /// How far groups were delivered, for the in-flight gauge.
     pub deliveries: crate::deliveries::Deliveries,
     pub topics_changed: watch::Receiver<u64>,

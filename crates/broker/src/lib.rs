@@ -196,6 +196,7 @@ impl Broker {
         let producers = producers::ProducerRegistry::new(std::time::Duration::from_millis(
             config.transactions.producer_expiry_ms,
         ));
+        let access = ferromq_service::auth::Access::new(&config.auth);
         let core = Arc::new(BrokerCore {
             advertised_addr: advertised(&config, addr),
             admin_addr: admin_addr.to_string(),
@@ -210,6 +211,7 @@ impl Broker {
             replies: replies::ReplyRegistry::default(),
             peer_client,
             metrics,
+            access,
             deliveries: deliveries::Deliveries::default(),
             topics_changed,
             started: Instant::now(),

@@ -50,7 +50,10 @@ async fn register(
 }
 
 pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: CancellationToken) {
-    let transport = Arc::new(TransportConfig::default());
+    let transport = Arc::new(TransportConfig {
+        credentials: core.config.nameserver_credentials.get(),
+        ..TransportConfig::default()
+    });
     let client_id = format!("broker:{}:{}", core.config.group, core.config.node_id);
     let mut topics_changed = core.topics_changed.clone();
     let mut raft_status = core.raft.subscribe();

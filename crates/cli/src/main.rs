@@ -24,6 +24,22 @@ struct Cli {
     /// everything on one thread, which suits a single sequential producer.
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Access key for brokers that require authentication (with --secret-key).
+    #[arg(
+        long,
+        global = true,
+        env = "FERROMQ_ACCESS_KEY",
+        requires = "secret_key"
+    )]
+    access_key: Option<String>,
+    /// Secret key of --access-key (never sent: handshakes carry an HMAC proof).
+    #[arg(
+        long,
+        global = true,
+        env = "FERROMQ_SECRET_KEY",
+        hide_env_values = true
+    )]
+    secret_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,10 +101,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Talks HTTP to a broker; the nameserver only when no --admin address is given.
         return admin::run(nameservers, args).await;
     }
-    let client = Client::builder()
-        .name_servers(nameservers)
-        .connect()
-        .await?;
+    let mut builder = Client::builder().name_servers(nameservers);
+    if let (Some(access_key), Some(secret_key)) = (cli.access_key, cli.secret_key) {
+        builder = builder.credentials(access_key, secret_key);
+    }
+    let client = builder.connect().await?;
     let result = match cli.command {
         Command::Standalone(_) => unreachable!("handled above"),
         Command::Send(args) => send::run(&client, args, body.unwrap_or_default()).await,

@@ -68,6 +68,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Authenticate to brokers with this access key and secret key (the secret never leaves
+    /// the process: handshakes carry an HMAC proof).
+    pub fn credentials(
+        mut self,
+        access_key: impl Into<String>,
+        secret_key: impl Into<String>,
+    ) -> ClientBuilder {
+        self.config.credentials = Some(crate::config::Credentials {
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+        });
+        self
+    }
+
     pub fn config(mut self, config: ClientConfig) -> ClientBuilder {
         self.config = config;
         self
@@ -169,6 +183,7 @@ impl Client {
             request_timeout: config.request_timeout(),
             max_frame_bytes: config.max_frame_bytes,
             handshake_timeout: config.request_timeout(),
+            credentials: config.credentials.clone(),
             ..TransportConfig::default()
         });
         // Unique per client: replies to its requests find their way back by this name.

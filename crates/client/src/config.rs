@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use ferromq_protocol::auth::Credentials;
 pub use ferromq_protocol::headers::ConsumeMode;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,8 @@ pub struct ClientConfig {
     pub route_refresh_interval_ms: u64,
     /// Largest frame accepted from a server (protects the client from a corrupt length).
     pub max_frame_bytes: usize,
+    /// Access key and secret key, for brokers that require authentication (`[auth]`).
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -29,6 +32,7 @@ impl Default for ClientConfig {
             request_timeout_ms: 3_000,
             route_refresh_interval_ms: 30_000,
             max_frame_bytes: ferromq_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            credentials: None,
         }
     }
 }

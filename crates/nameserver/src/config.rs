@@ -19,6 +19,9 @@ pub struct NameserverConfig {
     /// How often expired brokers are looked for.
     pub scan_interval_ms: u64,
     pub limits: LimitsConfig,
+    /// Authentication of brokers and clients (off by default). Registering or unregistering a
+    /// broker needs `admin`; routes and the cluster view need any valid key.
+    pub auth: ferromq_service::auth::AuthConfig,
 }
 
 impl Default for NameserverConfig {
@@ -30,6 +33,7 @@ impl Default for NameserverConfig {
             broker_expiry_ms: 120_000,
             scan_interval_ms: 5_000,
             limits: LimitsConfig::default(),
+            auth: ferromq_service::auth::AuthConfig::default(),
         }
     }
 }
@@ -39,6 +43,7 @@ impl NameserverConfig {
         if self.broker_expiry_ms == 0 || self.scan_interval_ms == 0 {
             return Err("broker_expiry_ms and scan_interval_ms must be positive".into());
         }
+        self.auth.validate()?;
         self.limits.validate()
     }
 }

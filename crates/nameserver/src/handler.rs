@@ -22,6 +22,7 @@ use crate::registry::{RemovalReason, RouteRegistry};
 pub struct NameserverHandler {
     pub(crate) registry: Arc<Mutex<RouteRegistry>>,
     pub(crate) metrics: NameserverMetrics,
+    pub(crate) access: ferromq_service::auth::Access,
 }
 
 impl NameserverHandler {
@@ -101,7 +102,27 @@ impl NameserverHandler {
 }
 
 impl Handler for NameserverHandler {
+    fn authenticate(
+        &self,
+        handshake: &ferromq_protocol::headers::HandshakeRequest,
+    ) -> Result<Option<String>, String> {
+        self.access
+            .authenticate(handshake, ferromq_protocol::message::now_millis())
+    }
+
     async fn handle(&self, connection: &Connection, request: Request) -> Reply {
+        use ferromq_service::auth::Need;
+        // Every code a client or broker may send, and what it needs (default deny).
+        let need = match RequestCode::from_u16(request.code) {
+            Some(RequestCode::RegisterBroker | RequestCode::UnregisterBroker) => Need::Admin,
+            Some(RequestCode::GetRoute | RequestCode::GetCluster | RequestCode::Ping) => {
+                Need::Connected
+            }
+            _ => Need::Nobody,
+        };
+        if let Err(reason) = self.access.authorize(connection.principal(), &[need]) {
+            return Reply::error(Status::NoPermission, reason);
+        }
         match RequestCode::from_u16(request.code) {
             Some(RequestCode::RegisterBroker) => self.register(connection, &request),
             Some(RequestCode::UnregisterBroker) => self.unregister(&request),

@@ -88,6 +88,7 @@ impl Nameserver {
             NameserverHandler {
                 registry: registry.clone(),
                 metrics: metrics.clone(),
+                access: ferromq_service::auth::Access::new(&config.auth),
             },
             &prometheus,
             connections.clone(),

@@ -178,10 +178,12 @@ pub enum Status {
     HandshakeRequired = 13,
     /// The topic has no queue with that id: the client's route is stale; refresh and retry.
     QueueNotExist = 14,
+    /// The handshake's credentials are missing, unknown, wrong or stale; the connection closes.
+    AuthenticationFailed = 15,
 }
 
 impl Status {
-    pub const ALL: [Status; 15] = [
+    pub const ALL: [Status; 16] = [
         Status::Ok,
         Status::SystemError,
         Status::SystemBusy,
@@ -197,6 +199,7 @@ impl Status {
         Status::Timeout,
         Status::HandshakeRequired,
         Status::QueueNotExist,
+        Status::AuthenticationFailed,
     ];
 
     pub fn from_u16(value: u16) -> Option<Status> {
@@ -236,6 +239,7 @@ impl Status {
             Status::Timeout => "timeout",
             Status::HandshakeRequired => "handshake_required",
             Status::QueueNotExist => "queue_not_exist",
+            Status::AuthenticationFailed => "authentication_failed",
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct HandshakeRequest {
     pub max_version: u8,
     /// Free-form identity of the caller, for logs and connection listings.
     pub client_id: String,
+    /// Credentials, for servers that require them (see [`crate::auth`]).
+    pub auth: Option<crate::auth::AuthProof>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! FerroMQ's wire protocol: frames, request and status codes, headers, and the message model.
 //! No sockets here; `ferromq-transport` drives connections over [`frame::FrameCodec`].
 
+pub mod auth;
 pub mod codec;
 pub mod codes;
 pub mod frame;

@@ -2,6 +2,7 @@
 //! configuration, logging, the admin HTTP endpoint with probes and metrics, and RPC metrics.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod limits;

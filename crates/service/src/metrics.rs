@@ -106,6 +106,13 @@ impl<H: Handler> Handler for Instrumented<H> {
         reply
     }
 
+    fn authenticate(
+        &self,
+        handshake: &ferromq_protocol::headers::HandshakeRequest,
+    ) -> Result<Option<String>, String> {
+        self.inner.authenticate(handshake)
+    }
+
     fn on_open(&self, connection: &Connection) {
         self.connections.opened(connection);
         self.inner.on_open(connection)

@@ -37,6 +37,9 @@ pub struct TransportConfig {
     /// broker group connect from their own peer address, so their peers' source checks (and
     /// firewalls) see who they are.
     pub local_ip: Option<IpAddr>,
+    /// Credentials a connecting side proves in its handshake (servers that require them
+    /// refuse connections without).
+    pub credentials: Option<ferromq_protocol::auth::Credentials>,
 }
 
 impl Default for TransportConfig {
@@ -44,6 +47,7 @@ impl Default for TransportConfig {
         TransportConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            credentials: None,
             max_in_flight: 1024,
             max_pending_requests: 1024,
             idle_timeout: Duration::from_secs(120),

@@ -30,6 +30,9 @@ use crate::{Handler, Reply, Request, Response, TransportConfig, TransportError};
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How long a refused handshake waits before its answer, to slow down credential guessing.
+const AUTH_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest first frame (the handshake) a server accepts from a peer it does not know yet.
 const HANDSHAKE_MAX_FRAME_BYTES: usize = 64 * 1024;
 
@@ -44,6 +47,8 @@ struct Inner {
     id: u64,
     peer_addr: SocketAddr,
     peer_id: String,
+    /// Who the peer authenticated as (servers that check credentials), `None` if anonymous.
+    principal: Option<String>,
     version: u8,
     next_request_id: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
@@ -125,6 +130,10 @@ impl Connection {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             client_id: client_id.to_string(),
+            auth: config
+                .credentials
+                .as_ref()
+                .map(|c| c.prove(client_id, ferromq_protocol::message::now_millis())),
         };
         let frame = Frame {
             version: PROTOCOL_VERSION,
@@ -169,7 +178,7 @@ impl Connection {
             codec,
             buffer,
             peer_addr,
-            accepted.server_id,
+            (accepted.server_id, None),
             accepted.version,
             config.clone(),
             handler,
@@ -249,6 +258,25 @@ impl Connection {
             .await;
             return Err(TransportError::Handshake(message));
         }
+        let principal = match handler.authenticate(&request) {
+            Ok(principal) => principal,
+            Err(reason) => {
+                warn!(peer = %peer_addr, client = %request.client_id, %reason, "authentication failed");
+                // Slows down guessing; the peer learns nothing about why.
+                tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+                write_frame_now(
+                    &mut writer,
+                    &refuse(
+                        Status::AuthenticationFailed,
+                        "authentication failed: check the access key and secret key".into(),
+                    ),
+                )
+                .await;
+                return Err(TransportError::Handshake(format!(
+                    "authentication failed: {reason}"
+                )));
+            }
+        };
         let accepted = Frame {
             version,
             kind: FrameKind::Response,
@@ -270,7 +298,7 @@ impl Connection {
             codec,
             buffer,
             peer_addr,
-            request.client_id,
+            (request.client_id, principal),
             version,
             config,
             handler,
@@ -287,7 +315,7 @@ impl Connection {
         codec: FrameCodec,
         buffer: BytesMut,
         peer_addr: SocketAddr,
-        peer_id: String,
+        (peer_id, principal): (String, Option<String>),
         version: u8,
         config: Arc<TransportConfig>,
         handler: Arc<H>,
@@ -306,6 +334,7 @@ impl Connection {
                 id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
                 peer_addr,
                 peer_id,
+                principal,
                 version,
                 next_request_id: AtomicU64::new(1),
                 pending: Mutex::new(HashMap::new()),
@@ -337,6 +366,11 @@ impl Connection {
     /// The identity the peer gave in the handshake.
     pub fn peer_id(&self) -> &str {
         &self.inner.peer_id
+    }
+
+    /// The access key the peer proved in its handshake, if the server checked credentials.
+    pub fn principal(&self) -> Option<&str> {
+        self.inner.principal.as_deref()
     }
 
     pub fn is_closed(&self) -> bool {

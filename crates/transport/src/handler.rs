@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use ferromq_protocol::Status;
+use ferromq_protocol::{headers::HandshakeRequest, Status};
 
 use crate::{Connection, Reply, Request};
 
@@ -14,6 +14,14 @@ pub trait Handler: Send + Sync + 'static {
         connection: &Connection,
         request: Request,
     ) -> impl Future<Output = Reply> + Send;
+
+    /// Decides whether a peer's handshake may open a connection: `Ok(principal)` accepts it as
+    /// that authenticated identity (`None`: anonymous), `Err(reason)` refuses it (the reason is
+    /// logged here, the peer is only told authentication failed, after a delay). Accepts
+    /// everyone by default.
+    fn authenticate(&self, _handshake: &HandshakeRequest) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 
     /// Called once when the connection is established (after the handshake), before any request.
     fn on_open(&self, _connection: &Connection) {}

@@ -368,6 +368,7 @@ async fn a_frame_trickled_byte_by_byte_is_cut_off_at_the_frame_timeout() {
                 min_version: 1,
                 max_version: 1,
                 client_id: "slowloris".into(),
+                auth: None,
             },
         )),
         body: Bytes::new(),

@@ -4,6 +4,7 @@
 mod groups;
 mod locks;
 mod offsets;
+mod permissions;
 mod pull;
 mod reply;
 pub(crate) mod retry;
@@ -26,8 +27,20 @@ pub struct BrokerHandler {
 }
 
 impl Handler for BrokerHandler {
+    fn authenticate(
+        &self,
+        handshake: &ferromq_protocol::headers::HandshakeRequest,
+    ) -> Result<Option<String>, String> {
+        self.core
+            .access
+            .authenticate(handshake, ferromq_protocol::message::now_millis())
+    }
+
     async fn handle(&self, connection: &Connection, request: Request) -> Reply {
         let core = &self.core;
+        if let Err(refused) = permissions::authorize(core, connection, &request) {
+            return refused;
+        }
         match RequestCode::from_u16(request.code) {
             Some(RequestCode::ConsumerHeartbeat) => {
                 groups::heartbeat(core, connection, &request).await
