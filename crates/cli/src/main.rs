@@ -24,6 +24,9 @@ struct Cli {
     /// everything on one thread, which suits a single sequential producer.
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Log lines as text or one JSON object per line [default: text, or FERROMQ_LOG_FORMAT].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<ferromq_service::logging::LogFormat>,
     /// Access key for brokers that require authentication (with --secret-key).
     #[arg(
         long,
@@ -66,7 +69,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    ferromq_service::logging::init();
+    ferromq_service::logging::init(cli.log_format);
     let runtime = match cli.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -366,6 +366,9 @@ struct Shared {
     sql: Option<String>,
     config: ConsumerConfig,
     progress: Mutex<HashMap<QueueKey, QueueProgress>>,
+    /// One commit at a time: two in flight (the periodic one and `commit()`) could be applied
+    /// in the other order, moving an offset back.
+    commit_turn: tokio::sync::Mutex<()>,
     /// Queues this member reads now, each with the epoch its pull task was started in;
     /// buffered messages of other queues or older epochs are dropped.
     owned: Mutex<BTreeMap<QueueKey, u64>>,
@@ -453,6 +456,7 @@ impl Source {
             sql,
             config,
             progress: Mutex::new(HashMap::new()),
+            commit_turn: tokio::sync::Mutex::new(()),
             locks: Mutex::new(HashMap::new()),
             busy: Mutex::new(None),
             owned: Mutex::new(BTreeMap::new()),
@@ -1446,6 +1450,8 @@ async fn commit_loop(shared: Arc<Shared>) {
 /// Sends every queue's consumed offset that the broker does not have yet, one request per
 /// broker group.
 async fn commit_consumed(shared: &Shared) -> Result<(), ClientError> {
+    // Offsets are read inside the turn, so a later commit never sends older ones.
+    let _turn = shared.commit_turn.lock().await;
     let mut by_group: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
     for (key, progress) in shared.progress.lock().iter() {
         let consumed = progress.consumed();

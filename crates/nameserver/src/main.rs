@@ -31,12 +31,15 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Log lines as text or one JSON object per line [default: text, or FERROMQ_LOG_FORMAT].
+    #[arg(long, value_enum)]
+    log_format: Option<ferromq_service::logging::LogFormat>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ferromq_service::logging::init();
+    ferromq_service::logging::init(args.log_format);
     let mut config: NameserverConfig =
         ferromq_service::config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(listen) = args.listen {
