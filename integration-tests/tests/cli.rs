@@ -249,6 +249,148 @@ fn bench_produce_and_consume_agree_on_200000_messages() {
     assert_eq!(consumed["errors"], 0);
 }
 
+/// `ferromq admin ARGS… --json` against the standalone's broker, found through its nameserver.
+fn admin(standalone: &Standalone, args: &[&str]) -> Result<serde_json::Value, String> {
+    let mut all = vec![
+        "--nameserver",
+        standalone.nameserver.as_str(),
+        "admin",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    let out = ferromq(&all);
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn admin_commands_work_against_the_standalone() {
+    let standalone = standalone();
+    let cluster = admin(&standalone, &["cluster"]).unwrap();
+    assert_eq!(cluster[0]["role"], "Leader", "{cluster}");
+
+    admin(
+        &standalone,
+        &["topic", "create", "invoices", "--queues", "3"],
+    )
+    .unwrap();
+    let topics = admin(&standalone, &["topic", "list"]).unwrap();
+    let names: Vec<&str> = topics["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"invoices") && names.contains(&"warmup"),
+        "{names:?}"
+    );
+    let sent = ferromq(&[
+        "--nameserver",
+        &standalone.nameserver,
+        "send",
+        "--topic",
+        "invoices",
+        "--key",
+        "inv-7",
+        "--body",
+        "seven",
+    ]);
+    assert!(sent.status.success());
+    let found = admin(
+        &standalone,
+        &["message", "query", "--topic", "invoices", "--key", "inv-7"],
+    )
+    .unwrap();
+    assert_eq!(found[0]["body"], "seven");
+    let id = found[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        admin(&standalone, &["message", "get", &id]).unwrap()[0]["body"],
+        "seven"
+    );
+    admin(&standalone, &["message", "trace", &id]).unwrap();
+
+    let updated = admin(
+        &standalone,
+        &["topic", "update", "invoices", "--queues", "4"],
+    )
+    .unwrap();
+    assert_eq!(updated["queues"], 4);
+    assert_eq!(
+        admin(&standalone, &["topic", "show", "invoices"]).unwrap()["messages"],
+        1
+    );
+    let consumed = ferromq(&[
+        "--nameserver",
+        &standalone.nameserver,
+        "consume",
+        "--topic",
+        "invoices",
+        "--group",
+        "accounting",
+        "--count",
+        "1",
+    ]);
+    assert!(consumed.status.success());
+    let groups = admin(&standalone, &["group", "list"]).unwrap();
+    assert!(
+        groups["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["group"] == "accounting"),
+        "{groups}"
+    );
+    admin(&standalone, &["group", "show", "accounting"]).unwrap();
+    admin(&standalone, &["group", "lag", "accounting"]).unwrap();
+    admin(
+        &standalone,
+        &[
+            "group",
+            "reset-offset",
+            "accounting",
+            "--topic",
+            "invoices",
+            "--to",
+            "first",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        admin(&standalone, &["dlq", "list", "accounting"]).unwrap()["messages"],
+        serde_json::json!([])
+    );
+
+    let status = admin(&standalone, &["raft", "status"]).unwrap();
+    assert_eq!(status["role"], "Leader", "{status}");
+    // A standalone broker is a group of one that cannot change: clear refusals.
+    let err = admin(&standalone, &["raft", "transfer-leader"]).unwrap_err();
+    assert!(err.contains("alone in its group"), "{err}");
+    let err = admin(
+        &standalone,
+        &[
+            "raft",
+            "add-member",
+            "2",
+            "--raft-addr",
+            "127.0.0.1:1",
+            "--client-addr",
+            "127.0.0.1:2",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("without raft.peers"), "{err}");
+    let err = admin(&standalone, &["raft", "remove-member", "2"]).unwrap_err();
+    assert!(err.contains("without raft.peers"), "{err}");
+
+    admin(&standalone, &["topic", "delete", "invoices"]).unwrap();
+    let err = admin(&standalone, &["topic", "show", "invoices"]).unwrap_err();
+    assert!(err.contains("404"), "{err}");
+}
+
 #[test]
 fn every_command_explains_its_own_options() {
     for (args, option) in [
@@ -260,6 +402,12 @@ fn every_command_explains_its_own_options() {
         (vec!["trace", "--help"], "--json"),
         (vec!["admin", "--help"], "--admin"),
         (vec!["admin", "dlq", "resend", "--help"], "--offset"),
+        (vec!["admin", "--help"], "--token"),
+        (vec!["admin", "topic", "create", "--help"], "--perm"),
+        (vec!["admin", "message", "query", "--help"], "--from-ms"),
+        (vec!["admin", "raft", "add-member", "--help"], "--raft-addr"),
+        (vec!["--help"], "--access-key"),
+        (vec!["--help"], "--log-format"),
         (vec!["lag", "--help"], "--group"),
         (vec!["bench", "produce", "--help"], "--batch"),
         (vec!["bench", "consume", "--help"], "--idle-timeout"),
