@@ -50,6 +50,61 @@ pub struct BrokerConfig {
     /// Credentials to register with nameservers that require authentication (an `admin` key
     /// of their `[auth]`); empty: none.
     pub nameserver_credentials: NameserverCredentials,
+    /// TLS on the client and peer ports and to nameservers (off by default).
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: PEM files. With `cert_file` and `key_file` the client port speaks TLS only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// This broker's certificate chain; empty: no TLS.
+    pub cert_file: String,
+    pub key_file: String,
+    /// Require client certificates on the client port, signed by this CA.
+    pub client_ca_file: String,
+    /// Mutual TLS on the peer port: members present `cert_file` and accept only certificates
+    /// (for their `raft_addr` host) signed by this CA.
+    pub peer_ca_file: String,
+    /// Connect to nameservers over TLS, trusting this CA.
+    pub nameserver_ca_file: String,
+}
+
+use ferromq_service::tls::path;
+
+impl TlsSection {
+    /// The client port's TLS, if configured.
+    pub fn client_port(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+        ferromq_service::tls::server(&self.cert_file, &self.key_file, &self.client_ca_file)
+    }
+
+    /// The peer port's server and client sides, if mutual TLS is configured.
+    pub fn peer_port(
+        &self,
+    ) -> Result<
+        Option<(
+            std::sync::Arc<rustls::ServerConfig>,
+            ferromq_transport::TlsClient,
+        )>,
+        String,
+    > {
+        let Some(ca) = path(&self.peer_ca_file) else {
+            return Ok(None);
+        };
+        let (Some(cert), Some(key)) = (path(&self.cert_file), path(&self.key_file)) else {
+            return Err("tls.peer_ca_file needs tls.cert_file and tls.key_file".into());
+        };
+        let server = ferromq_transport::tls::server_from_pem(cert, key, Some(ca))?;
+        let client = ferromq_transport::tls::client_from_pem(ca, Some((cert, key)))?;
+        Ok(Some((server, client)))
+    }
+
+    /// TLS to nameservers, if configured.
+    pub fn nameservers(&self) -> Result<Option<ferromq_transport::TlsClient>, String> {
+        path(&self.nameserver_ca_file)
+            .map(|ca| ferromq_transport::tls::client_from_pem(ca, None))
+            .transpose()
+    }
 }
 
 /// `[nameserver_credentials]`.
@@ -209,6 +264,7 @@ impl Default for BrokerConfig {
             limits: LimitsConfig::default(),
             auth: ferromq_service::auth::AuthConfig::default(),
             nameserver_credentials: NameserverCredentials::default(),
+            tls: TlsSection::default(),
         }
     }
 }
@@ -279,6 +335,9 @@ impl BrokerConfig {
             return Err("node_id must be positive".into());
         }
         self.auth.validate()?;
+        self.tls.client_port()?;
+        self.tls.peer_port()?;
+        self.tls.nameservers()?;
         ferromq_protocol::message::validate_group(&self.group)
             .map_err(|e| format!("group: {e}"))?;
         if self.heartbeat_interval_ms == 0 {

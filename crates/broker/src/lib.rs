@@ -131,8 +131,11 @@ impl Broker {
         let shutdown = CancellationToken::new();
         // Raft appends can carry a full-size send plus protocol overhead: the peer port allows
         // larger frames than the client port (its senders are verified members).
+        let peer_tls = config.tls.peer_port().map_err(BrokerError::Config)?;
         let peer_transport = Arc::new(ferromq_transport::TransportConfig {
             max_frame_bytes: config.limits.max_frame_bytes * 4,
+            tls_server: peer_tls.as_ref().map(|(server, _)| server.clone()),
+            tls_client: peer_tls.map(|(_, client)| client),
             ..config.limits.server_transport()
         });
         let configured = config.raft.peers.iter().map(|p| {
@@ -233,10 +236,14 @@ impl Broker {
             &registry,
             connections.clone(),
         ));
+        let client_port = ferromq_transport::TransportConfig {
+            tls_server: core.config.tls.client_port().map_err(BrokerError::Config)?,
+            ..core.config.limits.server_transport()
+        };
         tasks.spawn(ferromq_transport::serve(
             listener,
             format!("broker:{}:{}", core.config.group, core.config.node_id),
-            Arc::new(core.config.limits.server_transport()),
+            Arc::new(client_port),
             handler,
             shutdown.clone(),
         ));

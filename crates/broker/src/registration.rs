@@ -52,6 +52,8 @@ async fn register(
 pub async fn run(core: Arc<BrokerCore>, nameserver: String, shutdown: CancellationToken) {
     let transport = Arc::new(TransportConfig {
         credentials: core.config.nameserver_credentials.get(),
+        // Checked by config validation at start.
+        tls_client: core.config.tls.nameservers().ok().flatten(),
         ..TransportConfig::default()
     });
     let client_id = format!("broker:{}:{}", core.config.group, core.config.node_id);

@@ -43,6 +43,9 @@ struct Cli {
         hide_env_values = true
     )]
     secret_key: Option<String>,
+    /// Connect over TLS, trusting this CA (PEM file).
+    #[arg(long, global = true)]
+    tls_ca: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut builder = Client::builder().name_servers(nameservers);
     if let (Some(access_key), Some(secret_key)) = (cli.access_key, cli.secret_key) {
         builder = builder.credentials(access_key, secret_key);
+    }
+    if let Some(ca_file) = cli.tls_ca {
+        builder = builder.tls_ca_file(ca_file);
     }
     let client = builder.connect().await?;
     let result = match cli.command {

@@ -82,6 +82,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Connect over TLS, trusting the CA in `ca_file` (PEM).
+    pub fn tls_ca_file(mut self, ca_file: impl Into<String>) -> ClientBuilder {
+        let tls = self.config.tls.get_or_insert_with(Default::default);
+        tls.ca_file = ca_file.into();
+        self
+    }
+
     pub fn config(mut self, config: ClientConfig) -> ClientBuilder {
         self.config = config;
         self
@@ -172,6 +179,19 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The transport's TLS from the client's settings.
+fn tls_client(config: &ClientConfig) -> Result<Option<ferromq_transport::TlsClient>, String> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some((std::path::Path::new(cert), std::path::Path::new(key))),
+        (None, None) => None,
+        _ => return Err("tls: cert_file and key_file go together".into()),
+    };
+    ferromq_transport::tls::client_from_pem(std::path::Path::new(&tls.ca_file), identity).map(Some)
+}
+
 impl Client {
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
@@ -184,6 +204,7 @@ impl Client {
             max_frame_bytes: config.max_frame_bytes,
             handshake_timeout: config.request_timeout(),
             credentials: config.credentials.clone(),
+            tls_client: tls_client(&config).map_err(ClientError::Config)?,
             ..TransportConfig::default()
         });
         // Unique per client: replies to its requests find their way back by this name.

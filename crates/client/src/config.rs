@@ -22,6 +22,19 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Access key and secret key, for brokers that require authentication (`[auth]`).
     pub credentials: Option<Credentials>,
+    /// TLS to nameservers and brokers whose ports require it (`[tls]`).
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings of a client (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTls {
+    /// The CA servers' certificates must chain to.
+    pub ca_file: String,
+    /// This client's certificate chain and key, for servers that require client certificates.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -33,6 +46,7 @@ impl Default for ClientConfig {
             route_refresh_interval_ms: 30_000,
             max_frame_bytes: ferromq_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             credentials: None,
+            tls: None,
         }
     }
 }

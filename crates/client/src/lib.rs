@@ -34,7 +34,8 @@ pub mod transaction;
 
 pub use client::{Client, ClientBuilder, QueueLag};
 pub use config::{
-    Allocation, ClientConfig, ConsumeMode, ConsumerConfig, Credentials, ProducerConfig, StartFrom,
+    Allocation, ClientConfig, ClientTls, ConsumeMode, ConsumerConfig, Credentials, ProducerConfig,
+    StartFrom,
 };
 pub use consumer::{ConsumeStatus, Consumer, ConsumerBuilder, ReceivedMessage};
 pub use error::{BatchSendError, ClientError, SendError};

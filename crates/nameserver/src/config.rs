@@ -22,6 +22,8 @@ pub struct NameserverConfig {
     /// Authentication of brokers and clients (off by default). Registering or unregistering a
     /// broker needs `admin`; routes and the cluster view need any valid key.
     pub auth: ferromq_service::auth::AuthConfig,
+    /// TLS on the wire port (off by default).
+    pub tls: ferromq_service::tls::TlsConfig,
 }
 
 impl Default for NameserverConfig {
@@ -34,6 +36,7 @@ impl Default for NameserverConfig {
             scan_interval_ms: 5_000,
             limits: LimitsConfig::default(),
             auth: ferromq_service::auth::AuthConfig::default(),
+            tls: ferromq_service::tls::TlsConfig::default(),
         }
     }
 }
@@ -44,6 +47,7 @@ impl NameserverConfig {
             return Err("broker_expiry_ms and scan_interval_ms must be positive".into());
         }
         self.auth.validate()?;
+        self.tls.server()?;
         self.limits.validate()
     }
 }

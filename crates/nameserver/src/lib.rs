@@ -98,7 +98,10 @@ impl Nameserver {
         tasks.spawn(ferromq_transport::serve(
             listener,
             format!("nameserver@{addr}"),
-            Arc::new(config.limits.server_transport()),
+            Arc::new(ferromq_transport::TransportConfig {
+                tls_server: config.tls.server().map_err(NameserverError::Config)?,
+                ..config.limits.server_transport()
+            }),
             handler,
             shutdown.clone(),
         ));

@@ -8,6 +8,7 @@ pub mod connections;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod tls;
 
 /// Writes the addresses a process actually bound (useful with port 0) as one JSON object, via
 /// a temporary file and a rename, so a reader never sees half a file.

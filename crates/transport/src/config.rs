@@ -40,6 +40,11 @@ pub struct TransportConfig {
     /// Credentials a connecting side proves in its handshake (servers that require them
     /// refuse connections without).
     pub credentials: Option<ferromq_protocol::auth::Credentials>,
+    /// TLS for connections this side opens; `None`: plain TCP.
+    pub tls_client: Option<crate::TlsClient>,
+    /// TLS for connections a server accepts (with client certificates required when its
+    /// config says so); `None`: plain TCP.
+    pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for TransportConfig {
@@ -48,6 +53,8 @@ impl Default for TransportConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             credentials: None,
+            tls_client: None,
+            tls_server: None,
             max_in_flight: 1024,
             max_pending_requests: 1024,
             idle_timeout: Duration::from_secs(120),

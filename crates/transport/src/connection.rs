@@ -17,7 +17,6 @@ use ferromq_protocol::{
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::codec::Decoder;
@@ -26,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::outbox::Outbox;
+use crate::socket::{self, ReadSocket, WriteSocket};
 use crate::{Handler, Reply, Request, Response, TransportConfig, TransportError};
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -122,7 +122,16 @@ impl Connection {
             })?;
         stream.set_nodelay(true)?;
         let peer_addr = stream.peer_addr()?;
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = match &config.tls_client {
+            None => socket::plain(stream),
+            Some(tls) => tokio::time::timeout(
+                config.handshake_timeout,
+                socket::tls_client(stream, addr, tls),
+            )
+            .await
+            .map_err(|_| TransportError::Handshake("TLS handshake timed out".into()))?
+            .map_err(|err| TransportError::Handshake(format!("TLS: {err}")))?,
+        };
         let mut codec = FrameCodec::new(config.max_frame_bytes, config.max_header_bytes);
         let mut buffer = BytesMut::with_capacity(8 * 1024);
 
@@ -201,7 +210,15 @@ impl Connection {
     ) -> Result<(), TransportError> {
         stream.set_nodelay(true)?;
         let peer_addr = stream.peer_addr()?;
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = match &config.tls_server {
+            None => socket::plain(stream),
+            Some(tls) => {
+                tokio::time::timeout(config.handshake_timeout, socket::tls_server(stream, tls))
+                    .await
+                    .map_err(|_| TransportError::Handshake("TLS handshake timed out".into()))?
+                    .map_err(|err| TransportError::Handshake(format!("TLS: {err}")))?
+            }
+        };
         // Before the handshake a peer is unknown: its first frame gets a small limit.
         let mut handshake_codec =
             FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES, HANDSHAKE_MAX_FRAME_BYTES);
@@ -310,8 +327,8 @@ impl Connection {
 
     #[allow(clippy::too_many_arguments)]
     fn start<H: Handler>(
-        reader: OwnedReadHalf,
-        writer: OwnedWriteHalf,
+        reader: ReadSocket,
+        writer: WriteSocket,
         codec: FrameCodec,
         buffer: BytesMut,
         peer_addr: SocketAddr,
@@ -523,7 +540,7 @@ async fn keepalive(connection: Connection, interval: Duration) {
 
 /// Reads one frame, for the handshake. `Ok(None)` means the peer closed cleanly.
 async fn read_frame(
-    reader: &mut OwnedReadHalf,
+    reader: &mut ReadSocket,
     codec: &mut FrameCodec,
     buffer: &mut BytesMut,
 ) -> Result<Option<Frame>, TransportError> {
@@ -537,7 +554,7 @@ async fn read_frame(
     }
 }
 
-async fn write_frame_now(writer: &mut OwnedWriteHalf, frame: &Frame) {
+async fn write_frame_now(writer: &mut WriteSocket, frame: &Frame) {
     let mut out = BytesMut::new();
     frame.encode_prefix(&mut out);
     out.put_slice(&frame.body);
@@ -548,7 +565,7 @@ async fn write_frame_now(writer: &mut OwnedWriteHalf, frame: &Frame) {
 
 async fn read_loop<H: Handler>(
     connection: Connection,
-    mut reader: OwnedReadHalf,
+    mut reader: ReadSocket,
     mut codec: FrameCodec,
     mut buffer: BytesMut,
     handler: Arc<H>,

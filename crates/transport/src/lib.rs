@@ -9,6 +9,8 @@ mod handler;
 mod outbox;
 mod request;
 mod server;
+mod socket;
+pub mod tls;
 
 pub use config::TransportConfig;
 pub use connection::Connection;
@@ -16,3 +18,4 @@ pub use error::TransportError;
 pub use handler::{Handler, RejectAll};
 pub use request::{Reply, Request, Response};
 pub use server::serve;
+pub use socket::TlsClient;

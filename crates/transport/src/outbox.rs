@@ -9,18 +9,17 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferromq_protocol::Frame;
 use parking_lot::Mutex;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::socket::WriteSocket;
 use crate::TransportError;
 
 /// Most slices handed to one vectored write.
@@ -60,7 +59,7 @@ struct State {
 }
 
 pub(crate) struct Outbox {
-    socket: OwnedWriteHalf,
+    socket: WriteSocket,
     state: Mutex<State>,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -69,7 +68,7 @@ pub(crate) struct Outbox {
 }
 
 /// Writes as much of `items` as the socket takes without blocking. Returns how many bytes.
-fn write_some(socket: &OwnedWriteHalf, items: &mut [Queued]) -> std::io::Result<usize> {
+fn write_some(socket: &WriteSocket, items: &mut [Queued]) -> std::io::Result<usize> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(items.len().min(MAX_SLICES / 2) * 2);
     for item in items.iter() {
         for part in item.remaining() {
@@ -102,7 +101,7 @@ fn write_some(socket: &OwnedWriteHalf, items: &mut [Queued]) -> std::io::Result<
 
 impl Outbox {
     pub(crate) fn new(
-        socket: OwnedWriteHalf,
+        socket: WriteSocket,
         capacity: usize,
         closed: CancellationToken,
         write_timeout: Duration,
@@ -198,7 +197,7 @@ impl Outbox {
         }
         self.closed.cancel();
         self.slots.close();
-        let _ = socket2::SockRef::from(self.socket.as_ref()).shutdown(Shutdown::Write);
+        self.socket.shutdown_write();
     }
 
     async fn write_all(&self, mut batch: Vec<Queued>) -> std::io::Result<()> {
