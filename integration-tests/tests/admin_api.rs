@@ -241,7 +241,10 @@ async fn changes_need_the_token_or_else_come_from_loopback_only() {
         &dir.path().join("guarded"),
         &nameserver.addr,
         dir.path(),
-        &[("FERROMQ_ADMIN_TOKEN", "s3cret-token")],
+        &[
+            ("FERROMQ_ADMIN_TOKEN", "s3cret-token"),
+            ("FERROMQ_ADMIN_PROTECT_READS", "true"),
+        ],
     );
     let api = guarded.spec.admin.as_str();
     let create = r#"{"name":"audit","queues":1}"#;
@@ -252,9 +255,19 @@ async fn changes_need_the_token_or_else_come_from_loopback_only() {
     }
     let err = admin(api, &["topic", "create", "audit"]).unwrap_err();
     assert!(err.contains("401"), "{err}");
-    // Reads and probes stay open; the right token changes things.
-    assert_eq!(http_get(api, "/v1/topics").unwrap().0, 200);
-    assert_eq!(http_get(api, "/readyz").unwrap().0, 200);
+    // With admin_protect_reads, reads under /v1/ need the token too; probes, metrics and the
+    // OpenAPI document stay open.
+    assert_eq!(http_get(api, "/v1/topics").unwrap().0, 401);
+    let bearer = [("Authorization", "Bearer s3cret-token")];
+    assert_eq!(
+        http_request("GET", api, "/v1/topics", "", &bearer)
+            .unwrap()
+            .0,
+        200
+    );
+    for open in ["/readyz", "/livez", "/metrics", "/v1/openapi.json"] {
+        assert_eq!(http_get(api, open).unwrap().0, 200, "{open}");
+    }
     let (status, body) = http_request(
         "POST",
         api,

@@ -29,6 +29,9 @@ pub struct BrokerConfig {
     /// only from loopback addresses. Never printed.
     #[serde(serialize_with = "ferromq_service::config::redact")]
     pub admin_token: String,
+    /// Guard reads under `/v1/` (message bodies, dead letters, traces) like changes: the
+    /// token, or loopback without one. Probes, metrics and the OpenAPI document stay open.
+    pub admin_protect_reads: bool,
     /// Where the commit log, consume queues and state live.
     pub data_dir: PathBuf,
     /// Nameservers to register with; empty runs without registration.
@@ -251,6 +254,7 @@ impl Default for BrokerConfig {
             advertised_addr: String::new(),
             admin_listen: "127.0.0.1:10913".into(),
             admin_token: String::new(),
+            admin_protect_reads: false,
             data_dir: PathBuf::from("data/broker"),
             nameservers: vec!["127.0.0.1:9876".into()],
             heartbeat_interval_ms: 30_000,

@@ -251,7 +251,8 @@ impl Broker {
             .merge(admin::router(core.clone()))
             .merge(http::connections_router(connections))
             .merge(http::openapi_router(admin::openapi()));
-        let access = http::AdminAccess::new(&core.config.admin_token);
+        let access =
+            http::AdminAccess::new(&core.config.admin_token, core.config.admin_protect_reads);
         info!("{}", access.describe());
         tasks.spawn(http::serve_http(
             admin_listener,

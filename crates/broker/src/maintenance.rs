@@ -67,8 +67,19 @@ pub async fn consumer_lag_loop(core: Arc<BrokerCore>, shutdown: CancellationToke
         }
         let store = core.store.clone();
         let work = core.clone();
+        let broadcast: std::collections::HashSet<String> = core
+            .consumers
+            .views()
+            .into_iter()
+            .filter(|g| {
+                g.members
+                    .iter()
+                    .any(|m| m.mode == ferromq_protocol::headers::ConsumeMode::Broadcast)
+            })
+            .map(|g| g.group)
+            .collect();
         let lags = tokio::task::spawn_blocking(move || {
-            let in_flight = work.deliveries.in_flight(&store)?;
+            let in_flight = work.deliveries.in_flight(&store, &broadcast)?;
             let oldest = store.oldest_message_store_ms()?;
             if !leader {
                 return Ok((Vec::new(), in_flight, oldest));

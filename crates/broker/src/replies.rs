@@ -16,11 +16,22 @@ pub struct ReplyRegistry {
 }
 
 impl ReplyRegistry {
-    pub fn register(&self, requester: &str, connection: &Connection) {
+    /// Remembers `connection` for `requester`'s replies. A requester name held by an open
+    /// connection of another authenticated identity is not taken over (`Err`): that would
+    /// divert its replies. The same identity may (a reconnect).
+    pub fn register(&self, requester: &str, connection: &Connection) -> Result<(), String> {
         let mut by_requester = self.by_requester.lock();
+        if let Some(holder) = by_requester.get(requester) {
+            if !holder.is_closed() && holder.principal() != connection.principal() {
+                return Err(format!(
+                    "reply_to {requester:?} belongs to another client's connection"
+                ));
+            }
+        }
         if by_requester.len() < MAX_REQUESTERS || by_requester.contains_key(requester) {
             by_requester.insert(requester.to_string(), connection.clone());
         }
+        Ok(())
     }
 
     pub fn connection(&self, requester: &str) -> Option<Connection> {

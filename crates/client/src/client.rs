@@ -395,16 +395,24 @@ impl Client {
     /// topic with the same settings is fine).
     pub async fn create_topic(&self, topic: &str, queues: u32) -> Result<(), ClientError> {
         validate_topic(topic).map_err(ClientError::InvalidMessage)?;
-        let cluster = self.cluster().await?;
-        let leaders: Vec<String> = cluster
-            .brokers
-            .iter()
-            .filter(|b| b.role == ferromq_protocol::headers::BrokerRole::Leader)
-            .map(|b| b.client_addr.clone())
-            .collect();
-        if leaders.is_empty() {
-            return Err(ClientError::NoRoute(topic.to_string()));
-        }
+        // A broker that just started may not have registered yet: wait a request timeout.
+        let deadline = Instant::now() + self.inner.config.request_timeout();
+        let leaders: Vec<String> = loop {
+            let cluster = self.cluster().await?;
+            let leaders: Vec<String> = cluster
+                .brokers
+                .iter()
+                .filter(|b| b.role == ferromq_protocol::headers::BrokerRole::Leader)
+                .map(|b| b.client_addr.clone())
+                .collect();
+            if !leaders.is_empty() {
+                break leaders;
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::NoRoute(topic.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let request = CreateTopicRequest {
             topic: topic.to_string(),
             queues,

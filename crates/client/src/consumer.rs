@@ -339,7 +339,7 @@ fn broadcast_offsets_group(group: &str, name: &str) -> Result<String, ClientErro
             }
         })
         .collect();
-    let offsets_group = format!("{group}%BROADCAST%{name}");
+    let offsets_group = ferromq_protocol::system::broadcast_offsets_group(group, &name);
     validate_group(&offsets_group).map_err(|err| {
         ClientError::InvalidMessage(format!(
             "broadcast_id {name:?} makes an unusable name: {err}"

@@ -115,7 +115,7 @@ impl Nameserver {
             .merge(api_router(registry))
             .merge(admin::connections_router(connections))
             .merge(admin::openapi_router(openapi()));
-        let access = admin::AdminAccess::new(&config.admin_token);
+        let access = admin::AdminAccess::new(&config.admin_token, false);
         info!("{}", access.describe());
         tasks.spawn(admin::serve_http(
             admin_listener,

@@ -16,6 +16,22 @@ pub fn dlq_topic(group: &str) -> String {
     format!("{DLQ_PREFIX}{group}")
 }
 
+/// Between a broadcast group's name and a member's name in the group its offsets are kept
+/// under (each broadcast member consumes everything, so each keeps its own offsets).
+pub const BROADCAST_MARK: &str = "%BROADCAST%";
+
+/// The offsets group of broadcast member `member` of `group`.
+pub fn broadcast_offsets_group(group: &str, member: &str) -> String {
+    format!("{group}{BROADCAST_MARK}{member}")
+}
+
+/// The consumer group an offsets group belongs to (itself, unless it is a broadcast member's).
+pub fn group_of_offsets_group(offsets_group: &str) -> &str {
+    offsets_group
+        .split_once(BROADCAST_MARK)
+        .map_or(offsets_group, |(group, _)| group)
+}
+
 /// The group whose retry topic this is.
 pub fn retry_group(topic: &str) -> Option<&str> {
     topic.strip_prefix(RETRY_PREFIX)

@@ -4,11 +4,11 @@
 //! publish to topics, subscribe to topics, use consumer or producer groups, administer.
 //! Anything not granted is refused (default deny).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use ferromq_protocol::auth::{verify, AuthProof, MAX_CLOCK_SKEW_MS};
 use ferromq_protocol::headers::HandshakeRequest;
-use ferromq_protocol::system::{dlq_group, retry_group};
+use ferromq_protocol::system::{dlq_group, group_of_offsets_group, retry_group};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +96,8 @@ impl UserConfig {
                 matches(&self.subscribe, topic)
                     || system_topic_group(topic).is_some_and(|g| matches(&self.groups, g))
             }
-            Need::Group(group) => matches(&self.groups, group),
+            // A broadcast member's own offsets group belongs to its group.
+            Need::Group(group) => matches(&self.groups, group_of_offsets_group(group)),
             Need::Admin | Need::Nobody => false,
         }
     }
@@ -111,13 +112,38 @@ fn system_topic_group(topic: &str) -> Option<&str> {
 pub struct Access {
     enabled: bool,
     users: HashMap<String, UserConfig>,
-    /// Nonces of accepted proofs, with their timestamps, for the clock-skew window: a
-    /// captured handshake cannot be replayed.
-    seen: Mutex<VecDeque<(u64, [u8; 16])>>,
+    /// Nonces of accepted proofs for the clock-skew window: a captured handshake cannot be
+    /// replayed.
+    seen: Mutex<SeenNonces>,
 }
 
-/// At most this many remembered nonces (a flood of valid handshakes beyond it is refused).
-const MAX_REMEMBERED_NONCES: usize = 1_000_000;
+/// At most this many handshakes per access key in the replay window (10 minutes); a key over
+/// it is refused until the window moves on. Per key, so one key cannot lock out the others.
+const MAX_HANDSHAKES_PER_KEY: usize = 100_000;
+
+#[derive(Default)]
+struct SeenNonces {
+    /// (accepted at, nonce, access key), oldest first.
+    order: VecDeque<(u64, [u8; 16], String)>,
+    nonces: HashSet<[u8; 16]>,
+    per_key: HashMap<String, usize>,
+}
+
+impl SeenNonces {
+    fn forget_before(&mut self, oldest_ms: u64) {
+        while self.order.front().is_some_and(|(at, _, _)| *at < oldest_ms) {
+            if let Some((_, nonce, key)) = self.order.pop_front() {
+                self.nonces.remove(&nonce);
+                if let Some(count) = self.per_key.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.per_key.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl Access {
     pub fn new(config: &AuthConfig) -> Access {
@@ -128,7 +154,7 @@ impl Access {
                 .iter()
                 .map(|u| (u.access_key.clone(), u.clone()))
                 .collect(),
-            seen: Mutex::new(VecDeque::new()),
+            seen: Mutex::new(SeenNonces::default()),
         }
     }
 
@@ -156,22 +182,23 @@ impl Access {
         verify(proof, &handshake.client_id, &user.secret_key, now_ms)
             .map_err(|err| format!("access key {:?}: {err}", proof.access_key))?;
         let mut seen = self.seen.lock();
-        while seen
-            .front()
-            .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > 2 * MAX_CLOCK_SKEW_MS)
-        {
-            seen.pop_front();
-        }
-        if seen.iter().any(|(_, nonce)| *nonce == proof.nonce) {
+        seen.forget_before(now_ms.saturating_sub(2 * MAX_CLOCK_SKEW_MS));
+        if seen.nonces.contains(&proof.nonce) {
             return Err(format!(
                 "access key {:?}: a replayed handshake",
                 proof.access_key
             ));
         }
-        if seen.len() >= MAX_REMEMBERED_NONCES {
-            return Err("too many handshakes in the replay window".into());
+        if seen.per_key.get(&proof.access_key).copied().unwrap_or(0) >= MAX_HANDSHAKES_PER_KEY {
+            return Err(format!(
+                "access key {:?}: too many handshakes in the last 10 minutes",
+                proof.access_key
+            ));
         }
-        seen.push_back((now_ms, proof.nonce));
+        seen.nonces.insert(proof.nonce);
+        *seen.per_key.entry(proof.access_key.clone()).or_insert(0) += 1;
+        seen.order
+            .push_back((now_ms, proof.nonce, proof.access_key.clone()));
         Ok(Some(proof.access_key.clone()))
     }
 
@@ -286,6 +313,13 @@ mod tests {
             .authorize(user, &[Need::Subscribe("orders")])
             .is_err());
         assert!(access.authorize(user, &[Need::Admin]).is_err());
+        // A broadcast member's offsets group is its group's.
+        assert!(access
+            .authorize(user, &[Need::Group("billing%BROADCAST%host-1")])
+            .is_ok());
+        assert!(access
+            .authorize(user, &[Need::Group("other%BROADCAST%billing")])
+            .is_err());
         assert!(access.authorize(None, &[Need::Connected]).is_err());
         assert!(access.authorize(Some("ghost"), &[Need::Connected]).is_err());
     }

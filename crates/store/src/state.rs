@@ -448,6 +448,33 @@ impl StateDb {
     }
 
     /// Scheduled messages with this id, whatever their topic: (due time, topic).
+    /// (due time, id) of every scheduled message to `topic` (keys only: no records read).
+    pub fn scheduled_for_topic(&self, topic: &str) -> Result<Vec<(u64, [u8; 16])>> {
+        let mut found = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SCHEDULE_IDS), IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            if key.len() < 16 + 9 {
+                return Err(StoreError::Decode {
+                    what: "scheduled message id key",
+                    reason: format!("{} bytes", key.len()),
+                });
+            }
+            let topic_end = key.len() - 9;
+            if &key[16..topic_end] == topic.as_bytes() {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&key[..16]);
+                found.push((
+                    decode_u64(&key[topic_end + 1..], "scheduled message due time")?,
+                    id,
+                ));
+            }
+        }
+        Ok(found)
+    }
+
     pub fn scheduled_with_id(&self, id: &[u8; 16]) -> Result<Vec<(u64, String)>> {
         let mut found = Vec::new();
         let iter = self.db.iterator_cf(
@@ -711,6 +738,16 @@ impl DerivedBatch<'_> {
             self.db.cf(CF_SCHEDULE_IDS),
             schedule_id_key(id, topic, due_ms),
         );
+    }
+
+    /// Writes what is staged so far and starts empty: later reads of the database in the same
+    /// apply call see it (as if the apply call had ended here).
+    pub fn write_now(&mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.batch);
+        if !staged.is_empty() {
+            self.db.db.write_opt(staged, &self.db.derived_writes)?;
+        }
+        Ok(())
     }
 
     pub fn write(self) -> Result<()> {

@@ -417,13 +417,28 @@ impl Store {
         batch: &mut crate::state::DerivedBatch<'_>,
         pending: &mut Vec<(Arc<ConsumeQueue>, Vec<CqUnit>)>,
     ) -> Result<ApplyOutcome> {
-        if self.topics.write().remove(name).is_none() {
+        let known = self.topics.write().remove(name).is_some();
+        // Replay after a crash may find the topic already gone from the database (written
+        // after the checkpoint) while its checkpointed queues are open: delete those too.
+        let has_queues = self.queues.read().keys().any(|(topic, _)| topic == name);
+        if !known && !has_queues {
             return Ok(ApplyOutcome::Rejected(format!(
                 "topic {name:?} does not exist"
             )));
         }
+        // Everything staged before the delete is written first, queues and database alike, so
+        // the reads below see offsets and scheduled messages this apply call staged.
         for (queue, units) in pending.drain(..) {
             queue.append(&units)?;
+        }
+        batch.write_now()?;
+        for (due_ms, id) in self.db.scheduled_for_topic(name)? {
+            batch.delete_scheduled(due_ms, &id, name);
+        }
+        for half in self.db.half_messages()? {
+            if half.topic == name {
+                batch.delete_half(&half.id, name);
+            }
         }
         let offsets: Vec<(String, u32)> = self
             .db
@@ -659,8 +674,13 @@ impl Store {
                 self.delete_topic(&delete.name, entry.index, batch, pending)?
             }
             Command::CommitOffsets(commit) => {
+                let topics = self.topics.read();
                 for (topic, queue_id, offset) in &commit.offsets {
-                    batch.put_offset(&commit.group, topic, *queue_id, *offset);
+                    // A commit proposed before its topic was deleted (or for a queue it no
+                    // longer has) must not come back to life with a re-created topic.
+                    if topics.get(topic).is_some_and(|t| *queue_id < t.queues) {
+                        batch.put_offset(&commit.group, topic, *queue_id, *offset);
+                    }
                 }
                 ApplyOutcome::OffsetsCommitted
             }

@@ -433,6 +433,47 @@ fn topics_grow_queues_and_are_deleted_with_their_queues_offsets_and_keys_across_
     let store = Store::open(dir.path(), config()).unwrap();
     assert_eq!(store.queue_offsets("T").unwrap(), vec![(0, 0, 1)]);
     assert_eq!(bodies(&store, "T", 0, 0, &[]), ["D-0"]);
+
+    // A delete whose database writes outlive the crash (RocksDB flushes at close) while the
+    // checkpoint predates it: replay still removes the checkpointed queues, and a commit
+    // proposed before the delete does not bring its offset back.
+    let delete_t = || encode_delete_topic(&DeleteTopic { name: "T".into() });
+    store.checkpoint().unwrap();
+    propose(
+        &store,
+        vec![
+            // Waiting for its time when the topic goes: it goes too.
+            scheduled_send("T", 0, &send_body(&messages("T", 1, "S")), 1, 1_000),
+            encode_commit_offsets(&CommitOffsets {
+                group: "g".into(),
+                offsets: vec![("T".into(), 0, 1)],
+            }),
+            delete_t(),
+            encode_commit_offsets(&CommitOffsets {
+                group: "late".into(),
+                offsets: vec![("T".into(), 0, 1)],
+            }),
+        ],
+    );
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    replay_all(&store);
+    assert!(store.topic("T").is_none());
+    assert!(store.queue_offsets("T").is_none());
+    assert!(store.scheduled_due(0, u64::MAX, 10).unwrap().is_empty());
+    store.checkpoint().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    propose(
+        &store,
+        vec![
+            encode_create_topic(&default_topic("T", 1)),
+            encode_messages("T", 0, 1, &send_body(&messages("T", 1, "E")), 5),
+        ],
+    );
+    assert_eq!(bodies(&store, "T", 0, 0, &[]), ["E-0"]);
+    assert_eq!(store.consumer_offset("g", "T", 0).unwrap(), None);
+    assert_eq!(store.consumer_offset("late", "T", 0).unwrap(), None);
 }
 
 #[test]

@@ -134,7 +134,7 @@ struct ResendView {
         (status = 200, body = ResendView),
         (status = 400, description = "Bad request", body = ErrorBody),
         (status = 404, description = "No such dead letter, or its topic is gone", body = ErrorBody),
-        (status = 409, description = "Not the leader", body = ErrorBody),
+        (status = 409, description = "Not the leader, or refused (the message says which were re-sent)", body = ErrorBody),
         (status = 503, description = "Outcome unknown", body = ErrorBody),
     ),
     tag = "dlq"
@@ -216,6 +216,18 @@ async fn dlq_resend(
         match core.propose(payload).await {
             Ok(ferromq_store::ApplyOutcome::Appended { .. }) => {
                 resent.push((offset, topic, record.id.to_string()));
+            }
+            Ok(ferromq_store::ApplyOutcome::Rejected(reason)) => {
+                return Err(ApiError {
+                    status: axum::http::StatusCode::CONFLICT,
+                    code: "not_resent",
+                    message: format!(
+                        "the dead letter at offset {offset} was not re-sent ({reason}); \
+                         re-sent before it: {:?}",
+                        resent.iter().map(|(at, _, _)| *at).collect::<Vec<u64>>()
+                    ),
+                    retriable: false,
+                })
             }
             Ok(other) => return Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
             Err(err) => return Err(propose_error(&core, err)),

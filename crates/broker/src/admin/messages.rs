@@ -213,9 +213,12 @@ fn stored_between(
     limit: usize,
 ) -> Result<Vec<MessageView>, ferromq_store::StoreError> {
     let mut found = Vec::new();
-    for (queue, _, _) in store.queue_offsets(topic).unwrap_or_default() {
+    let queues = store.queue_offsets(topic).unwrap_or_default();
+    // About 16 MiB read in all, however many queues the topic has.
+    let per_queue_bytes = (16 * 1024 * 1024 / queues.len().max(1)).max(64 * 1024);
+    for (queue, _, _) in queues {
         let start = store.search_offset(topic, queue, from)?;
-        let read = store.read_queue(topic, queue, start, limit, 16 * 1024 * 1024, &[])?;
+        let read = store.read_queue(topic, queue, start, limit, per_queue_bytes, &[])?;
         found.extend(
             read.messages
                 .into_iter()

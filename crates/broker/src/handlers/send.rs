@@ -38,7 +38,9 @@ async fn store(core: &BrokerCore, connection: &Connection, request: &Request) ->
             return Reply::error(Status::ParameterError, "reply_to must be 1..=255 bytes");
         }
         // Replies to this request come back over this connection.
-        core.replies.register(requester, connection);
+        if let Err(message) = core.replies.register(requester, connection) {
+            return Reply::error(Status::NoPermission, message);
+        }
     }
     if let Err(message) = validate_topic(&send.topic) {
         return Reply::error(Status::ParameterError, message);

@@ -14,10 +14,12 @@ use super::ApiError;
 
 /// Who may change things through the admin API. Reads (`GET`) are open to whoever reaches
 /// the port (probes and metrics must be); anything else needs `Authorization: Bearer <token>`
-/// when a token is configured, and otherwise comes only from a loopback address.
+/// when a token is configured, and otherwise comes only from a loopback address. With
+/// `protect_reads`, reads under `/v1/` (message bodies, for one) are guarded the same way.
 #[derive(Clone)]
 pub struct AdminAccess {
     token: Option<Arc<str>>,
+    protect_reads: bool,
 }
 
 /// How long a refused mutation waits before its answer, to slow down token guessing.
@@ -25,9 +27,10 @@ const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(250)
 
 impl AdminAccess {
     /// `token`: empty for none.
-    pub fn new(token: &str) -> AdminAccess {
+    pub fn new(token: &str, protect_reads: bool) -> AdminAccess {
         AdminAccess {
             token: (!token.is_empty()).then(|| Arc::from(token)),
+            protect_reads,
         }
     }
 
@@ -43,10 +46,14 @@ impl AdminAccess {
     }
 
     fn check(&self, request: &Request) -> Result<(), ApiError> {
-        if matches!(
+        let read = matches!(
             *request.method(),
             Method::GET | Method::HEAD | Method::OPTIONS
-        ) {
+        );
+        let path = request.uri().path();
+        let guarded_read =
+            self.protect_reads && path.starts_with("/v1/") && path != "/v1/openapi.json";
+        if read && !guarded_read {
             return Ok(());
         }
         match &self.token {
@@ -63,9 +70,7 @@ impl AdminAccess {
                     Err(ApiError {
                         status: StatusCode::UNAUTHORIZED,
                         code: "unauthorized",
-                        message: "this request changes the broker: send Authorization: Bearer \
-                                  <admin_token>"
-                            .into(),
+                        message: "this request needs Authorization: Bearer <admin_token>".into(),
                         retriable: false,
                     })
                 }
