@@ -403,6 +403,8 @@ fn every_command_explains_its_own_options() {
         (vec!["admin", "--help"], "--admin"),
         (vec!["admin", "dlq", "resend", "--help"], "--offset"),
         (vec!["admin", "--help"], "--token"),
+        (vec!["admin", "--help"], "--admin-ca"),
+        (vec!["--help"], "--tls-ca"),
         (vec!["admin", "topic", "create", "--help"], "--perm"),
         (vec!["admin", "message", "query", "--help"], "--from-ms"),
         (vec!["admin", "raft", "add-member", "--help"], "--raft-addr"),

@@ -154,3 +154,56 @@ async fn a_group_speaks_tls_to_clients_and_mutual_tls_between_members() {
         String::from_utf8_lossy(&sent.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_speaks_https_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("node.pem"), file("node.key"));
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let addresses = ferromq_integration_tests::addr_file(dir.path(), "https-broker");
+    let mut command =
+        std::process::Command::new(ferromq_integration_tests::binary("ferromq-broker"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--nameserver", &nameserver.addr])
+        .arg("--data-dir")
+        .arg(dir.path().join("b"))
+        .arg("--addr-file")
+        .arg(&addresses)
+        .env("FERROMQ_ADMIN_TLS__CERT_FILE", &cert)
+        .env("FERROMQ_ADMIN_TLS__KEY_FILE", &key);
+    let mut process =
+        ferromq_integration_tests::Process::spawn("https-broker", &mut command, dir.path());
+    let admin = ferromq_integration_tests::read_addr_file(&addresses, &mut process)["admin_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let over_https = |args: &[&str]| {
+        let mut all = vec![
+            "admin",
+            "--admin",
+            admin.as_str(),
+            "--admin-ca",
+            ca.as_str(),
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        ferromq(&all)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !over_https(&["raft", "status"]).status.success() {
+        assert!(std::time::Instant::now() < deadline, "{}", process.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = over_https(&["topic", "create", "audited"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // Plain HTTP gets no answer it can use.
+    let plain = ferromq(&["admin", "--admin", &admin, "topic", "list"]);
+    assert!(!plain.status.success());
+}

@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     /// Guard reads under `/v1/` (message bodies, dead letters, traces) like changes: the
     /// token, or loopback without one. Probes, metrics and the OpenAPI document stay open.
     pub admin_protect_reads: bool,
+    /// HTTPS on the admin port (`cert_file`, `key_file`; `client_ca_file` requires client
+    /// certificates); empty: plain HTTP.
+    pub admin_tls: ferromq_service::tls::TlsConfig,
     /// Where the commit log, consume queues and state live.
     pub data_dir: PathBuf,
     /// Nameservers to register with; empty runs without registration.
@@ -255,6 +258,7 @@ impl Default for BrokerConfig {
             admin_listen: "127.0.0.1:10913".into(),
             admin_token: String::new(),
             admin_protect_reads: false,
+            admin_tls: ferromq_service::tls::TlsConfig::default(),
             data_dir: PathBuf::from("data/broker"),
             nameservers: vec!["127.0.0.1:9876".into()],
             heartbeat_interval_ms: 30_000,
@@ -342,6 +346,7 @@ impl BrokerConfig {
         self.tls.client_port()?;
         self.tls.peer_port()?;
         self.tls.nameservers()?;
+        self.admin_tls.server()?;
         ferromq_protocol::message::validate_group(&self.group)
             .map_err(|e| format!("group: {e}"))?;
         if self.heartbeat_interval_ms == 0 {

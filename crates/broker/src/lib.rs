@@ -254,10 +254,15 @@ impl Broker {
         let access =
             http::AdminAccess::new(&core.config.admin_token, core.config.admin_protect_reads);
         info!("{}", access.describe());
+        let admin_tls = core
+            .config
+            .admin_tls
+            .server()
+            .map_err(BrokerError::Config)?;
         tasks.spawn(http::serve_http(
             admin_listener,
             router,
-            access,
+            (access, admin_tls),
             shutdown.clone(),
         ));
         for nameserver in core.config.nameservers.clone() {

@@ -19,6 +19,9 @@ pub struct AdminArgs {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Speak HTTPS to the admin port, trusting this CA (PEM file; the broker's `admin_tls`).
+    #[arg(long, global = true)]
+    admin_ca: Option<std::path::PathBuf>,
     /// Bearer token for requests that change something (the broker's `admin_token`).
     #[arg(
         long,
@@ -226,7 +229,13 @@ pub async fn run(nameservers: Vec<String>, args: AdminArgs) -> anyhow::Result<()
         }
     };
     let (method, path, body) = request_of(&args.command)?;
-    let (status, answer) = http(&admin, method, &path, &body, args.token.as_deref()).await?;
+    let (status, answer) = http(
+        &admin,
+        (method, &path, &body),
+        args.token.as_deref(),
+        args.admin_ca.as_deref(),
+    )
+    .await?;
     let value: Value = serde_json::from_str(&answer).unwrap_or(Value::String(answer.clone()));
     if status >= 400 {
         let message = value["message"].as_str().unwrap_or(&answer);
@@ -411,14 +420,25 @@ fn page_path(path: &str, after: &Option<String>, limit: usize) -> String {
 /// One HTTP/1.1 request (the admin API speaks JSON, closes after the answer).
 async fn http(
     addr: &str,
-    method: &str,
-    path: &str,
-    body: &str,
+    (method, path, body): (&str, &str, &str),
     token: Option<&str>,
+    ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the admin API at {addr}"))?;
+    let mut stream: Box<dyn Stream> = match ca_file {
+        None => Box::new(stream),
+        Some(ca_file) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Box::new(
+                ferromq_service::tls::connect(stream, host, ca_file)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+    };
     let authorization = token.map_or_else(String::new, |token| {
         format!("Authorization: Bearer {token}\r\n")
     });
@@ -455,6 +475,10 @@ async fn http(
     };
     Ok((status, body))
 }
+
+/// A plain or TLS connection to the admin port.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// The body of a chunked HTTP answer.
 fn dechunk(mut text: &str) -> String {

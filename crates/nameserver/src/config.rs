@@ -14,6 +14,9 @@ pub struct NameserverConfig {
     /// only from loopback addresses. Never printed.
     #[serde(serialize_with = "ferromq_service::config::redact")]
     pub admin_token: String,
+    /// HTTPS on the admin port (`cert_file`, `key_file`; `client_ca_file` requires client
+    /// certificates); empty: plain HTTP.
+    pub admin_tls: ferromq_service::tls::TlsConfig,
     /// A broker that has not heartbeated for this long leaves the routes.
     pub broker_expiry_ms: u64,
     /// How often expired brokers are looked for.
@@ -32,6 +35,7 @@ impl Default for NameserverConfig {
             listen: "0.0.0.0:9876".into(),
             admin_listen: "127.0.0.1:9877".into(),
             admin_token: String::new(),
+            admin_tls: ferromq_service::tls::TlsConfig::default(),
             broker_expiry_ms: 120_000,
             scan_interval_ms: 5_000,
             limits: LimitsConfig::default(),
@@ -48,6 +52,7 @@ impl NameserverConfig {
         }
         self.auth.validate()?;
         self.tls.server()?;
+        self.admin_tls.server()?;
         self.limits.validate()
     }
 }

@@ -117,10 +117,11 @@ impl Nameserver {
             .merge(admin::openapi_router(openapi()));
         let access = admin::AdminAccess::new(&config.admin_token, false);
         info!("{}", access.describe());
+        let admin_tls = config.admin_tls.server().map_err(NameserverError::Config)?;
         tasks.spawn(admin::serve_http(
             admin_listener,
             router,
-            access,
+            (access, admin_tls),
             shutdown.clone(),
         ));
         tasks.close();

@@ -41,3 +41,18 @@ pub fn server(
         _ => Err("tls: cert_file and key_file go together (and client_ca_file needs them)".into()),
     }
 }
+
+/// A TLS session to `host` over `stream`, trusting the CA in `ca_file` (admin clients).
+pub async fn connect(
+    stream: tokio::net::TcpStream,
+    host: &str,
+    ca_file: &Path,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tls = ferromq_transport::tls::client_from_pem(ca_file, None)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|err| format!("{host:?} is not a valid TLS server name: {err}"))?;
+    tokio_rustls::TlsConnector::from(tls.config)
+        .connect(name, stream)
+        .await
+        .map_err(|err| format!("TLS to {host}: {err}"))
+}

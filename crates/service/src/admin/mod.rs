@@ -21,6 +21,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::connections::{ConnectionTable, ConnectionView};
 
 mod access;
+mod https;
 
 pub use access::AdminAccess;
 
@@ -323,22 +324,36 @@ pub fn bad_request(message: String) -> ApiError {
     }
 }
 
-/// Serves `router` on `listener`, guarded by `access`, until `shutdown` is cancelled.
+/// Serves `router` on `listener` (HTTPS with `tls`), guarded by `access`, until `shutdown`
+/// is cancelled.
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
-    access: AdminAccess,
+    (access, tls): (AdminAccess, Option<Arc<rustls::ServerConfig>>),
     shutdown: CancellationToken,
 ) {
+    use axum::serve::ListenerExt;
     let router = router
         .layer(axum::middleware::from_fn_with_state(access, access::guard))
         .layer(axum::middleware::from_fn(json_errors));
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await;
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let stopped = async move { shutdown.cancelled().await };
+    let result = match tls {
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        // `tap_io` gives the listener axum's connect-info support for its peer address.
+        Some(tls) => {
+            axum::serve(
+                https::TlsListener::new(listener, tls).tap_io(|_| {}),
+                service,
+            )
+            .with_graceful_shutdown(stopped)
+            .await
+        }
+    };
     if let Err(err) = result {
         warn!(%err, "admin http server failed");
     }
