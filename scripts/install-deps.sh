@@ -57,8 +57,9 @@ fi
 # Python test tools from PyPI, in a virtualenv of Debian's python3 (scripts/env.sh exports
 # TEST_PYTHON and SCHEMATHESIS_BIN): schemathesis fuzzes the admin APIs
 # (integration-tests/tests/openapi_fuzz.rs); prometheus_client, the Prometheus project's own
-# text-format parser, reads /metrics (integration-tests/tests/deploy_metrics.rs).
-PYTHON_TOOLS=("schemathesis==4.32.5" "prometheus-client==0.26.0")
+# text-format parser, reads /metrics (integration-tests/tests/deploy_metrics.rs);
+# kubernetes-validate and yamllint check the Kubernetes manifests (scripts/check-k8s.sh).
+PYTHON_TOOLS=("schemathesis==4.32.5" "prometheus-client==0.26.0" "kubernetes-validate==1.37.0" "yamllint==1.38.0")
 VENV_DIR="${TEST_VENV_DIR:-$HOME/.cache/ferromq/venv}"
 installed="$("$VENV_DIR/bin/pip" freeze 2>/dev/null | tr '_A-Z' '-a-z' || true)"
 missing_tools=()

@@ -3,8 +3,9 @@
 #
 # Runs the whole test suite, exactly as CI does (.ci/run calls this): installs what it needs,
 # then format check, clippy, cargo deny, unit + property + integration tests (cargo nextest,
-# with the real binaries on loopback), doc tests, the client-dependency invariant, and a fuzz
-# smoke run of every fuzz target (wire decoders, SQL selector parser). Environment:
+# with the real binaries on loopback), doc tests, the Kubernetes manifests (scripts/check-k8s.sh),
+# the client-dependency invariant, and a fuzz smoke run of every fuzz target (wire decoders, SQL
+# selector parser). Environment:
 #   FUZZ_SECONDS   length of the fuzz smoke run of each target (default 45)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,9 @@ cargo build --workspace --bins --locked
 step "tests"
 cargo nextest run --workspace --locked --profile ci
 cargo test --workspace --doc --locked
+
+step "Kubernetes manifests (render, validate, lint, invariants)"
+scripts/check-k8s.sh
 
 step "the client SDK builds without RocksDB or raft"
 if cargo tree -p ferromq-client -e normal --locked | grep -Ei '(rocksdb|raft)'; then

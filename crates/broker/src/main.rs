@@ -36,8 +36,12 @@ struct Args {
     #[arg(long)]
     group: Option<String>,
     /// Node id within the group [default: 1].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "node_id_from_pod_name")]
     node_id: Option<u64>,
+    /// Take the node id from a StatefulSet pod name: `broker-a-0` is node 1, `broker-a-2`
+    /// node 3 (Kubernetes: `--node-id-from-pod-name $(POD_NAME)`).
+    #[arg(long)]
+    node_id_from_pod_name: Option<String>,
     /// Once serving, write the bound addresses here as JSON (`{"addr", "admin_addr",
     /// "advertised_addr"}`).
     #[arg(long)]
@@ -48,6 +52,17 @@ struct Args {
     /// Log lines as text or one JSON object per line [default: text, or FERROMQ_LOG_FORMAT].
     #[arg(long, value_enum)]
     log_format: Option<ferromq_service::logging::LogFormat>,
+}
+
+/// `<statefulset>-<ordinal>` → ordinal + 1 (Raft ids start at 1).
+fn node_id_of_pod(pod_name: &str) -> anyhow::Result<u64> {
+    pod_name
+        .rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse::<u64>().ok())
+        .map(|ordinal| ordinal + 1)
+        .with_context(|| {
+            format!("pod name {pod_name:?} does not end in -<ordinal> (a StatefulSet pod's does)")
+        })
 }
 
 #[tokio::main]
@@ -77,6 +92,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(node_id) = args.node_id {
         config.node_id = node_id;
     }
+    if let Some(pod_name) = &args.node_id_from_pod_name {
+        config.node_id = node_id_of_pod(pod_name)?;
+    }
     if args.print_config {
         print!("{}", ferromq_service::config::to_toml(&config));
         return Ok(());
@@ -94,4 +112,17 @@ async fn main() -> anyhow::Result<()> {
     ferromq_service::shutdown_signal().await;
     broker.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn node_ids_come_from_statefulset_ordinals() {
+        assert_eq!(super::node_id_of_pod("broker-a-0").unwrap(), 1);
+        assert_eq!(super::node_id_of_pod("broker-b-12").unwrap(), 13);
+        assert!(super::node_id_of_pod("broker").is_err());
+        assert!(super::node_id_of_pod("broker-a-x").is_err());
+    }
 }

@@ -175,6 +175,10 @@ enum RaftCommand {
     TransferLeader {
         #[arg(long)]
         to: Option<u64>,
+        /// Succeed without doing anything when the broker asked is not the leader (for a
+        /// Kubernetes `preStop` hook, which runs on every member).
+        #[arg(long)]
+        if_leader: bool,
     },
     /// Add a member: it joins as a learner and becomes a voter once caught up. Start it with
     /// `raft.join = true` first.
@@ -228,6 +232,24 @@ pub async fn run(nameservers: Vec<String>, args: AdminArgs) -> anyhow::Result<()
             leader?
         }
     };
+    if let AdminCommand::Raft(RaftCommand::TransferLeader {
+        if_leader: true, ..
+    }) = &args.command
+    {
+        let (status, answer) = http(
+            &admin,
+            ("GET", "/v1/raft", ""),
+            args.token.as_deref(),
+            args.admin_ca.as_deref(),
+        )
+        .await?;
+        let raft: Value = serde_json::from_str(&answer).unwrap_or_default();
+        let alone = raft["voters"].as_array().is_some_and(|v| v.len() <= 1);
+        if status == 200 && (raft["role"] != "Leader" || alone) {
+            println!("{admin} leads no group of several; nothing to hand over");
+            return Ok(());
+        }
+    }
     let (method, path, body) = request_of(&args.command)?;
     let (status, answer) = http(
         &admin,
@@ -383,7 +405,7 @@ fn request_of(command: &AdminCommand) -> anyhow::Result<(&'static str, String, S
             json!({"offsets": offsets, "to": to}).to_string(),
         ),
         AdminCommand::Raft(RaftCommand::Status) => ("GET", "/v1/raft".into(), String::new()),
-        AdminCommand::Raft(RaftCommand::TransferLeader { to }) => {
+        AdminCommand::Raft(RaftCommand::TransferLeader { to, .. }) => {
             let mut path = "/v1/raft:transfer-leader".to_string();
             if let Some(to) = to {
                 path.push_str(&format!("?to={to}"));
