@@ -357,4 +357,34 @@ async fn topic_changes_go_through_the_leader_and_reach_every_member() {
         })
         .await;
     }
+
+    // The preStop hook runs on every member: a follower does nothing, the leader hands over.
+    let hook = |member: &Broker| {
+        ferromq(&[
+            "admin",
+            "--admin",
+            &member.spec.admin,
+            "raft",
+            "transfer-leader",
+            "--if-leader",
+        ])
+    };
+    let out = hook(&group[follower]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        find_leader(&group),
+        Some(leader),
+        "a follower's hook moved nothing"
+    );
+    let out = hook(&group[leader]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(find_leader(&group), Some(leader), "the leader handed over");
 }

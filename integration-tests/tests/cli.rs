@@ -369,6 +369,20 @@ fn admin_commands_work_against_the_standalone() {
     // A standalone broker is a group of one that cannot change: clear refusals.
     let err = admin(&standalone, &["raft", "transfer-leader"]).unwrap_err();
     assert!(err.contains("alone in its group"), "{err}");
+    // As a preStop hook would run it: nothing to do, and no error.
+    let hook = ferromq(&[
+        "--nameserver",
+        &standalone.nameserver,
+        "admin",
+        "raft",
+        "transfer-leader",
+        "--if-leader",
+    ]);
+    assert!(
+        hook.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hook.stderr)
+    );
     let err = admin(
         &standalone,
         &[
