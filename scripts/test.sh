@@ -3,7 +3,8 @@
 #
 # Runs the whole test suite, exactly as CI does (.ci/run calls this): installs what it needs,
 # then format check, clippy, cargo deny, unit + property + integration tests (cargo nextest,
-# with the real binaries on loopback), doc tests, the Kubernetes manifests (scripts/check-k8s.sh),
+# with the real binaries on loopback), doc tests, the container images in a compose cluster
+# through a leader failover, the Kubernetes manifests (scripts/check-k8s.sh),
 # the client-dependency invariant, and a fuzz smoke run of every fuzz target (wire decoders, SQL
 # selector parser). Environment:
 #   FUZZ_SECONDS   length of the fuzz smoke run of each target (default 45)
@@ -42,6 +43,10 @@ cargo build --workspace --bins --locked
 step "tests"
 cargo nextest run --workspace --locked --profile ci
 cargo test --workspace --doc --locked
+
+step "container images and the compose cluster (build, failover without loss)"
+scripts/images.sh
+cargo nextest run -p ferromq-integration-tests --locked --profile ci --run-ignored ignored-only --test compose
 
 step "Kubernetes manifests (render, validate, lint, invariants)"
 scripts/check-k8s.sh
