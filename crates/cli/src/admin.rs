@@ -451,15 +451,11 @@ async fn http(
         .with_context(|| format!("connecting to the admin API at {addr}"))?;
     let mut stream: Box<dyn Stream> = match ca_file {
         None => Box::new(stream),
-        Some(ca_file) => {
-            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            Box::new(
-                ferromq_service::tls::connect(stream, host, ca_file)
-                    .await
-                    .map_err(anyhow::Error::msg)?,
-            )
-        }
+        Some(ca_file) => Box::new(
+            ferromq_service::tls::connect(stream, addr, ca_file)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
     };
     let authorization = token.map_or_else(String::new, |token| {
         format!("Authorization: Bearer {token}\r\n")

@@ -99,16 +99,21 @@ pub fn verify(
         return Err(ProofError::Stale(skew));
     }
     let expected = signature(secret_key, client_id, proof);
-    // Constant time: no early exit on the first differing byte.
-    let diff = expected
-        .iter()
-        .zip(proof.signature.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if diff == 0 {
+    if same_secret(&proof.signature, &expected) {
         Ok(())
     } else {
         Err(ProofError::BadSignature)
     }
+}
+
+/// Compares secrets without stopping at the first difference (only the length can leak).
+pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]

@@ -42,12 +42,14 @@ pub fn server(
     }
 }
 
-/// A TLS session to `host` over `stream`, trusting the CA in `ca_file` (admin clients).
+/// A TLS session over `stream` to `addr` (`host:port`), trusting the CA in `ca_file` (admin
+/// clients).
 pub async fn connect(
     stream: tokio::net::TcpStream,
-    host: &str,
+    addr: &str,
     ca_file: &Path,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let host = ferromq_transport::host_of(addr);
     let tls = ferromq_transport::tls::client_from_pem(ca_file, None)?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|err| format!("{host:?} is not a valid TLS server name: {err}"))?;

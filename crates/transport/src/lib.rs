@@ -18,4 +18,4 @@ pub use error::TransportError;
 pub use handler::{Handler, RejectAll};
 pub use request::{Reply, Request, Response};
 pub use server::serve;
-pub use socket::TlsClient;
+pub use socket::{host_of, TlsClient};

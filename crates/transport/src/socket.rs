@@ -156,8 +156,8 @@ pub(crate) async fn tls_server(
     pumped(session)
 }
 
-/// `host` of `host:port` (`[v6]:port` too).
-fn host_of(addr: &str) -> &str {
+/// `host` of `host:port` (`[v6]:port` too): the name a TLS server's certificate must carry.
+pub fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
 }

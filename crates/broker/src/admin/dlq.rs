@@ -69,7 +69,7 @@ async fn dlq_list(
     Path(group): Path<String>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<DlqPage>, ApiError> {
-    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Query(query) = query?;
     ferromq_protocol::message::validate_group(&group).map_err(bad_request)?;
     let topic = dlq_topic(&group);
     let Some(queues) = core.store.queue_offsets(&topic) else {
@@ -151,7 +151,7 @@ async fn dlq_resend(
     };
     let group = group.to_string();
     ferromq_protocol::message::validate_group(&group).map_err(bad_request)?;
-    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(request) = request?;
     let to_retry = match request.to.as_deref() {
         None | Some("topic") => false,
         Some("retry") => true,

@@ -91,7 +91,7 @@ async fn reset_offsets(
     Path(group): Path<String>,
     request: Result<Json<ResetRequest>, JsonRejection>,
 ) -> Result<Json<ResetView>, ApiError> {
-    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(request) = request?;
     ferromq_protocol::message::validate_group(&group)
         .and_then(|()| ferromq_protocol::message::validate_topic(&request.topic))
         .map_err(bad_request)?;
@@ -195,7 +195,7 @@ async fn lag(
     Path(group): Path<String>,
     query: Result<Query<LagQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TopicLag>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Query(query) = query?;
     ferromq_protocol::message::validate_group(&group).map_err(bad_request)?;
     let store = core.store.clone();
     let lags = tokio::task::spawn_blocking(move || {
@@ -319,18 +319,13 @@ async fn list(
     State(core): State<Arc<BrokerCore>>,
     query: Result<Query<GroupPageQuery>, QueryRejection>,
 ) -> Result<Json<Page<GroupSummary>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Query(query) = query?;
     let limit = page_limit(query.limit, 100)?;
     let groups = known_groups(&core)?;
-    let after = query.after.unwrap_or_default();
     let items = groups
         .into_values()
-        .filter(|g| query_after(&g.group, &after));
+        .filter(|g| query.after.as_ref().is_none_or(|after| g.group > *after));
     Ok(Json(Page::of(items, limit, |g| g.group.clone())))
-}
-
-fn query_after(name: &str, after: &str) -> bool {
-    after.is_empty() || name > after
 }
 
 #[derive(Serialize, ToSchema)]

@@ -147,7 +147,7 @@ async fn messages(
     State(core): State<Arc<BrokerCore>>,
     query: Result<Query<MessageQuery>, QueryRejection>,
 ) -> Result<Json<Vec<MessageView>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Query(query) = query?;
     ferromq_protocol::message::validate_topic(&query.topic).map_err(bad_request)?;
     if core.store.topic(&query.topic).is_none() {
         return Err(ApiError::not_found(format!(

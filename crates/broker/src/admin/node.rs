@@ -17,7 +17,7 @@ use axum::{
 use ferromq_raftlog::{
     MemberAddress, MembershipChange, MembershipError, PeerProgress, RaftStatus, Role,
 };
-use ferromq_service::admin::{bad_request, ApiError, ErrorBody};
+use ferromq_service::admin::{ApiError, ErrorBody};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -167,7 +167,7 @@ async fn change_members(
     State(core): State<Arc<BrokerCore>>,
     request: Result<Json<MemberRequest>, JsonRejection>,
 ) -> Result<Json<MembersView>, ApiError> {
-    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(request) = request?;
     if core.peer_client.is_none() {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -248,7 +248,7 @@ async fn transfer_leader(
     State(core): State<Arc<BrokerCore>>,
     target: Result<Query<TransferTarget>, QueryRejection>,
 ) -> Result<Json<Transferred>, ApiError> {
-    let Query(target) = target.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Query(target) = target?;
     match hand_over_leadership(&core, target.to).await {
         Ok(leader_id) => Ok(Json(Transferred { leader_id })),
         Err(message) => Err(ApiError {

@@ -114,7 +114,7 @@ async fn list(
     State(core): State<Arc<BrokerCore>>,
     query: Result<Query<TopicPageQuery>, QueryRejection>,
 ) -> Result<Json<Page<TopicView>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Query(query) = query?;
     let limit = page_limit(query.limit, 100)?;
     let topics = core
         .store
@@ -187,7 +187,7 @@ async fn create(
     State(core): State<Arc<BrokerCore>>,
     request: Result<Json<CreateRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TopicView>), ApiError> {
-    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(request) = request?;
     validate_topic(&request.name).map_err(bad_request)?;
     let queues = request.queues.unwrap_or(core.config.topics.default_queues);
     check_queues(&core, queues)?;
@@ -312,7 +312,7 @@ async fn update(
     Path(name): Path<String>,
     request: Result<Json<UpdateRequest>, JsonRejection>,
 ) -> Result<Json<TopicView>, ApiError> {
-    let Json(request) = request.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Json(request) = request?;
     let current = existing(&core, &name)?;
     let mut updated = current.clone();
     if let Some(queues) = request.queues {

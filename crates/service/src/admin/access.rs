@@ -10,6 +10,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use ferromq_protocol::auth::same_secret;
+
 use super::ApiError;
 
 /// Who may change things through the admin API. Reads (`GET`) are open to whoever reaches
@@ -95,16 +97,6 @@ impl AdminAccess {
             }
         }
     }
-}
-
-/// Compares without stopping at the first difference (only the length can leak).
-fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
-    presented.len() == expected.len()
-        && presented
-            .iter()
-            .zip(expected)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
 }
 
 pub(super) async fn guard(

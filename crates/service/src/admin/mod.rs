@@ -106,7 +106,7 @@ async fn connections(
     State(table): State<Arc<ConnectionTable>>,
     query: Result<Query<ConnectionPageQuery>, QueryRejection>,
 ) -> Result<Json<Page<ConnectionView>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| bad_request(rejection.body_text()))?;
+    let Query(query) = query?;
     let limit = page_limit(query.limit, 100)?;
     let views = table.views(query.after, limit + 1);
     Ok(Json(Page::of(views.into_iter(), limit, |c| {
@@ -312,6 +312,20 @@ pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiErro
         other => Err(bad_request(format!(
             "limit must be in 1..=1000, not {other}"
         ))),
+    }
+}
+
+/// A malformed query string is the caller's mistake: 400 with what was wrong.
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        bad_request(rejection.body_text())
+    }
+}
+
+/// A malformed or mistyped JSON body likewise.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+        bad_request(rejection.body_text())
     }
 }
 
