@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ferromq_client::Client;
+use ferromq_client::{Client, Consumer, ConsumerConfig, Message, Producer};
 
 /// Path of a workspace binary: next to the running executable (a binary of this crate, e.g.
 /// `ferromq-chaos`) or one directory up (a test executable in `deps/`).
@@ -565,6 +565,40 @@ pub fn raft_status(broker: &Broker) -> serde_json::Value {
     let (status, body) = http_get(&broker.spec.admin, "/v1/raft").expect("admin endpoint answers");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("json")
+}
+
+/// Sends `<prefix>-0` … `<prefix>-<count - 1>` to `topic`, one at a time; each must succeed.
+pub async fn send_numbered(producer: &Producer, topic: &str, prefix: &str, count: usize) {
+    for i in 0..count {
+        producer
+            .send(Message::new(topic, format!("{prefix}-{i}")))
+            .await
+            .unwrap_or_else(|err| panic!("sending {prefix}-{i} to {topic}: {err}"));
+    }
+}
+
+/// Joins `group` on `topic` (heartbeats every 300 ms) and receives until `count` distinct
+/// bodies arrived, each within 20 s. Delivery is at least once (a rebalance may hand a message
+/// out again), so distinct bodies are counted. Returns the consumer, still a member.
+pub async fn consume_distinct(client: &Client, group: &str, topic: &str, count: usize) -> Consumer {
+    let mut consumer = client
+        .consumer(group)
+        .subscribe(topic, "*")
+        .config(ConsumerConfig {
+            heartbeat_interval_ms: 300,
+            ..ConsumerConfig::default()
+        })
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("joining {group} on {topic}: {err}"));
+    let mut received = std::collections::BTreeSet::new();
+    while received.len() < count {
+        let message = within(Duration::from_secs(20), consumer.recv())
+            .await
+            .unwrap_or_else(|| panic!("{group} on {topic}: the consumer stopped"));
+        received.insert(message.body.to_vec());
+    }
+    consumer
 }
 
 /// A client of the given nameserver with a short request timeout.

@@ -7,10 +7,10 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use ferromq_client::{ConsumerConfig, Message};
+use ferromq_client::Message;
 use ferromq_integration_tests::{
-    client, ferromq, find_leader, http_get, http_request, start_group, start_nameserver, within,
-    Broker,
+    client, consume_distinct, ferromq, find_leader, http_get, http_request, send_numbered,
+    start_group, start_nameserver, Broker,
 };
 use serde_json::Value;
 
@@ -88,28 +88,8 @@ async fn topics_groups_connections_and_messages_through_the_api_and_the_cli() {
     let client = client(&nameserver.addr).await;
     let producer = client.producer();
     let before = ferromq_protocol::message::now_millis();
-    for i in 0..6 {
-        producer
-            .send(Message::new("orders", format!("order-{i}")))
-            .await
-            .unwrap();
-    }
-    let mut consumer = client
-        .consumer("billing")
-        .subscribe("orders", "*")
-        .config(ConsumerConfig {
-            heartbeat_interval_ms: 300,
-            ..ConsumerConfig::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    // At least once: a rebalance may hand a message out again, so count distinct ones.
-    let mut received = std::collections::BTreeSet::new();
-    while received.len() < 6 {
-        let message = within(WAIT, consumer.recv()).await.unwrap();
-        received.insert(message.body.to_vec());
-    }
+    send_numbered(&producer, "orders", "order", 6).await;
+    let mut consumer = consume_distinct(&client, "billing", "orders", 6).await;
     consumer.commit().await.unwrap();
 
     let shown = admin(api, &["topic", "show", "orders"]).unwrap();

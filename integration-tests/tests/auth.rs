@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
-use ferromq_client::{Client, ConsumerConfig, Message};
-use ferromq_integration_tests::{ferromq, start_nameserver, within, Broker};
+use ferromq_client::{Client, Message};
+use ferromq_integration_tests::{
+    consume_distinct, ferromq, send_numbered, start_nameserver, Broker,
+};
 
 const USERS: &str = r#"[
   { access_key = "orders-app", secret_key = "orders-secret-0123", publish = ["orders"], subscribe = ["orders"], groups = ["billing"] },
@@ -60,12 +62,7 @@ async fn credentials_are_checked_and_every_permission_enforced() {
 
     // Publish: only to granted topics.
     let producer = app.producer();
-    for i in 0..5 {
-        producer
-            .send(Message::new("orders", format!("order-{i}")))
-            .await
-            .unwrap();
-    }
+    send_numbered(&producer, "orders", "order", 5).await;
     let err = producer
         .send(Message::new("payments", "not granted"))
         .await
@@ -84,21 +81,7 @@ async fn credentials_are_checked_and_every_permission_enforced() {
     assert!(err.to_string().contains("may not publish"), "{err}");
 
     // Subscribe: as a granted group (by prefix here) on a granted topic.
-    let mut consumer = reader
-        .consumer("audit-eu")
-        .subscribe("orders", "*")
-        .config(ConsumerConfig {
-            heartbeat_interval_ms: 300,
-            ..ConsumerConfig::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    for _ in 0..5 {
-        within(Duration::from_secs(20), consumer.recv())
-            .await
-            .unwrap();
-    }
+    let mut consumer = consume_distinct(&reader, "audit-eu", "orders", 5).await;
     consumer.commit().await.unwrap();
     consumer.shutdown().await.unwrap();
     // Another group's backlog, or a group not granted, is refused.

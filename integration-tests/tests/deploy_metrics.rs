@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferromq_client::{ConsumerConfig, Message};
 use ferromq_integration_tests::{
-    client, find_leader, http_get, start_group, start_nameserver, wait_until, within,
+    client, consume_distinct, find_leader, http_get, send_numbered, start_group, start_nameserver,
+    wait_until,
 };
 
 fn repo_file(path: &str) -> String {
@@ -174,28 +174,8 @@ async fn every_catalogued_metric_is_exported_in_valid_prometheus_text() {
     let group = start_group("metrics", 3, dir.path(), &nameserver.addr, &[]);
     let client = client(&nameserver.addr).await;
     client.create_topic("orders", 2).await.unwrap();
-    let producer = client.producer();
-    for i in 0..20 {
-        producer
-            .send(Message::new("orders", format!("order-{i}")))
-            .await
-            .unwrap();
-    }
-    let mut consumer = client
-        .consumer("billing")
-        .subscribe("orders", "*")
-        .config(ConsumerConfig {
-            heartbeat_interval_ms: 300,
-            ..ConsumerConfig::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    for _ in 0..20 {
-        within(Duration::from_secs(20), consumer.recv())
-            .await
-            .unwrap();
-    }
+    send_numbered(&client.producer(), "orders", "order", 20).await;
+    let mut consumer = consume_distinct(&client, "billing", "orders", 20).await;
     consumer.commit().await.unwrap();
 
     let leader = find_leader(&group).unwrap();

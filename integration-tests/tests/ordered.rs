@@ -91,6 +91,19 @@ async fn wait_for(log: &Log, handled: usize) {
     }
 }
 
+/// Waits until `total` distinct messages were handled.
+async fn wait_for_distinct(log: &Log, total: usize) {
+    let deadline = Instant::now() + WAIT;
+    while distinct(log) < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} handled",
+            distinct(log)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn distinct(log: &Log) -> usize {
     let log = log.lock().unwrap();
     let mut seen: Vec<(String, usize)> = log.iter().map(|h| (h.key.clone(), h.seq)).collect();
@@ -131,15 +144,7 @@ async fn each_key_is_consumed_in_order_while_members_join_leave_and_crash() {
     wait_for(&log, 450).await;
     // C crashes: its locks hold until their lease ends.
     c.abort();
-    let deadline = Instant::now() + WAIT;
-    while distinct(&log) < total {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {total} handled",
-            distinct(&log)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_distinct(&log, total).await;
     stop_b.cancel();
     within(WAIT, b).await.unwrap();
 
@@ -301,15 +306,7 @@ async fn orderly_consumption_continues_in_order_across_a_broker_kill() {
     // back with the same locks (they are in its log and checkpoints).
     broker.restart();
     let total = KEYS * PER_KEY;
-    let deadline = Instant::now() + WAIT;
-    while distinct(&log) < total {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {total} handled",
-            distinct(&log)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_distinct(&log, total).await;
     stop.cancel();
     within(WAIT, member).await.unwrap();
     assert_in_order(&log.lock().unwrap());
@@ -333,15 +330,7 @@ async fn orderly_consumption_keeps_order_across_a_leader_kill_in_a_group() {
     let leader = ferromq_integration_tests::find_leader(&group).expect("a leader");
     group[leader].process.kill9();
     let total = KEYS * PER_KEY;
-    let deadline = Instant::now() + WAIT;
-    while distinct(&log) < total {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {total} handled",
-            distinct(&log)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_distinct(&log, total).await;
     stop_a.cancel();
     stop_b.cancel();
     within(WAIT, a).await.unwrap();

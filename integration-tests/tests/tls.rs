@@ -8,8 +8,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferromq_client::{Client, ConsumerConfig, Message};
-use ferromq_integration_tests::{ferromq, start_group, start_nameserver, within};
+use ferromq_client::Client;
+use ferromq_integration_tests::{
+    consume_distinct, ferromq, send_numbered, start_group, start_nameserver,
+};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 /// Writes `ca.pem` and a certificate for 127.0.0.1/localhost (`node.pem`, `node.key`).
@@ -73,30 +75,8 @@ async fn a_group_speaks_tls_to_clients_and_mutual_tls_between_members() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client.create_topic("secrets", 2).await.unwrap();
-    let producer = client.producer();
-    for i in 0..20 {
-        producer
-            .send(Message::new("secrets", format!("s-{i}")))
-            .await
-            .unwrap();
-    }
-    let mut consumer = client
-        .consumer("vault")
-        .subscribe("secrets", "*")
-        .config(ConsumerConfig {
-            heartbeat_interval_ms: 300,
-            ..ConsumerConfig::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    let mut received = std::collections::BTreeSet::new();
-    while received.len() < 20 {
-        let message = within(Duration::from_secs(20), consumer.recv())
-            .await
-            .unwrap();
-        received.insert(message.body.to_vec());
-    }
+    send_numbered(&client.producer(), "secrets", "s", 20).await;
+    let consumer = consume_distinct(&client, "vault", "secrets", 20).await;
     consumer.shutdown().await.unwrap();
 
     // The peer port takes only members: not plain TCP, not TLS without a certificate of the
