@@ -6,7 +6,8 @@
 #             rocksdb crate's bindgen) - the quick start uses this
 #   (none)    also the test tools: cargo-deny, cargo-fuzz, a nightly toolchain for fuzzing,
 #             cargo-nextest if the machine lacks it, iptables (the chaos test's network
-#             faults), and schemathesis from PyPI in a virtualenv (the admin API fuzz test)
+#             faults), PostgreSQL (the outbox tests' server), and schemathesis from PyPI in a
+#             virtualenv (the admin API fuzz test)
 #   --chaos   what building needs, and iptables (scripts/chaos.sh)
 #   --bench   also iperf3 and fio (the machine's limits), python3 (the report) and perf
 #             (profiles), which scripts/bench.sh uses
@@ -16,7 +17,8 @@ mode="${1:-test}"
 TOOLS_DIR="${FERROMQ_TOOLS_DIR:-$HOME/.cache/ferromq/tools}"
 APT_PACKAGES=(build-essential librocksdb-dev libclang-dev)
 [[ "$mode" != "--build" ]] && APT_PACKAGES+=(iptables)
-[[ "$mode" == "test" ]] && APT_PACKAGES+=(python3 python3-venv)
+# PostgreSQL: the server the outbox tests run against (scripts/postgres.sh starts it).
+[[ "$mode" == "test" ]] && APT_PACKAGES+=(python3 python3-venv postgresql)
 [[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio python3 linux-perf)
 
 missing=()

@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod firewall;
+pub mod outbox;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -180,6 +181,66 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `ferromq standalone` (a nameserver and a broker in one process) on free loopback ports.
+pub struct Standalone {
+    pub process: Process,
+    pub nameserver: String,
+    pub data: tempfile::TempDir,
+}
+
+/// Starts `ferromq standalone` and waits until it takes a send.
+pub fn start_standalone() -> Standalone {
+    let data = tempfile::tempdir().unwrap();
+    let file = addr_file(data.path(), "standalone");
+    let mut command = Command::new(binary("ferromq"));
+    command
+        .arg("standalone")
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .args(["--nameserver-listen", "127.0.0.1:0"])
+        .args(["--nameserver-admin-listen", "127.0.0.1:0"])
+        .args(["--broker-listen", "127.0.0.1:0"])
+        .args(["--broker-admin-listen", "127.0.0.1:0"])
+        .arg("--addr-file")
+        .arg(&file);
+    let mut process = Process::spawn("standalone", &mut command, data.path());
+    let addresses = read_addr_file(&file, &mut process);
+    let nameserver = addresses["nameserver"].as_str().unwrap().to_string();
+    wait_http_ok(
+        addresses["broker_admin"].as_str().unwrap(),
+        "/readyz",
+        Duration::from_secs(30),
+    );
+    // Ready broker; the first send may still race its registration with the nameserver.
+    let mut warmed_up = false;
+    for _ in 0..200 {
+        let out = ferromq(&[
+            "--nameserver",
+            &nameserver,
+            "send",
+            "--topic",
+            "warmup",
+            "--body",
+            "x",
+        ]);
+        if out.status.success() {
+            warmed_up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        warmed_up,
+        "standalone never accepted a send:\n{}",
+        process.log()
+    );
+    Standalone {
+        process,
+        nameserver,
+        data,
     }
 }
 

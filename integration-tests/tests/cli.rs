@@ -3,69 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use std::time::Duration;
 
-use ferromq_integration_tests::{
-    addr_file, binary, ferromq, read_addr_file, wait_http_ok, Process,
-};
-
-struct Standalone {
-    _process: Process,
-    nameserver: String,
-    _data: tempfile::TempDir,
-}
-
-fn standalone() -> Standalone {
-    let data = tempfile::tempdir().unwrap();
-    let file = addr_file(data.path(), "standalone");
-    let mut command = Command::new(binary("ferromq"));
-    command
-        .arg("standalone")
-        .arg("--data-dir")
-        .arg(data.path().join("data"))
-        .args(["--nameserver-listen", "127.0.0.1:0"])
-        .args(["--nameserver-admin-listen", "127.0.0.1:0"])
-        .args(["--broker-listen", "127.0.0.1:0"])
-        .args(["--broker-admin-listen", "127.0.0.1:0"])
-        .arg("--addr-file")
-        .arg(&file);
-    let mut process = Process::spawn("standalone", &mut command, data.path());
-    let addresses = read_addr_file(&file, &mut process);
-    let nameserver = addresses["nameserver"].as_str().unwrap().to_string();
-    wait_http_ok(
-        addresses["broker_admin"].as_str().unwrap(),
-        "/readyz",
-        Duration::from_secs(30),
-    );
-    // Ready broker; the first send may still race its registration with the nameserver.
-    let mut warmed_up = false;
-    for _ in 0..200 {
-        let out = ferromq(&[
-            "--nameserver",
-            &nameserver,
-            "send",
-            "--topic",
-            "warmup",
-            "--body",
-            "x",
-        ]);
-        if out.status.success() {
-            warmed_up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        warmed_up,
-        "standalone never accepted a send:\n{}",
-        process.log()
-    );
-    Standalone {
-        _process: process,
-        nameserver,
-        _data: data,
-    }
-}
+use ferromq_integration_tests::{binary, ferromq, start_standalone as standalone, Standalone};
 
 #[test]
 fn send_and_consume_commands_round_trip_messages_with_tags_keys_and_properties() {

@@ -28,6 +28,8 @@ mod consumer;
 mod error;
 mod filter;
 pub mod idempotent;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod producer;
 mod request;
 pub mod transaction;

@@ -87,6 +87,12 @@ pub fn sharding_hash(key: &str) -> u64 {
     hash ^ (hash >> 33)
 }
 
+/// The selector of [`Producer::send_ordered`]: the key's hash modulo the number of queues.
+fn key_selector(sharding_key: &str) -> impl QueueSelector {
+    let hash = sharding_hash(sharding_key);
+    move |queues: &[MessageQueue], _: &Message| (hash % queues.len().max(1) as u64) as usize
+}
+
 /// A queue a message can be sent to.
 #[derive(Debug, Clone)]
 struct Target {
@@ -317,11 +323,37 @@ impl Producer {
         message: Message,
         sharding_key: &str,
     ) -> Result<SendReceipt, SendError> {
-        let hash = sharding_hash(sharding_key);
-        let selector = move |queues: &[MessageQueue], _: &Message| {
-            (hash % queues.len().max(1) as u64) as usize
+        self.send_with_selector(message, &key_selector(sharding_key))
+            .await
+    }
+
+    /// Sends messages of one topic that share `sharding_key` as one request to the queue the
+    /// key hashes to: they are stored in this order, with consecutive offsets, or not at all.
+    pub async fn send_batch_ordered(
+        &self,
+        messages: Vec<Message>,
+        sharding_key: &str,
+    ) -> Result<Vec<SendReceipt>, BatchSendError> {
+        let Some(first) = messages.first() else {
+            return Err(BatchSendError {
+                messages,
+                error: ClientError::InvalidMessage("a batch needs at least one message".into()),
+            });
         };
-        self.send_with_selector(message, &selector).await
+        let target = match self
+            .selected_target(first, &key_selector(sharding_key))
+            .await
+        {
+            Ok(target) => target,
+            Err(error) => return Err(BatchSendError { messages, error }),
+        };
+        match self
+            .send_records(&messages, &SendOptions::default(), Some(target))
+            .await
+        {
+            Ok(receipts) => Ok(receipts),
+            Err(error) => Err(BatchSendError { messages, error }),
+        }
     }
 
     /// Sends to the queue `selector` picks from the topic's writable queues (sorted by broker
@@ -331,41 +363,46 @@ impl Producer {
         message: Message,
         selector: &dyn QueueSelector,
     ) -> Result<SendReceipt, SendError> {
-        let target = async {
-            let route = self.client.route(&message.topic).await?;
-            // Every writable queue, led or not: a group in the middle of an election must not
-            // shift every key to another queue.
-            let mut queues: Vec<MessageQueue> = route
-                .groups
-                .iter()
-                .filter(|g| g.perm & perm::WRITE != 0 && g.queues <= MAX_ROUTE_QUEUES)
-                .flat_map(|g| {
-                    (0..g.queues).map(|queue_id| MessageQueue {
-                        broker_group: g.group.clone(),
-                        queue_id,
-                    })
-                })
-                .collect();
-            queues
-                .sort_by(|a, b| (&a.broker_group, a.queue_id).cmp(&(&b.broker_group, b.queue_id)));
-            if queues.is_empty() {
-                return Err(ClientError::NoRoute(message.topic.clone()));
-            }
-            let index = selector.select(&queues, &message) % queues.len();
-            let queue = queues.swap_remove(index);
-            // The leader is looked up by each attempt; none right now means wait, not move.
-            Ok(Target {
-                group: queue.broker_group,
-                leader: String::new(),
-                queue_id: queue.queue_id,
-            })
-        };
-        let target = match target.await {
+        let target = match self.selected_target(&message, selector).await {
             Ok(target) => target,
             Err(error) => return Err(SendError { message, error }),
         };
         self.send_single(message, &SendOptions::default(), Some(target))
             .await
+    }
+
+    /// The queue `selector` picks for `message`, to pin its sends to.
+    async fn selected_target(
+        &self,
+        message: &Message,
+        selector: &dyn QueueSelector,
+    ) -> Result<Target, ClientError> {
+        let route = self.client.route(&message.topic).await?;
+        // Every writable queue, led or not: a group in the middle of an election must not
+        // shift every key to another queue.
+        let mut queues: Vec<MessageQueue> = route
+            .groups
+            .iter()
+            .filter(|g| g.perm & perm::WRITE != 0 && g.queues <= MAX_ROUTE_QUEUES)
+            .flat_map(|g| {
+                (0..g.queues).map(|queue_id| MessageQueue {
+                    broker_group: g.group.clone(),
+                    queue_id,
+                })
+            })
+            .collect();
+        queues.sort_by(|a, b| (&a.broker_group, a.queue_id).cmp(&(&b.broker_group, b.queue_id)));
+        if queues.is_empty() {
+            return Err(ClientError::NoRoute(message.topic.clone()));
+        }
+        let index = selector.select(&queues, message) % queues.len();
+        let queue = queues.swap_remove(index);
+        // The leader is looked up by each attempt; none right now means wait, not move.
+        Ok(Target {
+            group: queue.broker_group,
+            leader: String::new(),
+            queue_id: queue.queue_id,
+        })
     }
 
     /// Recalls a scheduled message before it is due. Fails (`PARAMETER_ERROR`) when it was

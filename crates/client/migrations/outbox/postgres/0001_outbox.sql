@@ -1,0 +1,45 @@
+-- FerroMQ outbox (local transaction message table), schema version 1, PostgreSQL.
+-- Applied by Outbox::migrate(), or copy it into your own migrations (then skip migrate()).
+-- Times are milliseconds since the Unix epoch, from the clocks of the processes that write them.
+
+CREATE TABLE IF NOT EXISTS ferromq_outbox (
+    id              BIGSERIAL PRIMARY KEY,          -- enqueue order
+    dedup_key       TEXT NOT NULL UNIQUE,           -- first message key of every copy sent
+    topic           TEXT NOT NULL,
+    tag             TEXT,
+    keys            TEXT NOT NULL,                  -- JSON array: the application's keys
+    properties      TEXT NOT NULL,                  -- JSON object
+    body            BYTEA NOT NULL,
+    sharding_key    TEXT,                           -- ordered: sent after every earlier row of this key
+    deliver_at_ms   BIGINT,                         -- delayed: visible to consumers from then on
+    status          TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'sent', 'consumed', 'failed', 'dead_lettered')),
+    attempts        BIGINT NOT NULL DEFAULT 0,      -- send attempts since enqueue or the last re-send
+    resends         BIGINT NOT NULL DEFAULT 0,      -- times sent again because it was not consumed
+    next_attempt_ms BIGINT NOT NULL,                -- back-off: not claimed before this
+    lease_owner     TEXT,                           -- the relay sending it now
+    lease_until_ms  BIGINT,
+    message_id      TEXT,                           -- of the last acknowledged send
+    broker_group    TEXT,
+    queue_id        BIGINT,
+    queue_offset    BIGINT,
+    sent_by         TEXT,                           -- the relay that sent it
+    created_ms      BIGINT NOT NULL,
+    sent_ms         BIGINT,
+    checked_ms      BIGINT,                         -- last consumption check
+    finished_ms     BIGINT,                         -- consumed, failed or dead-lettered
+    last_error      TEXT
+);
+
+-- The relay's claim: pending rows in enqueue order.
+CREATE INDEX IF NOT EXISTS ferromq_outbox_pending ON ferromq_outbox (id) WHERE status = 'pending';
+-- Earlier unsent rows of a sharding key hold back the later ones.
+CREATE INDEX IF NOT EXISTS ferromq_outbox_unsent_by_key ON ferromq_outbox (sharding_key, id)
+    WHERE status IN ('pending', 'failed') AND sharding_key IS NOT NULL;
+-- Consumption tracking visits sent rows, least recently checked first.
+CREATE INDEX IF NOT EXISTS ferromq_outbox_sent ON ferromq_outbox (checked_ms, id) WHERE status = 'sent';
+-- Housekeeping finds finished rows by age.
+CREATE INDEX IF NOT EXISTS ferromq_outbox_finished ON ferromq_outbox (status, finished_ms);
+
+-- Where housekeeping moves finished rows when asked to archive rather than delete.
+CREATE TABLE IF NOT EXISTS ferromq_outbox_archive (LIKE ferromq_outbox);

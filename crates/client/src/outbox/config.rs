@@ -1,0 +1,147 @@
+//! Outbox settings: a plain serde struct, like the rest of the SDK's configuration.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Rows a relay claims and sends at a time.
+    pub batch_size: u32,
+    /// How often an idle relay looks for new rows.
+    pub poll_interval_ms: u64,
+    /// How long a claim lasts. A relay that dies mid-send leaves its rows to the other relays
+    /// after this; a live relay starts no send that could end after it.
+    pub lease_ms: u64,
+    /// Budget of one send to the broker, the producer's own retries included.
+    pub send_timeout_ms: u64,
+    /// Failed send attempts after which a row is `failed` (0: never give up). The defaults
+    /// keep trying for about 8 hours.
+    pub max_attempts: u32,
+    /// Back-off after the first failed attempt; it doubles with each failure up to
+    /// `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consumer groups whose consumption makes a row `consumed` (learned from the brokers'
+    /// message trace). Empty: rows stay `sent`, which is then final.
+    pub track_groups: Vec<String>,
+    /// How often sent rows are checked for consumption (each at most this often).
+    pub track_interval_ms: u64,
+    /// Sent rows checked per round.
+    pub track_batch: u32,
+    /// A row not consumed this long after it became visible is sent again (same dedup key),
+    /// unless the tracked groups' backlog explains the wait.
+    pub resend_after_ms: u64,
+    /// Re-sends after which a row still not consumed is `failed`.
+    pub max_resends: u32,
+    /// Finished rows (consumed; sent, when nothing is tracked) older than this are removed.
+    /// Failed and dead-lettered rows are kept for an operator.
+    pub retention_ms: u64,
+    /// Move removed rows to `ferromq_outbox_archive` instead of deleting them.
+    pub archive: bool,
+    /// How often finished rows are removed and the row gauges refreshed.
+    pub housekeeping_interval_ms: u64,
+    /// A broker's check-back of a half message with no outbox row is answered `Rollback` once
+    /// the message is this old (`Unknown` before: the local transaction may still be running).
+    pub transaction_grace_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            batch_size: 100,
+            poll_interval_ms: 100,
+            lease_ms: 30_000,
+            send_timeout_ms: 3_000,
+            max_attempts: 100,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            track_groups: Vec::new(),
+            track_interval_ms: 5_000,
+            track_batch: 200,
+            resend_after_ms: 300_000,
+            max_resends: 3,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            archive: false,
+            housekeeping_interval_ms: 10_000,
+            transaction_grace_ms: 60_000,
+        }
+    }
+}
+
+/// Time a lease keeps beyond the last send's deadline, for clock differences between relays.
+pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+impl OutboxConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.batch_size) || !(1..=10_000).contains(&self.track_batch) {
+            return Err("batch_size and track_batch must be 1..=10000".into());
+        }
+        let intervals = [
+            self.poll_interval_ms,
+            self.send_timeout_ms,
+            self.backoff_initial_ms,
+            self.track_interval_ms,
+            self.housekeeping_interval_ms,
+        ];
+        if intervals.contains(&0) {
+            return Err("intervals, timeouts and back-off must be positive".into());
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err("backoff_max_ms must be at least backoff_initial_ms".into());
+        }
+        let needed = 2 * self.send_timeout_ms + LEASE_MARGIN.as_millis() as u64;
+        if self.lease_ms < needed {
+            return Err(format!(
+                "lease_ms must be at least twice send_timeout_ms plus 1000 ({needed})"
+            ));
+        }
+        for group in &self.track_groups {
+            ferromq_protocol::message::validate_group(group)
+                .map_err(|err| format!("track_groups: {err}"))?;
+        }
+        Ok(())
+    }
+
+    /// The wait before the next attempt after `attempts` failed ones.
+    pub(crate) fn backoff(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(32);
+        let ms = self
+            .backoff_initial_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.backoff_max_ms);
+        Duration::from_millis(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let config = OutboxConfig::default();
+        let waits: Vec<u64> = (1..=11).map(|n| config.backoff(n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(config.backoff(1000), Duration::from_secs(300));
+        // The defaults keep a row alive through an outage of several hours.
+        let total: Duration = (1..config.max_attempts).map(|n| config.backoff(n)).sum();
+        assert!(total > Duration::from_secs(7 * 3600), "{total:?}");
+    }
+
+    #[test]
+    fn a_lease_shorter_than_two_sends_is_refused() {
+        let config = OutboxConfig {
+            lease_ms: 6_000,
+            ..OutboxConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("lease_ms"));
+        assert!(OutboxConfig::default().validate().is_ok());
+        let config = OutboxConfig {
+            track_groups: vec!["bad group!".into()],
+            ..OutboxConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,685 @@
+//! What the outbox asks of a database: one implementation per sqlx driver (`postgres.rs`,
+//! `sqlite.rs`). Statements both databases understand are written once, in
+//! [`shared_statements!`]; each driver writes only what differs (schema, claiming rows,
+//! housekeeping).
+
+use std::future::Future;
+
+use sqlx::Pool;
+
+/// The raw form of a row, as stored. Decoded into [`super::OutboxRow`] by the caller, so a
+/// row someone edited by hand is reported, not trusted.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct RawRow {
+    pub id: i64,
+    pub dedup_key: String,
+    pub topic: String,
+    pub tag: Option<String>,
+    pub keys: String,
+    pub properties: String,
+    pub body: Vec<u8>,
+    pub sharding_key: Option<String>,
+    pub deliver_at_ms: Option<i64>,
+    pub status: String,
+    pub attempts: i64,
+    pub resends: i64,
+    pub next_attempt_ms: i64,
+    pub message_id: Option<String>,
+    pub broker_group: Option<String>,
+    pub queue_id: Option<i64>,
+    pub queue_offset: Option<i64>,
+    pub sent_by: Option<String>,
+    pub created_ms: i64,
+    pub sent_ms: Option<i64>,
+    pub checked_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// A row to insert: pending (enqueued for the relay) or already sent (the half message of a
+/// broker transaction).
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub dedup_key: String,
+    pub topic: String,
+    pub tag: Option<String>,
+    pub keys: String,
+    pub properties: String,
+    pub body: Vec<u8>,
+    pub sharding_key: Option<String>,
+    pub deliver_at_ms: Option<i64>,
+    pub created_ms: i64,
+    pub sent: Option<SentAs>,
+}
+
+/// Where an acknowledged send was stored.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct SentAs {
+    pub message_id: String,
+    pub broker_group: String,
+    pub queue_id: i64,
+    pub queue_offset: i64,
+    pub sent_by: String,
+    pub sent_ms: i64,
+}
+
+/// What a relay learned about a row it claimed. Recorded only while the relay still holds the
+/// row's lease, so a relay that lost its lease cannot overwrite another's outcome.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub enum SendOutcome {
+    Sent {
+        id: i64,
+        sent: SentAs,
+    },
+    /// Try again from `next_attempt_ms` on.
+    Retry {
+        id: i64,
+        attempts: i64,
+        next_attempt_ms: i64,
+        error: String,
+    },
+    /// Given up: attempts exhausted, or the row can never be sent.
+    Failed {
+        id: i64,
+        attempts: i64,
+        now_ms: i64,
+        error: String,
+    },
+    /// Not tried (an earlier row of its sharding key failed, or the lease ran short).
+    Release {
+        id: i64,
+    },
+}
+
+/// A sent row as consumption tracking sees it.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct SentRow {
+    pub id: i64,
+    pub message_id: String,
+    pub broker_group: String,
+    pub topic: String,
+    pub deliver_at_ms: Option<i64>,
+    pub sent_ms: i64,
+    pub resends: i64,
+}
+
+/// What consumption tracking decided about a sent row. Recorded only while the row is still
+/// `sent` with the same message id, so two relays' trackers cannot both re-send it.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub enum TrackOutcome {
+    Consumed {
+        id: i64,
+        message_id: String,
+        now_ms: i64,
+    },
+    DeadLettered {
+        id: i64,
+        message_id: String,
+        now_ms: i64,
+        error: String,
+    },
+    /// Not consumed yet, for a reason that needs no action; look again later.
+    Checked {
+        id: i64,
+        message_id: String,
+        now_ms: i64,
+        note: Option<String>,
+    },
+    /// Lost: back to pending, to be sent again with the same dedup key.
+    Resend {
+        id: i64,
+        message_id: String,
+        now_ms: i64,
+        reason: String,
+    },
+    /// Lost again after every re-send allowed.
+    GiveUp {
+        id: i64,
+        message_id: String,
+        now_ms: i64,
+        error: String,
+    },
+}
+
+/// Rows per status and the oldest pending row, for metrics and [`super::Outbox::stats`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct RawStats {
+    pub by_status: Vec<(String, i64)>,
+    pub oldest_pending_created_ms: Option<i64>,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+#[cfg(feature = "outbox-postgres")]
+impl sealed::Sealed for sqlx::Postgres {}
+#[cfg(feature = "outbox-sqlite")]
+impl sealed::Sealed for sqlx::Sqlite {}
+
+/// A database the outbox can live in: `sqlx::Postgres` (feature `outbox-postgres`) or
+/// `sqlx::Sqlite` (feature `outbox-sqlite`). Its methods are the outbox's own.
+pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
+    /// Creates or upgrades the tables; returns the schema version now in place.
+    #[doc(hidden)]
+    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+
+    /// Applies the migrations newer than the recorded schema version, inside the caller's
+    /// transaction (which holds the lock that keeps concurrent migrations apart).
+    #[doc(hidden)]
+    fn apply_migrations(
+        connection: &mut Self::Connection,
+        migrations: &'static [(i64, &'static str)],
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+
+    /// Inserts a row; `None` if a row with its dedup key exists (without failing the
+    /// surrounding transaction).
+    #[doc(hidden)]
+    fn insert(
+        connection: &mut Self::Connection,
+        row: &NewRow,
+    ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
+
+    /// Leases up to `limit` pending, due rows to `owner` until `lease_until_ms`, in id order,
+    /// skipping every row of a sharding key after the first that is unsent and not claimed
+    /// here.
+    #[doc(hidden)]
+    fn claim(
+        pool: &Pool<Self>,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<RawRow>, sqlx::Error>> + Send;
+
+    /// Records send outcomes of rows `owner` still holds, in one transaction; returns how many
+    /// rows were updated.
+    #[doc(hidden)]
+    fn record_sends(
+        pool: &Pool<Self>,
+        owner: &str,
+        outcomes: &[SendOutcome],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Sent rows last checked before `checked_before_ms`, least recently checked first.
+    #[doc(hidden)]
+    fn sent_rows(
+        pool: &Pool<Self>,
+        checked_before_ms: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<SentRow>, sqlx::Error>> + Send;
+
+    /// Records tracking decisions in one transaction; returns how many rows were updated.
+    #[doc(hidden)]
+    fn record_tracking(
+        pool: &Pool<Self>,
+        outcomes: &[TrackOutcome],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Deletes (or moves to the archive table) up to `limit` finished rows older than
+    /// `cutoff_ms`: consumed ones, and sent ones when nothing tracks consumption.
+    #[doc(hidden)]
+    fn remove_finished(
+        pool: &Pool<Self>,
+        cutoff_ms: i64,
+        sent_is_finished: bool,
+        archive: bool,
+        limit: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    #[doc(hidden)]
+    fn stats(pool: &Pool<Self>) -> impl Future<Output = Result<RawStats, sqlx::Error>> + Send;
+
+    #[doc(hidden)]
+    fn row_by_id(
+        pool: &Pool<Self>,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<RawRow>, sqlx::Error>> + Send;
+
+    #[doc(hidden)]
+    fn row_by_dedup_key(
+        pool: &Pool<Self>,
+        dedup_key: &str,
+    ) -> impl Future<Output = Result<Option<RawRow>, sqlx::Error>> + Send;
+
+    /// Makes failed rows (one, or all when `id` is `None`) pending again with fresh attempts.
+    #[doc(hidden)]
+    fn retry_failed(
+        pool: &Pool<Self>,
+        id: Option<i64>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+}
+
+/// Every column [`RawRow`] holds, as a literal for `concat!`.
+macro_rules! row_columns {
+    () => {
+        "id, dedup_key, topic, tag, keys, properties, body, sharding_key, deliver_at_ms, status,
+         attempts, resends, next_attempt_ms, message_id, broker_group, queue_id, queue_offset,
+         sent_by, created_ms, sent_ms, checked_ms, finished_ms, last_error"
+    };
+}
+
+/// The statements PostgreSQL and SQLite share (both take `$n` parameters), as methods of
+/// `OutboxDatabase` for the driver `$db`. `$db` is a type, so each expansion is checked
+/// against its own driver's encoders and decoders.
+macro_rules! shared_statements {
+    ($db:ty) => {
+        async fn apply_migrations(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            migrations: &'static [(i64, &'static str)],
+        ) -> Result<i64, sqlx::Error> {
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS ferromq_outbox_migrations (
+                     version BIGINT PRIMARY KEY,
+                     applied_ms BIGINT NOT NULL
+                 )",
+            )
+            .execute(&mut *connection)
+            .await?;
+            let applied: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(version), 0) FROM ferromq_outbox_migrations",
+            )
+            .fetch_one(&mut *connection)
+            .await?;
+            let mut version = applied;
+            for (next, sql) in migrations.iter().filter(|(v, _)| *v > applied) {
+                sqlx::raw_sql(*sql).execute(&mut *connection).await?;
+                sqlx::query(
+                    "INSERT INTO ferromq_outbox_migrations (version, applied_ms) VALUES ($1, $2)",
+                )
+                .bind(next)
+                .bind($crate::outbox::now_ms())
+                .execute(&mut *connection)
+                .await?;
+                version = *next;
+            }
+            Ok(version)
+        }
+
+        async fn insert(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            row: &$crate::outbox::database::NewRow,
+        ) -> Result<Option<i64>, sqlx::Error> {
+            let sent = row.sent.as_ref();
+            let status = if sent.is_some() { "sent" } else { "pending" };
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO ferromq_outbox (dedup_key, topic, tag, keys, properties, body,
+                     sharding_key, deliver_at_ms, status, next_attempt_ms, created_ms,
+                     message_id, broker_group, queue_id, queue_offset, sent_by, sent_ms, checked_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, $16)
+                 ON CONFLICT (dedup_key) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&row.dedup_key)
+            .bind(&row.topic)
+            .bind(&row.tag)
+            .bind(&row.keys)
+            .bind(&row.properties)
+            .bind(&row.body)
+            .bind(&row.sharding_key)
+            .bind(row.deliver_at_ms)
+            .bind(status)
+            .bind(row.created_ms)
+            .bind(sent.map(|s| s.message_id.clone()))
+            .bind(sent.map(|s| s.broker_group.clone()))
+            .bind(sent.map(|s| s.queue_id))
+            .bind(sent.map(|s| s.queue_offset))
+            .bind(sent.map(|s| s.sent_by.clone()))
+            .bind(sent.map(|s| s.sent_ms))
+            .fetch_optional(&mut *connection)
+            .await
+        }
+
+        async fn record_sends(
+            pool: &sqlx::Pool<$db>,
+            owner: &str,
+            outcomes: &[$crate::outbox::database::SendOutcome],
+        ) -> Result<u64, sqlx::Error> {
+            use $crate::outbox::database::SendOutcome;
+            let mut transaction = pool.begin().await?;
+            let mut updated = 0;
+            for outcome in outcomes {
+                let query = match outcome {
+                    SendOutcome::Sent { id, sent } => sqlx::query(
+                        "UPDATE ferromq_outbox SET status = 'sent', attempts = attempts + 1,
+                             message_id = $3, broker_group = $4, queue_id = $5, queue_offset = $6,
+                             sent_by = $7, sent_ms = $8, checked_ms = $8, last_error = NULL,
+                             lease_owner = NULL, lease_until_ms = NULL
+                         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(&sent.message_id)
+                    .bind(&sent.broker_group)
+                    .bind(sent.queue_id)
+                    .bind(sent.queue_offset)
+                    .bind(&sent.sent_by)
+                    .bind(sent.sent_ms),
+                    SendOutcome::Retry {
+                        id,
+                        attempts,
+                        next_attempt_ms,
+                        error,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET attempts = $3, next_attempt_ms = $4,
+                             last_error = $5, lease_owner = NULL, lease_until_ms = NULL
+                         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(attempts)
+                    .bind(next_attempt_ms)
+                    .bind(error),
+                    SendOutcome::Failed {
+                        id,
+                        attempts,
+                        now_ms,
+                        error,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET status = 'failed', attempts = $3,
+                             finished_ms = $4, last_error = $5,
+                             lease_owner = NULL, lease_until_ms = NULL
+                         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(attempts)
+                    .bind(now_ms)
+                    .bind(error),
+                    SendOutcome::Release { id } => sqlx::query(
+                        "UPDATE ferromq_outbox SET lease_owner = NULL, lease_until_ms = NULL
+                         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                    )
+                    .bind(id)
+                    .bind(owner),
+                };
+                updated += query.execute(&mut *transaction).await?.rows_affected();
+            }
+            transaction.commit().await?;
+            Ok(updated)
+        }
+
+        async fn sent_rows(
+            pool: &sqlx::Pool<$db>,
+            checked_before_ms: i64,
+            limit: i64,
+        ) -> Result<Vec<$crate::outbox::database::SentRow>, sqlx::Error> {
+            use sqlx::Row;
+            let rows = sqlx::query(
+                "SELECT id, message_id, broker_group, topic, deliver_at_ms, sent_ms, resends
+                 FROM ferromq_outbox
+                 WHERE status = 'sent' AND checked_ms < $1
+                 ORDER BY checked_ms, id
+                 LIMIT $2",
+            )
+            .bind(checked_before_ms)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok($crate::outbox::database::SentRow {
+                        id: row.try_get("id")?,
+                        message_id: row
+                            .try_get::<Option<String>, _>("message_id")?
+                            .unwrap_or_default(),
+                        broker_group: row
+                            .try_get::<Option<String>, _>("broker_group")?
+                            .unwrap_or_default(),
+                        topic: row.try_get("topic")?,
+                        deliver_at_ms: row.try_get("deliver_at_ms")?,
+                        sent_ms: row.try_get::<Option<i64>, _>("sent_ms")?.unwrap_or(0),
+                        resends: row.try_get("resends")?,
+                    })
+                })
+                .collect()
+        }
+
+        async fn record_tracking(
+            pool: &sqlx::Pool<$db>,
+            outcomes: &[$crate::outbox::database::TrackOutcome],
+        ) -> Result<u64, sqlx::Error> {
+            use $crate::outbox::database::TrackOutcome;
+            let mut transaction = pool.begin().await?;
+            let mut updated = 0;
+            for outcome in outcomes {
+                let query = match outcome {
+                    TrackOutcome::Consumed {
+                        id,
+                        message_id,
+                        now_ms,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET status = 'consumed', checked_ms = $3,
+                             finished_ms = $3, last_error = NULL
+                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                    )
+                    .bind(id)
+                    .bind(message_id)
+                    .bind(now_ms),
+                    TrackOutcome::DeadLettered {
+                        id,
+                        message_id,
+                        now_ms,
+                        error,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET status = 'dead_lettered', checked_ms = $3,
+                             finished_ms = $3, last_error = $4
+                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                    )
+                    .bind(id)
+                    .bind(message_id)
+                    .bind(now_ms)
+                    .bind(error),
+                    TrackOutcome::Checked {
+                        id,
+                        message_id,
+                        now_ms,
+                        note,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET checked_ms = $3, last_error = $4
+                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                    )
+                    .bind(id)
+                    .bind(message_id)
+                    .bind(now_ms)
+                    .bind(note),
+                    TrackOutcome::Resend {
+                        id,
+                        message_id,
+                        now_ms,
+                        reason,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET status = 'pending', resends = resends + 1,
+                             attempts = 0, next_attempt_ms = $3, checked_ms = $3,
+                             last_error = $4
+                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                    )
+                    .bind(id)
+                    .bind(message_id)
+                    .bind(now_ms)
+                    .bind(reason),
+                    TrackOutcome::GiveUp {
+                        id,
+                        message_id,
+                        now_ms,
+                        error,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET status = 'failed', checked_ms = $3,
+                             finished_ms = $3, last_error = $4
+                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                    )
+                    .bind(id)
+                    .bind(message_id)
+                    .bind(now_ms)
+                    .bind(error),
+                };
+                updated += query.execute(&mut *transaction).await?.rows_affected();
+            }
+            transaction.commit().await?;
+            Ok(updated)
+        }
+
+        async fn stats(
+            pool: &sqlx::Pool<$db>,
+        ) -> Result<$crate::outbox::database::RawStats, sqlx::Error> {
+            let by_status = sqlx::query_as::<_, (String, i64)>(
+                "SELECT status, COUNT(*) FROM ferromq_outbox GROUP BY status",
+            )
+            .fetch_all(pool)
+            .await?;
+            let oldest_pending_created_ms = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MIN(created_ms) FROM ferromq_outbox WHERE status = 'pending'",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok($crate::outbox::database::RawStats {
+                by_status,
+                oldest_pending_created_ms,
+            })
+        }
+
+        async fn row_by_id(
+            pool: &sqlx::Pool<$db>,
+            id: i64,
+        ) -> Result<Option<$crate::outbox::database::RawRow>, sqlx::Error> {
+            let row = sqlx::query(
+                concat!(
+                "SELECT ",
+                $crate::outbox::database::row_columns!(),
+                " FROM ferromq_outbox WHERE id = $1"
+            ),
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(raw_row).transpose()
+        }
+
+        async fn row_by_dedup_key(
+            pool: &sqlx::Pool<$db>,
+            dedup_key: &str,
+        ) -> Result<Option<$crate::outbox::database::RawRow>, sqlx::Error> {
+            let row = sqlx::query(
+                concat!(
+                "SELECT ",
+                $crate::outbox::database::row_columns!(),
+                " FROM ferromq_outbox WHERE dedup_key = $1"
+            ),
+            )
+            .bind(dedup_key)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(raw_row).transpose()
+        }
+
+        async fn retry_failed(
+            pool: &sqlx::Pool<$db>,
+            id: Option<i64>,
+            now_ms: i64,
+        ) -> Result<u64, sqlx::Error> {
+            let result = sqlx::query(
+                "UPDATE ferromq_outbox SET status = 'pending', attempts = 0,
+                     next_attempt_ms = $2, finished_ms = NULL
+                 WHERE status = 'failed' AND (CAST($1 AS BIGINT) IS NULL OR id = $1)",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(result.rows_affected())
+        }
+    };
+}
+
+/// Decodes a row selected with [`row_columns!`] for the driver `$db`.
+macro_rules! raw_row_decoder {
+    ($db:ty) => {
+        fn raw_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> Result<$crate::outbox::database::RawRow, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::outbox::database::RawRow {
+                id: row.try_get("id")?,
+                dedup_key: row.try_get("dedup_key")?,
+                topic: row.try_get("topic")?,
+                tag: row.try_get("tag")?,
+                keys: row.try_get("keys")?,
+                properties: row.try_get("properties")?,
+                body: row.try_get("body")?,
+                sharding_key: row.try_get("sharding_key")?,
+                deliver_at_ms: row.try_get("deliver_at_ms")?,
+                status: row.try_get("status")?,
+                attempts: row.try_get("attempts")?,
+                resends: row.try_get("resends")?,
+                next_attempt_ms: row.try_get("next_attempt_ms")?,
+                message_id: row.try_get("message_id")?,
+                broker_group: row.try_get("broker_group")?,
+                queue_id: row.try_get("queue_id")?,
+                queue_offset: row.try_get("queue_offset")?,
+                sent_by: row.try_get("sent_by")?,
+                created_ms: row.try_get("created_ms")?,
+                sent_ms: row.try_get("sent_ms")?,
+                checked_ms: row.try_get("checked_ms")?,
+                finished_ms: row.try_get("finished_ms")?,
+                last_error: row.try_get("last_error")?,
+            })
+        }
+    };
+}
+
+pub(crate) use {raw_row_decoder, row_columns, shared_statements};
+
+/// Of the candidates a claim found (pending, due, not leased), the ids it may take: every row
+/// without a sharding key, and a keyed row only if no unsent row of its key that this claim did
+/// not find comes before it (`first_blocker`: the lowest such id per key). A row backing off,
+/// leased by another relay or failed thus holds back the later rows of its key.
+pub(crate) fn claimable(
+    candidates: &[(i64, Option<String>)],
+    first_blocker: &std::collections::HashMap<String, i64>,
+) -> Vec<i64> {
+    candidates
+        .iter()
+        .filter(|(id, key)| match key {
+            None => true,
+            Some(key) => first_blocker.get(key).is_none_or(|blocker| id < blocker),
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// The distinct sharding keys among claim candidates.
+pub(crate) fn candidate_keys(candidates: &[(i64, Option<String>)]) -> Vec<String> {
+    let mut keys: Vec<String> = candidates.iter().filter_map(|(_, k)| k.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sharding_key_is_held_back_by_its_first_unclaimed_unsent_row() {
+        let candidates = vec![
+            (1, None),
+            (2, Some("a".to_string())),
+            (3, Some("b".to_string())),
+            (5, Some("a".to_string())),
+            (6, None),
+            (8, Some("b".to_string())),
+        ];
+        // Row 4 (key a) backs off; rows of b have nothing before them.
+        let blockers = std::collections::HashMap::from([("a".to_string(), 4)]);
+        assert_eq!(claimable(&candidates, &blockers), vec![1, 2, 3, 6, 8]);
+        assert_eq!(candidate_keys(&candidates), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,136 @@
+//! The outbox on PostgreSQL: rows are claimed with `FOR UPDATE SKIP LOCKED` (concurrent relays
+//! pass over each other's rows instead of waiting) and then leased; migrations hold an advisory
+//! lock, so application instances starting together apply them once.
+
+use std::collections::HashMap;
+
+use sqlx::{Pool, Postgres};
+
+use super::database::{
+    candidate_keys, claimable, raw_row_decoder, row_columns, shared_statements, OutboxDatabase,
+    RawRow,
+};
+
+/// Key of the advisory lock migrations hold ("FerroMQ outbox" in ASCII, truncated).
+const MIGRATION_LOCK: i64 = 0x4665_7272_6f4f_7574;
+
+/// The schema migrations, in order: (version, SQL).
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    include_str!("../../migrations/outbox/postgres/0001_outbox.sql"),
+)];
+
+raw_row_decoder!(Postgres);
+
+impl OutboxDatabase for Postgres {
+    async fn migrate(pool: &Pool<Postgres>) -> Result<i64, sqlx::Error> {
+        let mut transaction = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *transaction)
+            .await?;
+        let version = Self::apply_migrations(&mut *transaction, POSTGRES_MIGRATIONS).await?;
+        transaction.commit().await?;
+        Ok(version)
+    }
+
+    async fn claim(
+        pool: &Pool<Postgres>,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<RawRow>, sqlx::Error> {
+        let mut transaction = pool.begin().await?;
+        // Rows another relay is claiming right now are locked: skipped, not waited for.
+        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, sharding_key FROM ferromq_outbox
+             WHERE status = 'pending' AND next_attempt_ms <= $1
+               AND (lease_until_ms IS NULL OR lease_until_ms <= $1)
+             ORDER BY id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&mut *transaction)
+        .await?;
+        if candidates.is_empty() {
+            transaction.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let keys = candidate_keys(&candidates);
+        let first_blocker: HashMap<String, i64> = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            let ids: Vec<i64> = candidates.iter().map(|(id, _)| *id).collect();
+            // A row skipped above (locked by another claim) is still pending here, so it holds
+            // back the later rows of its key.
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT sharding_key, MIN(id) FROM ferromq_outbox
+                 WHERE sharding_key = ANY($1) AND status IN ('pending', 'failed')
+                   AND NOT (id = ANY($2))
+                 GROUP BY sharding_key",
+            )
+            .bind(&keys)
+            .bind(&ids)
+            .fetch_all(&mut *transaction)
+            .await?
+            .into_iter()
+            .collect()
+        };
+        let ids = claimable(&candidates, &first_blocker);
+        let rows = sqlx::query(concat!(
+            "UPDATE ferromq_outbox SET lease_owner = $1, lease_until_ms = $2
+             WHERE id = ANY($3)
+             RETURNING ",
+            row_columns!()
+        ))
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(&ids)
+        .fetch_all(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        let mut rows = rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|row| row.id);
+        Ok(rows)
+    }
+
+    async fn remove_finished(
+        pool: &Pool<Postgres>,
+        cutoff_ms: i64,
+        sent_is_finished: bool,
+        archive: bool,
+        limit: i64,
+    ) -> Result<u64, sqlx::Error> {
+        // One statement: the rows archived are exactly the rows deleted.
+        let sql = if archive {
+            "WITH doomed AS (
+                 SELECT id FROM ferromq_outbox
+                 WHERE (status = 'consumed' AND finished_ms < $1)
+                    OR ($2 AND status = 'sent' AND sent_ms < $1)
+                 ORDER BY id LIMIT $3
+                 FOR UPDATE SKIP LOCKED),
+             moved AS (
+                 DELETE FROM ferromq_outbox WHERE id IN (SELECT id FROM doomed) RETURNING *)
+             INSERT INTO ferromq_outbox_archive SELECT * FROM moved"
+        } else {
+            "DELETE FROM ferromq_outbox WHERE id IN (
+                 SELECT id FROM ferromq_outbox
+                 WHERE (status = 'consumed' AND finished_ms < $1)
+                    OR ($2 AND status = 'sent' AND sent_ms < $1)
+                 ORDER BY id LIMIT $3
+                 FOR UPDATE SKIP LOCKED)"
+        };
+        let result = sqlx::query(sql)
+            .bind(cutoff_ms)
+            .bind(sent_is_finished)
+            .bind(limit)
+            .execute(pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    shared_statements!(Postgres);
+}

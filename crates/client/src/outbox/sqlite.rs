@@ -1,0 +1,138 @@
+//! The outbox on SQLite: a claim runs in a `BEGIN IMMEDIATE` transaction (SQLite has one
+//! writer at a time, so claims by relays in several processes take turns) and leases its rows;
+//! id lists travel as JSON arrays read with `json_each`.
+//!
+//! Open the pool with WAL journaling and a busy timeout (`SqliteConnectOptions::journal_mode`,
+//! `busy_timeout`) when several processes share the file.
+
+use std::collections::HashMap;
+
+use sqlx::{Pool, Sqlite};
+
+use super::database::{
+    candidate_keys, claimable, raw_row_decoder, row_columns, shared_statements, OutboxDatabase,
+    RawRow,
+};
+
+/// The schema migrations, in order: (version, SQL).
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    include_str!("../../migrations/outbox/sqlite/0001_outbox.sql"),
+)];
+
+raw_row_decoder!(Sqlite);
+
+/// A list of values as the JSON array `json_each` reads.
+fn json_list<T: serde::Serialize>(values: &[T]) -> Result<String, sqlx::Error> {
+    serde_json::to_string(values).map_err(|err| sqlx::Error::Encode(Box::new(err)))
+}
+
+impl OutboxDatabase for Sqlite {
+    async fn migrate(pool: &Pool<Sqlite>) -> Result<i64, sqlx::Error> {
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let version = Self::apply_migrations(&mut *transaction, SQLITE_MIGRATIONS).await?;
+        transaction.commit().await?;
+        Ok(version)
+    }
+
+    async fn claim(
+        pool: &Pool<Sqlite>,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<RawRow>, sqlx::Error> {
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, sharding_key FROM ferromq_outbox
+             WHERE status = 'pending' AND next_attempt_ms <= $1
+               AND (lease_until_ms IS NULL OR lease_until_ms <= $1)
+             ORDER BY id
+             LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&mut *transaction)
+        .await?;
+        if candidates.is_empty() {
+            transaction.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let keys = candidate_keys(&candidates);
+        let first_blocker: HashMap<String, i64> = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            let ids: Vec<i64> = candidates.iter().map(|(id, _)| *id).collect();
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT sharding_key, MIN(id) FROM ferromq_outbox
+                 WHERE sharding_key IN (SELECT value FROM json_each($1))
+                   AND status IN ('pending', 'failed')
+                   AND id NOT IN (SELECT value FROM json_each($2))
+                 GROUP BY sharding_key",
+            )
+            .bind(json_list(&keys)?)
+            .bind(json_list(&ids)?)
+            .fetch_all(&mut *transaction)
+            .await?
+            .into_iter()
+            .collect()
+        };
+        let ids = claimable(&candidates, &first_blocker);
+        let rows = sqlx::query(concat!(
+            "UPDATE ferromq_outbox SET lease_owner = $1, lease_until_ms = $2
+             WHERE id IN (SELECT value FROM json_each($3))
+             RETURNING ",
+            row_columns!()
+        ))
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(json_list(&ids)?)
+        .fetch_all(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        let mut rows = rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|row| row.id);
+        Ok(rows)
+    }
+
+    async fn remove_finished(
+        pool: &Pool<Sqlite>,
+        cutoff_ms: i64,
+        sent_is_finished: bool,
+        archive: bool,
+        limit: i64,
+    ) -> Result<u64, sqlx::Error> {
+        // The write lock is held from the start, so both statements see the same rows.
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+        if archive {
+            sqlx::query(
+                "INSERT INTO ferromq_outbox_archive SELECT * FROM ferromq_outbox WHERE id IN (
+                     SELECT id FROM ferromq_outbox
+                     WHERE (status = 'consumed' AND finished_ms < $1)
+                        OR ($2 AND status = 'sent' AND sent_ms < $1)
+                     ORDER BY id LIMIT $3)",
+            )
+            .bind(cutoff_ms)
+            .bind(sent_is_finished)
+            .bind(limit)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        let result = sqlx::query(
+            "DELETE FROM ferromq_outbox WHERE id IN (
+                 SELECT id FROM ferromq_outbox
+                 WHERE (status = 'consumed' AND finished_ms < $1)
+                    OR ($2 AND status = 'sent' AND sent_ms < $1)
+                 ORDER BY id LIMIT $3)",
+        )
+        .bind(cutoff_ms)
+        .bind(sent_is_finished)
+        .bind(limit)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(result.rows_affected())
+    }
+
+    shared_statements!(Sqlite);
+}

@@ -1,0 +1,289 @@
+//! Consumption tracking: a sent row becomes `consumed` once the brokers' message trace says every
+//! tracked group acknowledged it, `dead_lettered` once one gave up on it. A row still not
+//! consumed `resend_after_ms` after it became visible is sent again only when it is lost: no
+//! broker stores it, or a group moved past it without acknowledging it. A group that simply has
+//! not reached it yet (backlog, or no consumer running) explains the wait; re-sending would only
+//! add a duplicate behind the original.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferromq_protocol::headers::{BrokerRole, DeliveryState, MessageTrace};
+use ferromq_protocol::MessageId;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::counters::{Counters, RelayCounters};
+use super::database::{OutboxDatabase, SentRow, TrackOutcome};
+use super::{now_ms, Outbox, OutboxConfig, OutboxError};
+use crate::client::Client;
+use crate::error::ClientError;
+
+pub(crate) async fn track_loop<DB: OutboxDatabase>(
+    outbox: Outbox<DB>,
+    client: Client,
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+) {
+    let interval = Duration::from_millis(outbox.config.track_interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        match track_round(&outbox, &client).await {
+            Ok(delta) => counters.add(delta),
+            Err(err) => warn!(%err, "outbox consumption tracking failed"),
+        }
+    }
+}
+
+/// Checks the sent rows due for a look and records what was found.
+async fn track_round<DB: OutboxDatabase>(
+    outbox: &Outbox<DB>,
+    client: &Client,
+) -> Result<RelayCounters, OutboxError> {
+    let config = &outbox.config;
+    let now = now_ms();
+    let interval = i64::try_from(config.track_interval_ms).unwrap_or(i64::MAX);
+    let rows = DB::sent_rows(
+        &outbox.pool,
+        now.saturating_sub(interval),
+        i64::from(config.track_batch),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Ok(RelayCounters::default());
+    }
+    let led: HashSet<String> = match client.cluster().await {
+        Ok(cluster) => cluster
+            .brokers
+            .into_iter()
+            .filter(|b| b.role == BrokerRole::Leader)
+            .map(|b| b.group)
+            .collect(),
+        Err(err) => {
+            debug!(%err, "no cluster view; consumption not checked this round");
+            return Ok(RelayCounters::default());
+        }
+    };
+    let mut checker = Checker {
+        client,
+        config,
+        led,
+        committed: HashMap::new(),
+    };
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        outcomes.push(checker.decide(row, now_ms()).await);
+    }
+    DB::record_tracking(&outbox.pool, &outcomes).await?;
+    let mut delta = RelayCounters::default();
+    for outcome in &outcomes {
+        match outcome {
+            TrackOutcome::Consumed { .. } => delta.consumed += 1,
+            TrackOutcome::DeadLettered { id, error, .. } => {
+                warn!(id, %error, "outbox message dead-lettered");
+                delta.dead_lettered += 1;
+            }
+            TrackOutcome::Resend { id, reason, .. } => {
+                info!(id, %reason, "outbox message lost; sending it again");
+                delta.resends += 1;
+            }
+            TrackOutcome::GiveUp { id, error, .. } => {
+                warn!(id, %error, "outbox message lost for good");
+                delta.failed += 1;
+            }
+            TrackOutcome::Checked { .. } => {}
+        }
+    }
+    Ok(delta)
+}
+
+/// Committed offsets by (broker group, queue id); `None`: never committed.
+type QueueOffsets = HashMap<(String, u32), Option<u64>>;
+
+/// Decides about sent rows, remembering the groups' committed offsets for one round.
+struct Checker<'a> {
+    client: &'a Client,
+    config: &'a OutboxConfig,
+    /// Broker groups that have a leader: only those can say a message is not stored.
+    led: HashSet<String>,
+    /// (group, topic) → committed offset per (broker group, queue).
+    committed: HashMap<(String, String), QueueOffsets>,
+}
+
+impl Checker<'_> {
+    async fn decide(&mut self, row: &SentRow, now: i64) -> TrackOutcome {
+        let (id, message_id) = (row.id, row.message_id.clone());
+        let checked = |note: Option<String>| TrackOutcome::Checked {
+            id,
+            message_id: message_id.clone(),
+            now_ms: now,
+            note,
+        };
+        let Ok(message) = MessageId::from_str(&row.message_id) else {
+            return TrackOutcome::GiveUp {
+                id,
+                message_id: message_id.clone(),
+                now_ms: now,
+                error: format!("unreadable message id {:?}", row.message_id),
+            };
+        };
+        let trace = match self.client.trace(message).await {
+            Ok(trace) => trace,
+            Err(err) => return checked(Some(format!("trace failed: {err}"))),
+        };
+        if let Some(done) = self.settled(&trace, id, &message_id, now) {
+            return done;
+        }
+        let visible_ms = row.deliver_at_ms.unwrap_or(0).max(row.sent_ms);
+        let overdue_at = visible_ms.saturating_add(self.config.resend_after_ms as i64);
+        if now < overdue_at {
+            return checked(None);
+        }
+        let lost = match self.lost(row, &trace).await {
+            Ok(Some(reason)) => reason,
+            Ok(None) => {
+                return checked(Some(
+                    "not consumed yet: the tracked groups have not reached it".into(),
+                ))
+            }
+            Err(note) => return checked(Some(note)),
+        };
+        // A group's commit may have landed after the trace was read: look once more.
+        if let Ok(again) = self.client.trace(message).await {
+            if let Some(done) = self.settled(&again, id, &message_id, now) {
+                return done;
+            }
+        }
+        if row.resends >= i64::from(self.config.max_resends) {
+            return TrackOutcome::GiveUp {
+                id,
+                message_id,
+                now_ms: now,
+                error: format!("{lost}; not consumed after {} re-sends", row.resends),
+            };
+        }
+        TrackOutcome::Resend {
+            id,
+            message_id,
+            now_ms: now,
+            reason: lost,
+        }
+    }
+
+    /// `Consumed` when every tracked group acknowledged the message, `DeadLettered` when one
+    /// gave up on it; `None` while it is on its way.
+    fn settled(
+        &self,
+        trace: &MessageTrace,
+        id: i64,
+        message_id: &str,
+        now: i64,
+    ) -> Option<TrackOutcome> {
+        let state = |group: &str| {
+            trace
+                .groups
+                .iter()
+                .find(|g| g.group == group)
+                .map(|g| g.state)
+        };
+        let groups = &self.config.track_groups;
+        if groups
+            .iter()
+            .all(|g| state(g) == Some(DeliveryState::Consumed))
+        {
+            return Some(TrackOutcome::Consumed {
+                id,
+                message_id: message_id.to_string(),
+                now_ms: now,
+            });
+        }
+        let dead = groups
+            .iter()
+            .find(|g| state(g) == Some(DeliveryState::DeadLettered))?;
+        Some(TrackOutcome::DeadLettered {
+            id,
+            message_id: message_id.to_string(),
+            now_ms: now,
+            error: format!("dead-lettered by consumer group {dead}"),
+        })
+    }
+
+    /// Why an overdue message is lost, `None` if the wait is explained, or an error note when
+    /// this round cannot tell.
+    async fn lost(
+        &mut self,
+        row: &SentRow,
+        trace: &MessageTrace,
+    ) -> Result<Option<String>, String> {
+        let Some(stored) = &trace.stored else {
+            if !trace.scheduled.is_empty() {
+                return Ok(None);
+            }
+            if !self.led.contains(&row.broker_group) {
+                return Err(format!(
+                    "broker group {} has no leader: cannot tell whether it stores the message",
+                    row.broker_group
+                ));
+            }
+            return Ok(Some(format!(
+                "message {} is not stored in broker group {}",
+                row.message_id, row.broker_group
+            )));
+        };
+        for group in &self.config.track_groups {
+            let state = trace
+                .groups
+                .iter()
+                .find(|g| g.group == *group)
+                .map(|g| g.state);
+            // Retrying: the group has it and will see it again.
+            if matches!(
+                state,
+                Some(DeliveryState::Consumed | DeliveryState::Retrying)
+            ) {
+                continue;
+            }
+            let committed = self
+                .committed_offset(group, &stored.topic, &row.broker_group, stored.queue_id)
+                .await
+                .map_err(|err| format!("lag of group {group} unknown: {err}"))?;
+            if committed.is_some_and(|offset| offset > stored.queue_offset) {
+                return Ok(Some(format!(
+                    "consumer group {group} moved past it (offset {}) without acknowledging it",
+                    stored.queue_offset
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What `group` committed on a queue of `topic` (`None`: never committed).
+    async fn committed_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        broker_group: &str,
+        queue_id: u32,
+    ) -> Result<Option<u64>, ClientError> {
+        let key = (group.to_string(), topic.to_string());
+        if !self.committed.contains_key(&key) {
+            let lags = self.client.lag(group, topic).await?;
+            let offsets = lags
+                .into_iter()
+                .map(|lag| ((lag.broker_group, lag.queue.queue_id), lag.queue.committed))
+                .collect();
+            self.committed.insert(key.clone(), offsets);
+        }
+        Ok(self
+            .committed
+            .get(&key)
+            .and_then(|offsets| offsets.get(&(broker_group.to_string(), queue_id)))
+            .copied()
+            .flatten())
+    }
+}

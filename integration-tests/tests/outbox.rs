@@ -1,0 +1,935 @@
+//! The outbox (local transaction message table) against a real broker, on PostgreSQL (the
+//! server `scripts/postgres.sh` runs on loopback) and on SQLite: every scenario runs on both.
+//! Relays run in-process or as processes of their own (`ferromq-outbox-relay`), which can crash
+//! and compete as in production.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ferromq_client::outbox::{
+    Outbox, OutboxConfig, OutboxError, OutboxId, OutboxMessage, OutboxRow, OutboxStats,
+    OutboxStatus, OUTBOX_KEY_PROPERTY,
+};
+use ferromq_client::{
+    Client, ConsumeStatus, ConsumerConfig, Idempotent, MemoryKeyStore, Message, MessageId,
+    ReceivedMessage, SendReceipt, TransactionState,
+};
+use ferromq_integration_tests::outbox::{start_relay_process, TestDatabase};
+use ferromq_integration_tests::{
+    binary, client, http_get, start_nameserver, start_standalone, wait_for_route, within, Broker,
+    Nameserver, Process,
+};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOPIC: &str = "orders";
+
+/// Every scenario below, once per database.
+macro_rules! on_both_databases {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario::<sqlx::Sqlite>().await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario::<sqlx::Postgres>().await
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    rollback_of_the_business_transaction_leaves_no_message,
+    a_relay_crash_after_sending_gives_a_duplicate_the_idempotent_consumer_drops,
+    two_relays_never_send_the_same_row_at_the_same_time,
+    messages_go_out_when_the_broker_is_back,
+    a_message_lost_after_it_was_sent_is_sent_again,
+    a_row_the_broker_keeps_refusing_fails_with_its_error,
+    finished_rows_are_archived_after_the_retention,
+    check_backs_are_answered_from_the_outbox_table,
+    concurrent_claims_never_overlap_and_keep_each_keys_order,
+);
+
+/// The README's quick start: `ferromq standalone`, then the outbox example against it.
+#[test]
+fn the_outbox_example_runs_against_a_standalone_node() {
+    let node = start_standalone();
+    let output = std::process::Command::new(binary("examples/outbox_orders"))
+        .env("FERROMQ_NAMESERVER", &node.nameserver)
+        .env("ORDERS", "30")
+        .env("TMPDIR", node.data.path())
+        .output()
+        .expect("the example runs (cargo builds examples with the tests)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("30 orders placed, 24 accepted"), "{stdout}");
+    assert!(
+        stdout.contains("orders saved: 24; events consumed: 24; stock reserved: 24"),
+        "{stdout}"
+    );
+}
+
+/// A nameserver, one broker and a client, with the topic `orders` (4 queues).
+struct Cluster {
+    dir: tempfile::TempDir,
+    nameserver: Nameserver,
+    broker: Broker,
+    client: Client,
+}
+
+impl Cluster {
+    async fn start(broker_env: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nameserver = start_nameserver(dir.path(), &[]);
+        let broker = Broker::start(
+            &dir.path().join("broker"),
+            &nameserver.addr,
+            dir.path(),
+            broker_env,
+        );
+        let client = client(&nameserver.addr).await;
+        client.create_topic(TOPIC, 4).await.unwrap();
+        wait_for_route(&client, TOPIC, WAIT).await;
+        Cluster {
+            dir,
+            nameserver,
+            broker,
+            client,
+        }
+    }
+
+    /// The broker group's name.
+    async fn broker_group(&self) -> String {
+        self.client.cluster().await.unwrap().brokers[0]
+            .group
+            .clone()
+    }
+
+    /// Messages stored in `topic` (over every queue).
+    async fn stored(&self, topic: &str) -> u64 {
+        self.client
+            .lag("nobody", topic)
+            .await
+            .unwrap()
+            .iter()
+            .map(|lag| lag.queue.max_offset - lag.queue.min_offset)
+            .sum()
+    }
+}
+
+/// Settings that make every wait of a test short.
+fn fast() -> OutboxConfig {
+    OutboxConfig {
+        poll_interval_ms: 20,
+        send_timeout_ms: 1_000,
+        lease_ms: 3_000,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 1_000,
+        track_interval_ms: 200,
+        housekeeping_interval_ms: 200,
+        ..OutboxConfig::default()
+    }
+}
+
+/// The event of order `id`, with the dedup key `order-<id>-created`.
+fn order_created(id: i64) -> OutboxMessage {
+    Message::new(TOPIC, format!("order {id}"))
+        .with_tag("created")
+        .with_key(format!("order-{id}"))
+        .into()
+}
+
+fn dedup_key(id: i64) -> String {
+    format!("order-{id}-created")
+}
+
+async fn open<DB: TestDatabase>(
+    cluster: &Cluster,
+    config: OutboxConfig,
+) -> (Outbox<DB>, sqlx::Pool<DB>, String) {
+    let (pool, url) = DB::create(cluster.dir.path()).await;
+    let outbox = Outbox::new(pool.clone(), config).unwrap();
+    outbox.migrate().await.unwrap();
+    (outbox, pool, url)
+}
+
+/// Places orders `ids`, `per_transaction` at a time: each order row and its event in one
+/// transaction; every other order has its customer as sharding key when `keyed`.
+async fn place_orders<DB: TestDatabase>(
+    outbox: &Outbox<DB>,
+    pool: &sqlx::Pool<DB>,
+    ids: std::ops::Range<i64>,
+    per_transaction: usize,
+    keyed: bool,
+) {
+    let ids: Vec<i64> = ids.collect();
+    for chunk in ids.chunks(per_transaction) {
+        let mut transaction = pool.begin().await.unwrap();
+        for &id in chunk {
+            DB::insert_order(&mut *transaction, id).await.unwrap();
+            let mut message = order_created(id).dedup_key(dedup_key(id));
+            if keyed && id % 2 == 0 {
+                message = message.sharding_key(format!("customer-{}", id % 5));
+            }
+            outbox.enqueue(&mut *transaction, message).await.unwrap();
+        }
+        transaction.commit().await.unwrap();
+    }
+}
+
+async fn row<DB: TestDatabase>(outbox: &Outbox<DB>, id: i64) -> OutboxRow {
+    outbox
+        .row_by_dedup_key(&dedup_key(id))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no row for order {id}"))
+}
+
+/// Polls the table's counts until `done` holds.
+async fn wait_stats<DB: TestDatabase>(
+    outbox: &Outbox<DB>,
+    what: &str,
+    done: impl Fn(&OutboxStats) -> bool,
+) -> OutboxStats {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = outbox.stats().await.unwrap();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls a row until `done` holds.
+async fn wait_row<DB: TestDatabase>(
+    outbox: &Outbox<DB>,
+    id: i64,
+    what: &str,
+    done: impl Fn(&OutboxRow) -> bool,
+) -> OutboxRow {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = row(outbox, id).await;
+        if done(&row) {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "{what}: {row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_exit(process: &mut Process) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still runs:\n{}",
+            process.name,
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A consumer of `group` on `orders` running in the background, recording the messages it
+/// handles; stop it with the token.
+struct Recorder {
+    seen: Arc<Mutex<Vec<ReceivedMessage>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start(client: &Client, group: &str) -> Recorder {
+        let consumer = client
+            .consumer(group)
+            .subscribe(TOPIC, "*")
+            .config(ConsumerConfig {
+                commit_interval_ms: 100,
+                heartbeat_interval_ms: 300,
+                ..ConsumerConfig::default()
+            })
+            .build()
+            .await
+            .unwrap();
+        let seen: Arc<Mutex<Vec<ReceivedMessage>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let (record, stopper) = (seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            consumer
+                .run(
+                    move |message| {
+                        record.lock().unwrap().push(message);
+                        async { ConsumeStatus::Success }
+                    },
+                    stopper,
+                )
+                .await
+                .unwrap();
+        });
+        Recorder { seen, stop, task }
+    }
+
+    /// The first key (the outbox's dedup key) of every message handled.
+    fn first_keys(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.keys[0].clone())
+            .collect()
+    }
+
+    async fn wait_for(&self, what: &str, done: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done(&self.first_keys()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", self.first_keys());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        within(WAIT, self.task).await.unwrap();
+    }
+}
+
+async fn rollback_of_the_business_transaction_leaves_no_message<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let (outbox, pool, _) = open::<DB>(&cluster, fast()).await;
+    // Every instance migrates at start; a schema in place is left alone.
+    outbox.migrate().await.unwrap();
+
+    let mut rolled_back = pool.begin().await.unwrap();
+    DB::insert_order(&mut *rolled_back, 1).await.unwrap();
+    outbox
+        .enqueue(&mut *rolled_back, order_created(1).dedup_key(dedup_key(1)))
+        .await
+        .unwrap();
+    rolled_back.rollback().await.unwrap();
+
+    let mut committed = pool.begin().await.unwrap();
+    DB::insert_order(&mut *committed, 2).await.unwrap();
+    let id = outbox
+        .enqueue(&mut *committed, order_created(2).dedup_key(dedup_key(2)))
+        .await
+        .unwrap();
+    // The same event twice is refused, and the transaction goes on.
+    match outbox
+        .enqueue(&mut *committed, order_created(2).dedup_key(dedup_key(2)))
+        .await
+    {
+        Err(OutboxError::DuplicateKey(key)) => assert_eq!(key, dedup_key(2)),
+        other => panic!("a second row with the same dedup key: {other:?}"),
+    }
+    DB::insert_order(&mut *committed, 3).await.unwrap();
+    committed.commit().await.unwrap();
+    assert_eq!(DB::count_orders(&pool).await, 2);
+
+    // What a broker would refuse is refused at once, before anything is stored.
+    let refused = [
+        OutboxMessage::new(Message::new("no spaces in topics", "x")),
+        order_created(4)
+            .sharding_key("customer-4")
+            .delay(Duration::from_secs(5)),
+        Message::new(TOPIC, "x")
+            .with_property(OUTBOX_KEY_PROPERTY, "mine")
+            .into(),
+        Message::new(TOPIC, vec![0u8; 5 * 1024 * 1024]).into(),
+        order_created(4).sharding_key(""),
+    ];
+    let mut connection = pool.acquire().await.unwrap();
+    for message in refused {
+        let result = outbox.enqueue(&mut *connection, message).await;
+        assert!(
+            matches!(result, Err(OutboxError::InvalidMessage(_))),
+            "{result:?}"
+        );
+    }
+    drop(connection);
+    assert_eq!(outbox.stats().await.unwrap().pending, 1);
+
+    let relay = outbox.start_relay(&cluster.client);
+    wait_stats(&outbox, "the committed message sent", |s| s.sent == 1).await;
+    let row = outbox.row(id).await.unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Sent);
+    assert_eq!(row.keys, vec!["order-2"]);
+    assert_eq!(row.sent_by.as_deref(), Some(relay.owner()));
+    assert_eq!(row.attempts, 1);
+    assert_eq!(cluster.stored(TOPIC).await, 1, "only the committed message");
+
+    let recorder = Recorder::start(&cluster.client, "billing").await;
+    recorder
+        .wait_for("the committed message", |keys| !keys.is_empty())
+        .await;
+    let message = recorder.seen.lock().unwrap()[0].clone();
+    assert_eq!(message.id, row.message_id.unwrap());
+    assert_eq!(message.keys, vec![dedup_key(2), "order-2".into()]);
+    assert_eq!(message.properties[OUTBOX_KEY_PROPERTY], dedup_key(2));
+    assert_eq!(message.tag.as_deref(), Some("created"));
+    assert_eq!(relay.counters().sends, 1);
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
+async fn a_relay_crash_after_sending_gives_a_duplicate_the_idempotent_consumer_drops<
+    DB: TestDatabase,
+>() {
+    let cluster = Cluster::start(&[]).await;
+    let (outbox, pool, url) = open::<DB>(&cluster, fast()).await;
+    place_orders(&outbox, &pool, 0..10, 5, false).await;
+
+    let mut crashing = start_relay_process(
+        "relay-crashing",
+        cluster.dir.path(),
+        &cluster.nameserver.addr,
+        &url,
+        &fast(),
+        &[("FAILPOINTS", "outbox::before_record_sends=return")],
+    );
+    let status = wait_exit(&mut crashing).await;
+    assert!(!status.success(), "the relay was to crash: {status}");
+    // The broker has all ten; the table still says pending, under the dead relay's lease.
+    assert_eq!(cluster.stored(TOPIC).await, 10);
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(stats.pending, 10, "{stats:?}");
+
+    // Another relay takes the rows over when the lease runs out and sends them again.
+    let _relay = start_relay_process(
+        "relay-survivor",
+        cluster.dir.path(),
+        &cluster.nameserver.addr,
+        &url,
+        &fast(),
+        &[],
+    );
+    wait_stats(&outbox, "all rows sent by the survivor", |s| s.sent == 10).await;
+    assert_eq!(cluster.stored(TOPIC).await, 20, "each message twice");
+    for id in 0..10 {
+        let row = row(&outbox, id).await;
+        assert!(
+            row.sent_by
+                .as_deref()
+                .unwrap()
+                .starts_with("relay-survivor"),
+            "{row:?}"
+        );
+    }
+
+    // An idempotent consumer handles each order once.
+    let processed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = processed.clone();
+    let idempotent = Idempotent::new(
+        MemoryKeyStore::new(1_000),
+        move |message: ReceivedMessage| {
+            let record = record.clone();
+            async move {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&message.body).into_owned());
+                ConsumeStatus::Success
+            }
+        },
+        Duration::from_secs(30),
+    );
+    let consumer = cluster
+        .client
+        .consumer("shipping")
+        .subscribe(TOPIC, "*")
+        .build()
+        .await
+        .unwrap();
+    let deliveries = Arc::new(Mutex::new(0usize));
+    let stop = CancellationToken::new();
+    let count = deliveries.clone();
+    let run = tokio::spawn(consumer.run(
+        move |message| {
+            *count.lock().unwrap() += 1;
+            idempotent.handle(message)
+        },
+        stop.clone(),
+    ));
+    ferromq_integration_tests::wait_until("twenty deliveries", WAIT, || {
+        *deliveries.lock().unwrap() == 20
+    })
+    .await;
+    stop.cancel();
+    within(WAIT, run).await.unwrap().unwrap();
+    let processed = processed.lock().unwrap().clone();
+    let distinct: BTreeSet<&String> = processed.iter().collect();
+    assert_eq!(processed.len(), 10, "{processed:?}");
+    assert_eq!(distinct.len(), 10);
+}
+
+async fn two_relays_never_send_the_same_row_at_the_same_time<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        batch_size: 5,
+        lease_ms: 10_000,
+        ..fast()
+    };
+    let (outbox, pool, url) = open::<DB>(&cluster, config.clone()).await;
+    let relays: Vec<Process> = ["relay-a", "relay-b"]
+        .iter()
+        .map(|name| {
+            start_relay_process(
+                name,
+                cluster.dir.path(),
+                &cluster.nameserver.addr,
+                &url,
+                &config,
+                &[],
+            )
+        })
+        .collect();
+    for relay in &relays {
+        ferromq_integration_tests::wait_until("the relay to run", WAIT, || {
+            relay.log().contains("running")
+        })
+        .await;
+    }
+    const ORDERS: i64 = 600;
+    place_orders(&outbox, &pool, 0..ORDERS, 10, true).await;
+    wait_stats(&outbox, "every row sent", |s| s.sent == ORDERS as u64).await;
+
+    // Each row was sent exactly once (no relay crashed, so any copy more is a double send).
+    assert_eq!(cluster.stored(TOPIC).await, ORDERS as u64);
+    let mut senders = BTreeMap::<String, u32>::new();
+    let mut by_key = BTreeMap::<String, Vec<OutboxRow>>::new();
+    for id in 0..ORDERS {
+        let row = row(&outbox, id).await;
+        *senders.entry(row.sent_by.clone().unwrap()).or_default() += 1;
+        if let Some(key) = &row.sharding_key {
+            by_key.entry(key.clone()).or_default().push(row);
+        }
+    }
+    assert_eq!(senders.len(), 2, "both relays sent rows: {senders:?}");
+    // A key's rows went to one queue in enqueue order.
+    assert_eq!(by_key.len(), 5);
+    for (key, rows) in by_key {
+        let queue = (&rows[0].broker_group, rows[0].queue_id);
+        for pair in rows.windows(2) {
+            assert_eq!((&pair[1].broker_group, pair[1].queue_id), queue, "{key}");
+            assert!(
+                pair[0].queue_offset < pair[1].queue_offset,
+                "{key}: order {} after {}",
+                pair[0].dedup_key,
+                pair[1].dedup_key
+            );
+        }
+    }
+}
+
+async fn messages_go_out_when_the_broker_is_back<DB: TestDatabase>() {
+    let mut cluster = Cluster::start(&[]).await;
+    let (outbox, pool, _) = open::<DB>(&cluster, fast()).await;
+    let relay = outbox.start_relay(&cluster.client);
+    place_orders(&outbox, &pool, 0..5, 5, true).await;
+    wait_stats(&outbox, "the first orders sent", |s| s.sent == 5).await;
+
+    cluster.broker.process.kill9();
+    place_orders(&outbox, &pool, 5..25, 4, true).await;
+    wait_row(&outbox, 5, "attempts while the broker is down", |row| {
+        row.attempts >= 2 && row.last_error.is_some()
+    })
+    .await;
+    assert_eq!(outbox.stats().await.unwrap().pending, 20);
+
+    cluster.broker.restart();
+    wait_stats(&outbox, "every order sent after the restart", |s| {
+        s.sent == 25
+    })
+    .await;
+    let recorder = Recorder::start(&cluster.client, "billing").await;
+    recorder
+        .wait_for("every order", |keys| {
+            keys.iter().collect::<HashSet<_>>().len() == 25
+        })
+        .await;
+    let counters = relay.counters();
+    assert!(counters.send_failures > 0, "{counters:?}");
+    assert_eq!(counters.failed, 0);
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
+async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        track_groups: vec!["stock".into()],
+        resend_after_ms: 1_500,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let relay = outbox.start_relay(&cluster.client);
+    let recorder = Recorder::start(&cluster.client, "stock").await;
+
+    place_orders(&outbox, &pool, 1..2, 1, false).await;
+    let first = wait_row(&outbox, 1, "order 1 consumed", |row| {
+        row.status == OutboxStatus::Consumed
+    })
+    .await;
+    assert_eq!(first.resends, 0);
+
+    // A message the broker acknowledged and then lost: its row says sent, under a message id
+    // no broker stores.
+    let message = outbox
+        .prepare_transactional(order_created(2).dedup_key(dedup_key(2)))
+        .unwrap();
+    let lost = SendReceipt {
+        message_id: MessageId([0x5a; 16]),
+        topic: TOPIC.into(),
+        broker_group: cluster.broker_group().await,
+        queue_id: 0,
+        queue_offset: 0,
+        store_ts_ms: 0,
+        due_ms: None,
+    };
+    let mut transaction = pool.begin().await.unwrap();
+    DB::insert_order(&mut *transaction, 2).await.unwrap();
+    outbox
+        .record_transactional(&mut *transaction, &message, &lost)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    let second = wait_row(&outbox, 2, "order 2 sent again and consumed", |row| {
+        row.status == OutboxStatus::Consumed
+    })
+    .await;
+    assert_eq!(second.resends, 1);
+    assert_ne!(second.message_id, Some(lost.message_id));
+    assert!(recorder.first_keys().contains(&dedup_key(2)));
+
+    // A group that has not reached a message yet explains the wait: no re-send.
+    recorder.stop().await;
+    place_orders(&outbox, &pool, 3..4, 1, false).await;
+    let waiting = wait_row(&outbox, 3, "order 3 overdue and checked", |row| {
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("have not reached it"))
+    })
+    .await;
+    assert_eq!(waiting.status, OutboxStatus::Sent);
+    assert_eq!(waiting.resends, 0);
+    let recorder = Recorder::start(&cluster.client, "stock").await;
+    let third = wait_row(&outbox, 3, "order 3 consumed", |row| {
+        row.status == OutboxStatus::Consumed
+    })
+    .await;
+    assert_eq!(third.resends, 0);
+    let counters = relay.counters();
+    assert_eq!(
+        (counters.resends, counters.consumed),
+        (1, 3),
+        "{counters:?}"
+    );
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
+async fn a_row_the_broker_keeps_refusing_fails_with_its_error<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        max_attempts: 2,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    // Due in 30 days; the broker schedules at most 7 days ahead.
+    let month = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
+    let mut transaction = pool.begin().await.unwrap();
+    let refused = outbox
+        .enqueue(
+            &mut *transaction,
+            order_created(1).dedup_key(dedup_key(1)).deliver_at(month),
+        )
+        .await
+        .unwrap();
+    outbox
+        .enqueue(&mut *transaction, order_created(2).dedup_key(dedup_key(2)))
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+
+    let relay = outbox.start_relay(&cluster.client);
+    let failed = wait_row(&outbox, 1, "the refused row failed", |row| {
+        row.status == OutboxStatus::Failed
+    })
+    .await;
+    assert_eq!(failed.attempts, 2);
+    let error = failed.last_error.unwrap_or_default();
+    assert!(error.contains("limit"), "{error}");
+    wait_row(&outbox, 2, "the other row sent", |row| {
+        row.status == OutboxStatus::Sent
+    })
+    .await;
+    assert_eq!(
+        (relay.counters().failed, relay.counters().send_failures),
+        (1, 2)
+    );
+
+    // An operator sends it again: fresh attempts, the same refusal.
+    assert_eq!(outbox.retry_failed(Some(refused)).await.unwrap(), 1);
+    assert_eq!(outbox.retry_failed(Some(OutboxId(-1))).await.unwrap(), 0);
+    ferromq_integration_tests::wait_until("the second failure", WAIT, || {
+        relay.counters().failed == 2
+    })
+    .await;
+    let again = row(&outbox, 1).await;
+    assert_eq!((again.status, again.attempts), (OutboxStatus::Failed, 2));
+    relay.shutdown().await;
+}
+
+async fn finished_rows_are_archived_after_the_retention<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        retention_ms: 0,
+        archive: true,
+        max_attempts: 1,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    place_orders(&outbox, &pool, 0..5, 5, false).await;
+    let far = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
+    let mut connection = pool.acquire().await.unwrap();
+    outbox
+        .enqueue(
+            &mut *connection,
+            order_created(9).dedup_key(dedup_key(9)).deliver_at(far),
+        )
+        .await
+        .unwrap();
+    drop(connection);
+    let relay = outbox.start_relay(&cluster.client);
+    // Sent rows are finished (nothing tracks consumption): archived. The failed one stays.
+    let deadline = Instant::now() + WAIT;
+    while DB::count_rows(&pool).await != (1, 5) {
+        assert!(
+            Instant::now() < deadline,
+            "rows, archived: {:?}",
+            DB::count_rows(&pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(row(&outbox, 9).await.status, OutboxStatus::Failed);
+    relay.shutdown().await;
+}
+
+async fn check_backs_are_answered_from_the_outbox_table<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[
+        ("FERROMQ_TRANSACTIONS__CHECK_AFTER_MS", "500"),
+        ("FERROMQ_TRANSACTIONS__CHECK_INTERVAL_MS", "500"),
+    ])
+    .await;
+    let config = OutboxConfig {
+        transaction_grace_ms: 0,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let (writer, orders) = (outbox.clone(), pool.clone());
+    // The local transaction records the half message beside the order, commits or rolls back
+    // as the tag says, then "crashes" before telling the broker: only check-backs decide.
+    let listener = outbox.transaction_listener(move |message: Message, receipt: SendReceipt| {
+        let (outbox, pool) = (writer.clone(), orders.clone());
+        async move {
+            let id: i64 = message.keys[1]
+                .trim_start_matches("order-")
+                .parse()
+                .unwrap();
+            let mut transaction = pool.begin().await.unwrap();
+            DB::insert_order(&mut *transaction, id).await.unwrap();
+            outbox
+                .record_transactional(&mut *transaction, &message, &receipt)
+                .await
+                .unwrap();
+            if message.tag.as_deref() == Some("commit") {
+                transaction.commit().await.unwrap();
+            } else {
+                transaction.rollback().await.unwrap();
+            }
+            TransactionState::Unknown
+        }
+    });
+    let producer = cluster
+        .client
+        .transaction_producer("order-service", listener)
+        .await
+        .unwrap();
+    for (id, tag) in [(1, "commit"), (2, "rollback")] {
+        let message = outbox
+            .prepare_transactional(
+                Message::new(TOPIC, format!("order {id}"))
+                    .with_tag(tag)
+                    .with_key(format!("order-{id}")),
+            )
+            .unwrap();
+        let (_, state) = producer.send_in_transaction(message).await.unwrap();
+        assert_eq!(state, TransactionState::Unknown);
+    }
+    let ended = |result: &str| {
+        let (_, metrics) = http_get(&cluster.broker.spec.admin, "/metrics").unwrap();
+        metrics
+            .lines()
+            .any(|line| line == format!("mq_transactions_ended_total{{result=\"{result}\"}} 1"))
+    };
+    ferromq_integration_tests::wait_until("a commit and a rollback by check-back", WAIT, || {
+        ended("commit") && ended("rollback")
+    })
+    .await;
+    let recorder = Recorder::start(&cluster.client, "billing").await;
+    recorder
+        .wait_for("the committed order", |keys| !keys.is_empty())
+        .await;
+    let message = recorder.seen.lock().unwrap()[0].clone();
+    assert_eq!(message.keys[1], "order-1");
+    assert_eq!(DB::count_orders(&pool).await, 1);
+    assert_eq!(outbox.stats().await.unwrap().sent, 1);
+    recorder.stop().await;
+    producer.shutdown();
+}
+
+/// The claim itself, under contention: several claimers in parallel, each sending some rows
+/// and failing others (which back off); no row is ever held by two claimers, and a keyed row
+/// is claimed only after every earlier row of its key was sent.
+async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDatabase>() {
+    use ferromq_client::outbox::internals::{now_ms, SendOutcome, SentAs};
+    const ROWS: i64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, _) = DB::create(dir.path()).await;
+    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
+    outbox.migrate().await.unwrap();
+    // Row id → its sharding key.
+    let mut keys = BTreeMap::<i64, Option<String>>::new();
+    let mut transaction = pool.begin().await.unwrap();
+    for n in 0..ROWS {
+        let key = (n % 3 != 0).then(|| format!("customer-{}", n % 4));
+        let mut message = order_created(n).dedup_key(dedup_key(n));
+        if let Some(key) = &key {
+            message = message.sharding_key(key.clone());
+        }
+        let id = outbox.enqueue(&mut *transaction, message).await.unwrap();
+        keys.insert(id.0, key);
+    }
+    transaction.commit().await.unwrap();
+    let keys = Arc::new(keys);
+
+    let held: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let sent: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let mut claimers = Vec::new();
+    for claimer in 0..4u64 {
+        let (pool, keys, held, sent) = (pool.clone(), keys.clone(), held.clone(), sent.clone());
+        claimers.push(tokio::spawn(async move {
+            let owner = format!("claimer-{claimer}");
+            for round in 0u64.. {
+                let now = now_ms();
+                let rows = DB::claim(&pool, &owner, now, now + 60_000, 7)
+                    .await
+                    .unwrap();
+                if rows.is_empty() {
+                    if sent.lock().unwrap().len() == ROWS as usize {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                {
+                    let mut held = held.lock().unwrap();
+                    let sent = sent.lock().unwrap();
+                    for row in &rows {
+                        assert!(held.insert(row.id), "row {} claimed twice", row.id);
+                        let Some(key) = &row.sharding_key else {
+                            continue;
+                        };
+                        let earlier_unsent = keys.range(..row.id).any(|(other, other_key)| {
+                            other_key.as_ref() == Some(key)
+                                && !sent.contains(other)
+                                && rows.iter().all(|r| r.id != *other)
+                        });
+                        assert!(
+                            !earlier_unsent,
+                            "row {} claimed before its key's earlier rows",
+                            row.id
+                        );
+                    }
+                }
+                // Fail one row in three (it backs off briefly) and, as a relay does, everything
+                // after it of the same key.
+                let mut outcomes = Vec::new();
+                let mut failed_keys = HashSet::new();
+                for row in &rows {
+                    let after_failure = row
+                        .sharding_key
+                        .as_ref()
+                        .is_some_and(|k| failed_keys.contains(k));
+                    if after_failure || (row.id as u64 + round + claimer) % 3 == 0 {
+                        if let Some(key) = &row.sharding_key {
+                            failed_keys.insert(key.clone());
+                        }
+                        outcomes.push(SendOutcome::Retry {
+                            id: row.id,
+                            attempts: row.attempts + 1,
+                            next_attempt_ms: now_ms() + 10,
+                            error: "simulated".into(),
+                        });
+                    } else {
+                        outcomes.push(SendOutcome::Sent {
+                            id: row.id,
+                            sent: SentAs {
+                                message_id: format!("{:032x}", row.id),
+                                broker_group: "g".into(),
+                                queue_id: 0,
+                                queue_offset: row.id,
+                                sent_by: owner.clone(),
+                                sent_ms: now_ms(),
+                            },
+                        });
+                    }
+                }
+                // Bookkeeping first: the rows are free once the outcomes are recorded.
+                {
+                    let mut held = held.lock().unwrap();
+                    let mut sent = sent.lock().unwrap();
+                    for outcome in &outcomes {
+                        match outcome {
+                            SendOutcome::Sent { id, .. } => {
+                                sent.insert(*id);
+                                held.remove(id);
+                            }
+                            SendOutcome::Retry { id, .. } => {
+                                held.remove(id);
+                            }
+                            _ => unreachable!(),
+                        }
+                    }
+                }
+                let recorded = DB::record_sends(&pool, &owner, &outcomes).await.unwrap();
+                assert_eq!(recorded, outcomes.len() as u64);
+            }
+        }));
+    }
+    for claimer in claimers {
+        within(Duration::from_secs(120), claimer).await.unwrap();
+    }
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(stats.sent, ROWS as u64, "{stats:?}");
+}
