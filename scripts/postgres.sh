@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Usage: scripts/postgres.sh start|stop|status|url
+# Usage: scripts/postgres.sh start|reset|stop|status|url
 #
 # A throwaway PostgreSQL server on loopback for the outbox tests (Debian's postgresql package,
 # installed by scripts/install-deps.sh). `start` creates the cluster the first time, starts it if
 # it is not running, and prints its URL (a superuser, trust authentication, loopback only);
-# tests create their own databases in it. Durability is off (fsync, synchronous_commit): the
-# data is disposable and the tests are about the outbox, not PostgreSQL's disk.
+# tests create their own databases in it. `reset` starts afresh from an empty cluster (what
+# scripts/test.sh does, so the databases of earlier runs do not pile up). Durability is off
+# (fsync, synchronous_commit): the data is disposable and the tests are about the outbox, not
+# PostgreSQL's disk.
 #   FERROMQ_PG_DIR    cluster directory (default /tmp/ferromq-postgres: the postgres user, which
 #                     runs the server when this script runs as root, cannot enter /root)
 #   FERROMQ_PG_PORT   port on 127.0.0.1 (default 55432)
@@ -36,8 +38,11 @@ running() {
 }
 
 start() {
+    # Test processes may ask at the same time: one creates and starts, the others wait.
+    mkdir -p "$PG_DIR"
+    exec 9>"$PG_DIR/.start.lock"
+    flock 9
     if ! [[ -f "$PG_DIR/data/PG_VERSION" ]]; then
-        mkdir -p "$PG_DIR"
         [[ $(id -u) -eq 0 ]] && chown postgres: "$PG_DIR"
         as_server_user "$bin_dir/initdb" -D "$PG_DIR/data" -U "$PG_USER" --auth=trust -E UTF8 \
             --no-sync >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
@@ -45,24 +50,31 @@ start() {
     if ! running; then
         as_server_user "$bin_dir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
             -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
-            start >/dev/null || { tail -n 20 "$PG_DIR/server.log" >&2; exit 1; }
+            start >/dev/null 9>&- || { tail -n 20 "$PG_DIR/server.log" >&2; exit 1; }
     fi
     echo "$URL"
 }
 
+stop() {
+    if running; then
+        as_server_user "$bin_dir/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null
+    fi
+}
+
 case "${1:-}" in
     start) start ;;
-    stop)
-        if running; then
-            as_server_user "$bin_dir/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null
-        fi
+    reset)
+        stop
+        rm -rf "$PG_DIR"
+        start
         ;;
+    stop) stop ;;
     status)
         if running; then echo "running: $URL"; else echo "stopped"; exit 3; fi
         ;;
     url) echo "$URL" ;;
     *)
-        sed -n '2,12p' "$0"
+        sed -n '2,14p' "$0"
         exit 2
         ;;
 esac

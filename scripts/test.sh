@@ -3,7 +3,8 @@
 #
 # Runs the whole test suite, exactly as CI does (.ci/run calls this): installs what it needs,
 # then format check, clippy, cargo deny, unit + property + integration tests (cargo nextest,
-# with the real binaries on loopback), doc tests, the container images in a compose cluster
+# with the real binaries on loopback; the outbox's against a PostgreSQL server that
+# scripts/postgres.sh starts), doc tests, the container images in a compose cluster
 # through a leader failover, the Kubernetes manifests (scripts/check-k8s.sh),
 # the client-dependency invariant, and a fuzz smoke run of every fuzz target (wire decoders, SQL
 # selector parser). Environment:
@@ -41,6 +42,10 @@ step "build"
 cargo build --workspace --bins --locked
 
 step "tests"
+# The outbox tests' PostgreSQL server, on loopback; each test makes its own database in it.
+FERROMQ_TEST_POSTGRES_URL=$(scripts/postgres.sh reset)
+export FERROMQ_TEST_POSTGRES_URL
+trap 'scripts/postgres.sh stop' EXIT
 cargo nextest run --workspace --locked --profile ci
 cargo test --workspace --doc --locked
 
