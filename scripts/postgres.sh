@@ -74,7 +74,7 @@ case "${1:-}" in
         ;;
     url) echo "$URL" ;;
     *)
-        sed -n '2,14p' "$0"
+        awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"
         exit 2
         ;;
 esac
