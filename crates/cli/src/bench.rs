@@ -1,4 +1,4 @@
-//! `ferromq bench produce|consume|ping|scheduled`: load generators that report throughput and latency
+//! `ferromq bench produce|consume|ping|scheduled|outbox`: load generators that report throughput and latency
 //! (HDR histogram). With `--json` they print one object:
 //! `{"messages","errors","seconds","msgs_per_sec","mib_per_sec","latency_us":{"p50","p99","p999","max"}}`
 //! where `messages` counts acknowledged sends (or consumed messages) only.
@@ -32,6 +32,9 @@ pub enum BenchCommand {
     /// Schedule N messages due at one instant (or spread over `--spread`) and measure how late
     /// consumers see them.
     Scheduled(ScheduledArgs),
+    /// Enqueue N messages into an outbox table (SQLite or PostgreSQL) while relays send them:
+    /// how fast rows reach the broker, and each row's latency from commit to acknowledgement.
+    Outbox(crate::bench_outbox::OutboxArgs),
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +141,7 @@ pub struct ConsumeArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
+pub(crate) struct Latency {
     p50: u64,
     p99: u64,
     p999: u64,
@@ -146,17 +149,17 @@ struct Latency {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
-    messages: u64,
-    errors: u64,
-    seconds: f64,
+pub(crate) struct Report {
+    pub(crate) messages: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
     msgs_per_sec: f64,
     mib_per_sec: f64,
     latency_us: Latency,
 }
 
 impl Report {
-    fn new(
+    pub(crate) fn new(
         messages: u64,
         errors: u64,
         elapsed: Duration,
@@ -179,7 +182,7 @@ impl Report {
         }
     }
 
-    fn print(&self, json: bool, what: &str) {
+    pub(crate) fn print(&self, json: bool, what: &str) {
         if json {
             println!("{}", serde_json::to_string(self).unwrap_or_default());
         } else {
@@ -199,7 +202,7 @@ impl Report {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -220,6 +223,7 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Consume(args) => consume(client, args).await,
         BenchCommand::Ping(args) => ping(client, args).await,
         BenchCommand::Scheduled(args) => scheduled(client, args).await,
+        BenchCommand::Outbox(args) => crate::bench_outbox::run(client, args).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_outbox;
 mod consume;
 mod duration;
 mod lag;

@@ -1,0 +1,214 @@
+//! `ferromq bench outbox`: the outbox end to end. Producers enqueue messages in transactions of
+//! a database of their own (SQLite or PostgreSQL) while relays send them; the report is the
+//! rate at which rows reach the broker, with each row's latency from its commit to the broker's
+//! acknowledgement, and the enqueuing transactions' own rate and latency under `enqueue`.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use ferromq_client::outbox::{Outbox, OutboxConfig, OutboxDatabase, OutboxMessage};
+use ferromq_client::{Client, Message};
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::Pool;
+
+use crate::bench::{histogram, Report};
+use crate::duration;
+
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    /// A database of the bench's own: `sqlite://PATH` (created if missing) or
+    /// `postgres://…`. Its outbox table must be empty.
+    #[arg(long)]
+    database: String,
+    #[arg(long, default_value = "outbox-bench")]
+    topic: String,
+    #[arg(long)]
+    messages: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Concurrent enqueuers, each committing its own transactions.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Messages per enqueuing transaction.
+    #[arg(long, default_value_t = 1)]
+    per_transaction: usize,
+    /// Relays sending at the same time.
+    #[arg(long, default_value_t = 1)]
+    relays: usize,
+    /// Rows a relay claims at a time.
+    #[arg(long, default_value_t = 100)]
+    batch: u32,
+    /// Spread messages over this many sharding keys (0: unordered messages).
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
+    /// Give up when the rows are not all sent by then.
+    #[arg(long, default_value = "10m", value_parser = duration::parse)]
+    timeout: Duration,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct OutboxReport {
+    /// Rows sent, from the first enqueue to the last acknowledgement; latency from each
+    /// row's commit to its acknowledgement (millisecond resolution).
+    #[serde(flatten)]
+    delivered: Report,
+    /// The enqueuing transactions (`messages` counts transactions).
+    enqueue: Report,
+}
+
+pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
+    if args.messages == 0 || args.producers == 0 || args.per_transaction == 0 || args.relays == 0 {
+        bail!("--messages, --producers, --per-transaction and --relays must be positive");
+    }
+    client.create_topic(&args.topic, 8).await?;
+    let connections = (args.producers + 2 * args.relays + 2) as u32;
+    // Each row's commit-to-acknowledgement time, read back from the table.
+    const LATENCIES: &str = "SELECT sent_ms - created_ms FROM ferromq_outbox WHERE status = 'sent'";
+    let (report, latencies): (OutboxReport, Vec<i64>) = if args.database.starts_with("postgres") {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .connect(&args.database)
+            .await
+            .with_context(|| format!("connecting to {}", args.database))?;
+        let report = bench(client, pool.clone(), &args).await?;
+        (
+            report,
+            sqlx::query_scalar(LATENCIES).fetch_all(&pool).await?,
+        )
+    } else {
+        let options = SqliteConnectOptions::from_str(&args.database)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", args.database))?;
+        let report = bench(client, pool.clone(), &args).await?;
+        (
+            report,
+            sqlx::query_scalar(LATENCIES).fetch_all(&pool).await?,
+        )
+    };
+    let mut latency = histogram();
+    for ms in latencies {
+        latency.saturating_record(u64::try_from(ms.max(0)).unwrap_or(0).max(1) * 1000);
+    }
+    let report = OutboxReport {
+        delivered: Report::new(
+            report.delivered.messages,
+            report.delivered.errors,
+            Duration::from_secs_f64(report.delivered.seconds),
+            args.size,
+            &latency,
+        ),
+        enqueue: report.enqueue,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.enqueue.print(false, "outbox enqueue (transactions)");
+        report
+            .delivered
+            .print(false, "outbox delivered (commit to acknowledgement)");
+    }
+    Ok(())
+}
+
+/// Enqueues while the relays send; returns when every row is sent (or failed).
+async fn bench<DB: OutboxDatabase>(
+    client: &Client,
+    pool: Pool<DB>,
+    args: &OutboxArgs,
+) -> anyhow::Result<OutboxReport> {
+    let outbox = Outbox::new(
+        pool.clone(),
+        OutboxConfig {
+            batch_size: args.batch,
+            poll_interval_ms: 10,
+            ..OutboxConfig::default()
+        },
+    )?;
+    outbox.migrate().await?;
+    let before = outbox.stats().await?;
+    if before != Default::default() {
+        bail!("the outbox table of {} is not empty ({before:?}): give the bench a database of its own", args.database);
+    }
+    let relays: Vec<_> = (0..args.relays)
+        .map(|_| outbox.start_relay(client))
+        .collect();
+    let body = Bytes::from(vec![b'x'; args.size]);
+    let started = Instant::now();
+    let mut enqueuers = Vec::new();
+    for producer in 0..args.producers as u64 {
+        let (outbox, pool, body) = (outbox.clone(), pool.clone(), body.clone());
+        let (topic, keys, per_transaction) = (args.topic.clone(), args.keys, args.per_transaction);
+        let ids: Vec<u64> = (producer..args.messages).step_by(args.producers).collect();
+        enqueuers.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            for chunk in ids.chunks(per_transaction) {
+                let began = Instant::now();
+                let mut transaction = pool.begin().await?;
+                for id in chunk {
+                    let mut message = OutboxMessage::new(
+                        Message::new(topic.clone(), body.clone()).with_key(format!("bench-{id}")),
+                    );
+                    if keys > 0 {
+                        message = message.sharding_key(format!("key-{}", id % keys));
+                    }
+                    outbox.enqueue(&mut *transaction, message).await?;
+                }
+                transaction.commit().await?;
+                latency.saturating_record(began.elapsed().as_micros().max(1) as u64);
+            }
+            anyhow::Ok(latency)
+        }));
+    }
+    let mut enqueue_latency = histogram();
+    for enqueuer in enqueuers {
+        enqueue_latency.add(enqueuer.await??)?;
+    }
+    let enqueued_in = started.elapsed();
+    let transactions = enqueue_latency.len();
+    let deadline = started + args.timeout;
+    let stats = loop {
+        let stats = outbox.stats().await?;
+        if stats.sent + stats.failed >= args.messages {
+            break stats;
+        }
+        if Instant::now() > deadline {
+            bail!("rows not all sent within {:?}: {stats:?}", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let delivered_in = started.elapsed();
+    for relay in relays {
+        relay.shutdown().await;
+    }
+    // The delivered latencies are read from the table by the caller.
+    Ok(OutboxReport {
+        delivered: Report::new(
+            stats.sent,
+            stats.failed,
+            delivered_in,
+            args.size,
+            &histogram(),
+        ),
+        enqueue: Report::new(
+            transactions,
+            0,
+            enqueued_in,
+            args.size * args.per_transaction,
+            &enqueue_latency,
+        ),
+    })
+}
