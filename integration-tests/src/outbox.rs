@@ -65,7 +65,7 @@ impl TestDatabase for Postgres {
             .execute(&mut admin)
             .await
             .expect("create database");
-        let url = server.replace("/postgres", &format!("/{name}"));
+        let url = with_database(&server, &name);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .connect(&url)
@@ -144,6 +144,22 @@ impl TestDatabase for Sqlite {
     }
 }
 
+/// `url` (`postgres://user:password@host:port/db?options`) naming database `name` instead.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("{server}/{name}{query}")
+}
+
 /// A pool on a SQLite file shared with other processes: WAL, and a busy timeout so writers
 /// wait for each other instead of failing.
 pub async fn sqlite_pool(url: &str) -> Pool<Sqlite> {
@@ -196,4 +212,23 @@ pub fn start_relay_process(
         command.env(key, value);
     }
     Process::spawn(name, &mut command, log_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_url_names_another_database() {
+        assert_eq!(
+            super::with_database("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            super::with_database("postgres://u:p@h/db?sslmode=disable", "t2"),
+            "postgres://u:p@h/t2?sslmode=disable"
+        );
+        assert_eq!(
+            super::with_database("postgres://h:1", "t3"),
+            "postgres://h:1/t3"
+        );
+    }
 }

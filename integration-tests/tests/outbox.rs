@@ -55,10 +55,13 @@ on_both_databases!(
     two_relays_never_send_the_same_row_at_the_same_time,
     messages_go_out_when_the_broker_is_back,
     a_message_lost_after_it_was_sent_is_sent_again,
-    a_row_the_broker_keeps_refusing_fails_with_its_error,
+    messages_the_broker_refuses_fail_alone_and_hold_back_their_key,
     finished_rows_are_archived_after_the_retention,
     check_backs_are_answered_from_the_outbox_table,
+    a_transactional_row_no_broker_stores_is_sent_again,
     concurrent_claims_never_overlap_and_keep_each_keys_order,
+    a_stuck_key_does_not_hold_back_other_rows,
+    enqueues_of_one_sharding_key_take_turns,
 );
 
 /// The README's quick start: `ferromq standalone`, then the outbox example against it.
@@ -387,7 +390,8 @@ async fn rollback_of_the_business_transaction_leaves_no_message<DB: TestDatabase
     assert_eq!(message.keys, vec![dedup_key(2), "order-2".into()]);
     assert_eq!(message.properties[OUTBOX_KEY_PROPERTY], dedup_key(2));
     assert_eq!(message.tag.as_deref(), Some("created"));
-    assert_eq!(relay.counters().sends, 1);
+    ferromq_integration_tests::wait_until("the send counted", WAIT, || relay.counters().sends == 1)
+        .await;
     recorder.stop().await;
     relay.shutdown().await;
 }
@@ -567,9 +571,11 @@ async fn messages_go_out_when_the_broker_is_back<DB: TestDatabase>() {
             keys.iter().collect::<HashSet<_>>().len() == 25
         })
         .await;
-    let counters = relay.counters();
-    assert!(counters.send_failures > 0, "{counters:?}");
-    assert_eq!(counters.failed, 0);
+    ferromq_integration_tests::wait_until("the failed attempts counted", WAIT, || {
+        relay.counters().send_failures > 0
+    })
+    .await;
+    assert_eq!(relay.counters().failed, 0);
     recorder.stop().await;
     relay.shutdown().await;
 }
@@ -577,7 +583,7 @@ async fn messages_go_out_when_the_broker_is_back<DB: TestDatabase>() {
 async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
     let cluster = Cluster::start(&[]).await;
     let config = OutboxConfig {
-        track_groups: vec!["stock".into()],
+        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
         resend_after_ms: 1_500,
         ..fast()
     };
@@ -638,65 +644,101 @@ async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
     })
     .await;
     assert_eq!(third.resends, 0);
-    let counters = relay.counters();
-    assert_eq!(
-        (counters.resends, counters.consumed),
-        (1, 3),
-        "{counters:?}"
-    );
+    ferromq_integration_tests::wait_until("three consumed, one re-send counted", WAIT, || {
+        let counters = relay.counters();
+        (counters.resends, counters.consumed) == (1, 3)
+    })
+    .await;
     recorder.stop().await;
     relay.shutdown().await;
 }
 
-async fn a_row_the_broker_keeps_refusing_fails_with_its_error<DB: TestDatabase>() {
-    let cluster = Cluster::start(&[]).await;
-    let config = OutboxConfig {
-        max_attempts: 2,
-        ..fast()
+/// A broker whose limit is 1000 bytes of bodies per send: a batch over it goes row by row,
+/// a message over it fails at once (no retry can help) and holds back the later rows of its
+/// sharding key until it is retried or discarded.
+async fn messages_the_broker_refuses_fail_alone_and_hold_back_their_key<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[("FERROMQ_LIMITS__MAX_MESSAGE_BYTES", "1000")]).await;
+    let (outbox, pool, _) = open::<DB>(&cluster, fast()).await;
+    let event = |id: i64, bytes: usize| {
+        OutboxMessage::new(Message::new(TOPIC, vec![b'x'; bytes]).with_key(format!("order-{id}")))
+            .dedup_key(dedup_key(id))
     };
-    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
-    // Due in 30 days; the broker schedules at most 7 days ahead.
-    let month = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
     let mut transaction = pool.begin().await.unwrap();
-    let refused = outbox
-        .enqueue(
-            &mut *transaction,
-            order_created(1).dedup_key(dedup_key(1)).deliver_at(month),
-        )
-        .await
-        .unwrap();
-    outbox
-        .enqueue(&mut *transaction, order_created(2).dedup_key(dedup_key(2)))
-        .await
-        .unwrap();
+    for (id, bytes) in [(1, 600), (2, 600), (3, 600), (4, 2_000)] {
+        outbox
+            .enqueue(&mut *transaction, event(id, bytes))
+            .await
+            .unwrap();
+    }
+    for (id, bytes) in [(5, 500), (6, 1_500), (7, 100)] {
+        let message = event(id, bytes).sharding_key("customer-1");
+        outbox.enqueue(&mut *transaction, message).await.unwrap();
+    }
     transaction.commit().await.unwrap();
 
     let relay = outbox.start_relay(&cluster.client);
-    let failed = wait_row(&outbox, 1, "the refused row failed", |row| {
-        row.status == OutboxStatus::Failed
-    })
-    .await;
-    assert_eq!(failed.attempts, 2);
-    let error = failed.last_error.unwrap_or_default();
-    assert!(error.contains("limit"), "{error}");
-    wait_row(&outbox, 2, "the other row sent", |row| {
+    for id in [1, 2, 3, 5] {
+        wait_row(&outbox, id, "sent alone", |row| {
+            row.status == OutboxStatus::Sent
+        })
+        .await;
+    }
+    for id in [4, 6] {
+        let failed = wait_row(&outbox, id, "refused", |row| {
+            row.status == OutboxStatus::Failed
+        })
+        .await;
+        assert_eq!(failed.attempts, 1, "a refusal is not retried: {failed:?}");
+        let error = failed.last_error.unwrap_or_default();
+        assert!(error.contains("message_too_large"), "{error}");
+    }
+    // Rounds go on (a later row is sent), and the key's last row still waits behind row 6.
+    let mut connection = pool.acquire().await.unwrap();
+    outbox
+        .enqueue(&mut *connection, event(8, 10))
+        .await
+        .unwrap();
+    drop(connection);
+    wait_row(&outbox, 8, "a later row sent", |row| {
         row.status == OutboxStatus::Sent
     })
     .await;
+    let waiting = row(&outbox, 7).await;
     assert_eq!(
-        (relay.counters().failed, relay.counters().send_failures),
-        (1, 2)
+        (waiting.status, waiting.attempts),
+        (OutboxStatus::Pending, 0)
     );
-
-    // An operator sends it again: fresh attempts, the same refusal.
-    assert_eq!(outbox.retry_failed(Some(refused)).await.unwrap(), 1);
-    assert_eq!(outbox.retry_failed(Some(OutboxId(-1))).await.unwrap(), 0);
-    ferromq_integration_tests::wait_until("the second failure", WAIT, || {
+    ferromq_integration_tests::wait_until("two rows counted failed", WAIT, || {
         relay.counters().failed == 2
     })
     .await;
-    let again = row(&outbox, 1).await;
-    assert_eq!((again.status, again.attempts), (OutboxStatus::Failed, 2));
+
+    // Retried, the refusal comes again; discarded, the key moves on.
+    assert_eq!(
+        outbox
+            .retry_failed(Some(row(&outbox, 4).await.id))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(outbox.retry_failed(Some(OutboxId(-1))).await.unwrap(), 0);
+    ferromq_integration_tests::wait_until("the retried row refused again", WAIT, || {
+        relay.counters().failed == 3
+    })
+    .await;
+    let discarded = row(&outbox, 6).await.id;
+    assert_eq!(outbox.discard_failed(Some(discarded)).await.unwrap(), 1);
+    assert!(outbox.row(discarded).await.unwrap().is_none());
+    wait_row(&outbox, 7, "the key's last row sent", |row| {
+        row.status == OutboxStatus::Sent
+    })
+    .await;
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.sent, stats.failed, stats.pending),
+        (6, 1, 0),
+        "{stats:?}"
+    );
     relay.shutdown().await;
 }
 
@@ -705,7 +747,6 @@ async fn finished_rows_are_archived_after_the_retention<DB: TestDatabase>() {
     let config = OutboxConfig {
         retention_ms: 0,
         archive: true,
-        max_attempts: 1,
         ..fast()
     };
     let (outbox, pool, _) = open::<DB>(&cluster, config).await;
@@ -721,7 +762,8 @@ async fn finished_rows_are_archived_after_the_retention<DB: TestDatabase>() {
         .unwrap();
     drop(connection);
     let relay = outbox.start_relay(&cluster.client);
-    // Sent rows are finished (nothing tracks consumption): archived. The failed one stays.
+    // Sent rows are finished (nothing tracks consumption): archived. The one due in a month
+    // waits in the table, unsent: brokers schedule only so far ahead.
     let deadline = Instant::now() + WAIT;
     while DB::count_rows(&pool).await != (1, 5) {
         assert!(
@@ -731,7 +773,14 @@ async fn finished_rows_are_archived_after_the_retention<DB: TestDatabase>() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(row(&outbox, 9).await.status, OutboxStatus::Failed);
+    let waiting = row(&outbox, 9).await;
+    assert_eq!(
+        (waiting.status, waiting.attempts),
+        (OutboxStatus::Pending, 0)
+    );
+    let due_ms = waiting.deliver_at_ms.unwrap();
+    let ahead = OutboxConfig::default().schedule_ahead_ms as i64;
+    assert_eq!(waiting.next_attempt_ms, due_ms - ahead);
     relay.shutdown().await;
 }
 
@@ -803,9 +852,74 @@ async fn check_backs_are_answered_from_the_outbox_table<DB: TestDatabase>() {
     let message = recorder.seen.lock().unwrap()[0].clone();
     assert_eq!(message.keys[1], "order-1");
     assert_eq!(DB::count_orders(&pool).await, 1);
+    // A relay confirms its row once the committed message is seen stored.
+    let relay = outbox.start_relay(&cluster.client);
+    let confirmed =
+        wait_row_by_key(&outbox, &message.keys[0], |row| row.finished_ms.is_some()).await;
+    assert_eq!(confirmed.status, OutboxStatus::Sent);
+    assert_eq!(confirmed.message_id, Some(message.id));
     assert_eq!(outbox.stats().await.unwrap().sent, 1);
     recorder.stop().await;
+    relay.shutdown().await;
     producer.shutdown();
+}
+
+/// A broker transaction's row whose message no broker stores in time (rolled back or parked
+/// at the broker after the local transaction committed, say) is sent again, even with nothing
+/// tracking consumption.
+async fn a_transactional_row_no_broker_stores_is_sent_again<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        resend_after_ms: 1_000,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let relay = outbox.start_relay(&cluster.client);
+    let message = outbox
+        .prepare_transactional(order_created(1).dedup_key(dedup_key(1)))
+        .unwrap();
+    let never_committed = SendReceipt {
+        message_id: MessageId([0x6b; 16]),
+        topic: TOPIC.into(),
+        broker_group: cluster.broker_group().await,
+        queue_id: 0,
+        queue_offset: 0,
+        store_ts_ms: 0,
+        due_ms: None,
+    };
+    let mut transaction = pool.begin().await.unwrap();
+    outbox
+        .record_transactional(&mut *transaction, &message, &never_committed)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    let sent = wait_row(&outbox, 1, "sent again and finished", |row| {
+        row.resends == 1 && row.status == OutboxStatus::Sent && row.finished_ms.is_some()
+    })
+    .await;
+    assert_ne!(sent.message_id, Some(never_committed.message_id));
+    let recorder = Recorder::start(&cluster.client, "billing").await;
+    recorder
+        .wait_for("the re-sent message", |keys| keys.contains(&dedup_key(1)))
+        .await;
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
+async fn wait_row_by_key<DB: TestDatabase>(
+    outbox: &Outbox<DB>,
+    dedup_key: &str,
+    done: impl Fn(&OutboxRow) -> bool,
+) -> OutboxRow {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = outbox.row_by_dedup_key(dedup_key).await.unwrap().unwrap();
+        if done(&row) {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "{row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The claim itself, under contention: several claimers in parallel, each sending some rows
@@ -901,6 +1015,7 @@ async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDataba
                                 queue_offset: row.id,
                                 sent_by: owner.clone(),
                                 sent_ms: now_ms(),
+                                finished: true,
                             },
                         });
                     }
@@ -932,4 +1047,93 @@ async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDataba
     }
     let stats = outbox.stats().await.unwrap();
     assert_eq!(stats.sent, ROWS as u64, "{stats:?}");
+}
+
+/// A key whose first row backs off (or failed) must not fill every claim with rows it holds
+/// back: the rows behind it are left out before the claim's limit, so other rows go.
+async fn a_stuck_key_does_not_hold_back_other_rows<DB: TestDatabase>() {
+    use ferromq_client::outbox::internals::{now_ms, SendOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, _) = DB::create(dir.path()).await;
+    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
+    outbox.migrate().await.unwrap();
+    let mut transaction = pool.begin().await.unwrap();
+    for n in 0..25 {
+        let mut message = order_created(n).dedup_key(dedup_key(n));
+        if n < 20 {
+            message = message.sharding_key("customer-1");
+        }
+        outbox.enqueue(&mut *transaction, message).await.unwrap();
+    }
+    transaction.commit().await.unwrap();
+
+    let now = now_ms();
+    let first = DB::claim(&pool, "relay-1", now, now + 60_000, 5)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = first
+        .iter()
+        .map(|r| r.sharding_key.as_deref().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["customer-1"; 5]);
+    // The key's first row backs off for an hour; the other four are given back.
+    let mut outcomes = vec![SendOutcome::Retry {
+        id: first[0].id,
+        attempts: 1,
+        next_attempt_ms: now + 3_600_000,
+        error: "simulated".into(),
+    }];
+    outcomes.extend(
+        first[1..]
+            .iter()
+            .map(|row| SendOutcome::Release { id: row.id }),
+    );
+    DB::record_sends(&pool, "relay-1", &outcomes).await.unwrap();
+
+    let second = DB::claim(&pool, "relay-2", now, now + 60_000, 5)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 5, "{second:?}");
+    assert!(
+        second.iter().all(|row| row.sharding_key.is_none()),
+        "{second:?}"
+    );
+}
+
+/// Two transactions enqueueing for one sharding key take turns: the second waits for the
+/// first to end, so ids (the relay's send order) follow commit order. Other keys do not wait
+/// on PostgreSQL (SQLite has one writer at a time anyway).
+async fn enqueues_of_one_sharding_key_take_turns<DB: TestDatabase>() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, _) = DB::create(dir.path()).await;
+    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
+    outbox.migrate().await.unwrap();
+    let mut first = pool.begin().await.unwrap();
+    let first_id = outbox
+        .enqueue(&mut *first, order_created(1).sharding_key("customer-1"))
+        .await
+        .unwrap();
+
+    let enqueue = |message: OutboxMessage| {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        tokio::spawn(async move {
+            let mut transaction = pool.begin().await.unwrap();
+            let id = outbox.enqueue(&mut *transaction, message).await.unwrap();
+            transaction.commit().await.unwrap();
+            id
+        })
+    };
+    if <DB as TestDatabase>::NAME == "postgres" {
+        let other_key = enqueue(order_created(3).sharding_key("customer-2"));
+        within(WAIT, other_key).await.unwrap();
+    }
+    let same_key = enqueue(order_created(2).sharding_key("customer-1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !same_key.is_finished(),
+        "the second enqueue of the key did not wait"
+    );
+    first.commit().await.unwrap();
+    let second_id = within(WAIT, same_key).await.unwrap();
+    assert!(first_id < second_id, "{first_id} then {second_id}");
 }

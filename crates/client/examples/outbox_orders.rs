@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     let outbox = Outbox::new(
         orders.clone(),
         OutboxConfig {
-            track_groups: vec![STOCK_SERVICE.into()],
+            track_groups: [(TOPIC.to_string(), vec![STOCK_SERVICE.to_string()])].into(),
             track_interval_ms: 500,
             ..OutboxConfig::default()
         },

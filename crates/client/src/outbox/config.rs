@@ -1,5 +1,6 @@
 //! Outbox settings: a plain serde struct, like the rest of the SDK's configuration.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,20 +24,24 @@ pub struct OutboxConfig {
     /// `backoff_max_ms`.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
-    /// Consumer groups whose consumption makes a row `consumed` (learned from the brokers'
-    /// message trace). Empty: rows stay `sent`, which is then final.
-    pub track_groups: Vec<String>,
-    /// How often sent rows are checked for consumption (each at most this often).
+    /// Per topic, the consumer groups whose consumption makes its rows `consumed` (learned from
+    /// the brokers' message trace). A row of a topic not listed is finished once a broker
+    /// acknowledged it (a broker transaction's row, once a broker stores the committed message).
+    pub track_groups: BTreeMap<String, Vec<String>>,
+    /// How often sent rows are checked for consumption or storage (each at most this often).
     pub track_interval_ms: u64,
     /// Sent rows checked per round.
     pub track_batch: u32,
-    /// A row not consumed this long after it became visible is sent again (same dedup key),
-    /// unless the tracked groups' backlog explains the wait.
+    /// A row not consumed (or, untracked, not stored) this long after it became visible is
+    /// sent again with the same dedup key, unless the tracked groups' backlog explains the wait.
     pub resend_after_ms: u64,
     /// Re-sends after which a row still not consumed is `failed`.
     pub max_resends: u32,
-    /// Finished rows (consumed; sent, when nothing is tracked) older than this are removed.
-    /// Failed and dead-lettered rows are kept for an operator.
+    /// A delayed message due further ahead than this waits in the table and is sent this long
+    /// before it is due (brokers schedule at most 7 days ahead by default).
+    pub schedule_ahead_ms: u64,
+    /// Rows finished this long ago (consumed, or sent to an untracked topic and confirmed) are
+    /// removed. Failed and dead-lettered rows are kept for an operator.
     pub retention_ms: u64,
     /// Move removed rows to `ferromq_outbox_archive` instead of deleting them.
     pub archive: bool,
@@ -57,11 +62,12 @@ impl Default for OutboxConfig {
             max_attempts: 100,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 300_000,
-            track_groups: Vec::new(),
+            track_groups: BTreeMap::new(),
             track_interval_ms: 5_000,
             track_batch: 200,
             resend_after_ms: 300_000,
             max_resends: 3,
+            schedule_ahead_ms: 3_600_000,
             retention_ms: 7 * 24 * 3600 * 1000,
             archive: false,
             housekeeping_interval_ms: 10_000,
@@ -84,6 +90,7 @@ impl OutboxConfig {
             self.backoff_initial_ms,
             self.track_interval_ms,
             self.housekeeping_interval_ms,
+            self.schedule_ahead_ms,
         ];
         if intervals.contains(&0) {
             return Err("intervals, timeouts and back-off must be positive".into());
@@ -97,11 +104,23 @@ impl OutboxConfig {
                 "lease_ms must be at least twice send_timeout_ms plus 1000 ({needed})"
             ));
         }
-        for group in &self.track_groups {
-            ferromq_protocol::message::validate_group(group)
+        for (topic, groups) in &self.track_groups {
+            ferromq_protocol::message::validate_topic(topic)
                 .map_err(|err| format!("track_groups: {err}"))?;
+            if groups.is_empty() {
+                return Err(format!("track_groups: no group for topic {topic:?}"));
+            }
+            for group in groups {
+                ferromq_protocol::message::validate_group(group)
+                    .map_err(|err| format!("track_groups.{topic}: {err}"))?;
+            }
         }
         Ok(())
+    }
+
+    /// The groups tracked on `topic` (none: the topic is not tracked).
+    pub(crate) fn tracked_groups(&self, topic: &str) -> &[String] {
+        self.track_groups.get(topic).map_or(&[], Vec::as_slice)
     }
 
     /// The wait before the next attempt after `attempts` failed ones.
@@ -138,10 +157,19 @@ mod tests {
         };
         assert!(config.validate().unwrap_err().contains("lease_ms"));
         assert!(OutboxConfig::default().validate().is_ok());
-        let config = OutboxConfig {
-            track_groups: vec!["bad group!".into()],
-            ..OutboxConfig::default()
-        };
-        assert!(config.validate().is_err());
+        for (topic, groups) in [
+            ("orders", vec!["bad group!"]),
+            ("bad topic!", vec!["stock"]),
+            ("orders", vec![]),
+        ] {
+            let config = OutboxConfig {
+                track_groups: BTreeMap::from([(
+                    topic.to_string(),
+                    groups.iter().map(|g| g.to_string()).collect(),
+                )]),
+                ..OutboxConfig::default()
+            };
+            assert!(config.validate().is_err(), "{topic} {groups:?}");
+        }
     }
 }

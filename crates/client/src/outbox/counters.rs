@@ -81,9 +81,13 @@ impl Counters {
     }
 }
 
-/// Sets the row gauges from a fresh count of the table.
+/// Sets the gauges of the rows that need attention from a fresh count.
 pub(crate) fn record_rows(stats: &OutboxStats) {
-    for status in OutboxStatus::ALL {
+    for status in [
+        OutboxStatus::Pending,
+        OutboxStatus::Failed,
+        OutboxStatus::DeadLettered,
+    ] {
         ::metrics::gauge!(ROWS, "status" => status.as_str()).set(stats.count(status) as f64);
     }
     let age = stats
@@ -94,7 +98,11 @@ pub(crate) fn record_rows(stats: &OutboxStats) {
 
 fn describe() {
     use ::metrics::{describe_counter, describe_gauge, Unit};
-    describe_gauge!(ROWS, Unit::Count, "outbox rows by status");
+    describe_gauge!(
+        ROWS,
+        Unit::Count,
+        "outbox rows pending, failed or dead-lettered"
+    );
     describe_gauge!(
         OLDEST_PENDING_AGE,
         Unit::Seconds,

@@ -51,6 +51,8 @@ pub struct NewRow {
     pub sharding_key: Option<String>,
     pub deliver_at_ms: Option<i64>,
     pub created_ms: i64,
+    /// Not claimed before this (a message due much later waits in the table).
+    pub next_attempt_ms: i64,
     pub sent: Option<SentAs>,
 }
 
@@ -64,6 +66,8 @@ pub struct SentAs {
     pub queue_offset: i64,
     pub sent_by: String,
     pub sent_ms: i64,
+    /// The acknowledgement finishes the row: no consumer group of its topic is tracked.
+    pub finished: bool,
 }
 
 /// What a relay learned about a row it claimed. Recorded only while the relay still holds the
@@ -113,6 +117,12 @@ pub struct SentRow {
 #[doc(hidden)]
 #[derive(Debug, Clone)]
 pub enum TrackOutcome {
+    /// A broker stores it, and nothing tracks its consumption: finished.
+    Confirmed {
+        id: i64,
+        message_id: String,
+        now_ms: i64,
+    },
     Consumed {
         id: i64,
         message_id: String,
@@ -147,7 +157,8 @@ pub enum TrackOutcome {
     },
 }
 
-/// Rows per status and the oldest pending row, for metrics and [`super::Outbox::stats`].
+/// Rows per status and the oldest pending row, for [`super::Outbox::stats`] (every status) and
+/// the gauges (pending, failed and dead-lettered rows only: those an index counts cheaply).
 #[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct RawStats {
@@ -179,6 +190,14 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         migrations: &'static [(i64, &'static str)],
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 
+    /// Makes the enqueues of one sharding key take turns until the caller's transaction ends,
+    /// so their ids follow their commit order (a relay sends a key's rows in id order).
+    #[doc(hidden)]
+    fn lock_sharding_key(
+        connection: &mut Self::Connection,
+        key: &str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
     /// Inserts a row; `None` if a row with its dedup key exists (without failing the
     /// surrounding transaction).
     #[doc(hidden)]
@@ -188,8 +207,8 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
     ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
 
     /// Leases up to `limit` pending, due rows to `owner` until `lease_until_ms`, in id order,
-    /// skipping every row of a sharding key after the first that is unsent and not claimed
-    /// here.
+    /// skipping every row of a sharding key after an earlier unsent row of the key that is not
+    /// claimed here (backing off, leased elsewhere, or failed).
     #[doc(hidden)]
     fn claim(
         pool: &Pool<Self>,
@@ -208,7 +227,8 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         outcomes: &[SendOutcome],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
-    /// Sent rows last checked before `checked_before_ms`, least recently checked first.
+    /// Sent rows neither consumed nor confirmed, last checked before `checked_before_ms`, least
+    /// recently checked first.
     #[doc(hidden)]
     fn sent_rows(
         pool: &Pool<Self>,
@@ -223,19 +243,22 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         outcomes: &[TrackOutcome],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
-    /// Deletes (or moves to the archive table) up to `limit` finished rows older than
-    /// `cutoff_ms`: consumed ones, and sent ones when nothing tracks consumption.
+    /// Deletes (or moves to the archive table) up to `limit` rows that finished before
+    /// `cutoff_ms`: consumed, or sent and confirmed.
     #[doc(hidden)]
     fn remove_finished(
         pool: &Pool<Self>,
         cutoff_ms: i64,
-        sent_is_finished: bool,
         archive: bool,
         limit: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     #[doc(hidden)]
     fn stats(pool: &Pool<Self>) -> impl Future<Output = Result<RawStats, sqlx::Error>> + Send;
+
+    /// Pending, failed and dead-lettered rows, and the oldest pending one.
+    #[doc(hidden)]
+    fn attention(pool: &Pool<Self>) -> impl Future<Output = Result<RawStats, sqlx::Error>> + Send;
 
     #[doc(hidden)]
     fn row_by_id(
@@ -249,12 +272,20 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         dedup_key: &str,
     ) -> impl Future<Output = Result<Option<RawRow>, sqlx::Error>> + Send;
 
-    /// Makes failed rows (one, or all when `id` is `None`) pending again with fresh attempts.
+    /// Makes failed rows (one, or all when `id` is `None`) pending again with fresh attempts
+    /// and re-sends.
     #[doc(hidden)]
     fn retry_failed(
         pool: &Pool<Self>,
         id: Option<i64>,
         now_ms: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Deletes failed rows (one, or all when `id` is `None`).
+    #[doc(hidden)]
+    fn discard_failed(
+        pool: &Pool<Self>,
+        id: Option<i64>,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 }
 
@@ -264,6 +295,35 @@ macro_rules! row_columns {
         "id, dedup_key, topic, tag, keys, properties, body, sharding_key, deliver_at_ms, status,
          attempts, resends, next_attempt_ms, message_id, broker_group, queue_id, queue_offset,
          sent_by, created_ms, sent_ms, checked_ms, finished_ms, last_error"
+    };
+}
+
+/// Every column of the table (and of its archive), as a literal for `concat!`.
+macro_rules! all_columns {
+    () => {
+        concat!(
+            $crate::outbox::database::row_columns!(),
+            ", lease_owner, lease_until_ms"
+        )
+    };
+}
+
+/// The rows a claim at time `$1` may take: pending, due, not leased, and not behind an earlier
+/// unsent row of their sharding key that cannot be taken now (backing off, leased, or failed).
+/// Filtering before the `LIMIT` keeps a stuck key from filling every claim with rows it must
+/// skip. An earlier row that can be taken now comes first in id order, so it is in the same
+/// claim.
+macro_rules! claimable_rows {
+    () => {
+        "status = 'pending' AND next_attempt_ms <= $1
+         AND (lease_until_ms IS NULL OR lease_until_ms <= $1)
+         AND (sharding_key IS NULL OR NOT EXISTS (
+             SELECT 1 FROM ferromq_outbox earlier
+             WHERE earlier.sharding_key = ferromq_outbox.sharding_key
+               AND earlier.id < ferromq_outbox.id
+               AND (earlier.status = 'failed'
+                    OR (earlier.status = 'pending'
+                        AND (earlier.next_attempt_ms > $1 OR earlier.lease_until_ms > $1)))))"
     };
 }
 
@@ -312,9 +372,9 @@ macro_rules! shared_statements {
             let status = if sent.is_some() { "sent" } else { "pending" };
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO ferromq_outbox (dedup_key, topic, tag, keys, properties, body,
-                     sharding_key, deliver_at_ms, status, next_attempt_ms, created_ms,
+                     sharding_key, deliver_at_ms, status, created_ms, next_attempt_ms,
                      message_id, broker_group, queue_id, queue_offset, sent_by, sent_ms, checked_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, $16)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
                  ON CONFLICT (dedup_key) DO NOTHING
                  RETURNING id",
             )
@@ -328,6 +388,7 @@ macro_rules! shared_statements {
             .bind(row.deliver_at_ms)
             .bind(status)
             .bind(row.created_ms)
+            .bind(row.next_attempt_ms)
             .bind(sent.map(|s| s.message_id.clone()))
             .bind(sent.map(|s| s.broker_group.clone()))
             .bind(sent.map(|s| s.queue_id))
@@ -352,6 +413,7 @@ macro_rules! shared_statements {
                         "UPDATE ferromq_outbox SET status = 'sent', attempts = attempts + 1,
                              message_id = $3, broker_group = $4, queue_id = $5, queue_offset = $6,
                              sent_by = $7, sent_ms = $8, checked_ms = $8, last_error = NULL,
+                             finished_ms = CASE WHEN $9 THEN $8 ELSE NULL END,
                              lease_owner = NULL, lease_until_ms = NULL
                          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
                     )
@@ -362,7 +424,8 @@ macro_rules! shared_statements {
                     .bind(sent.queue_id)
                     .bind(sent.queue_offset)
                     .bind(&sent.sent_by)
-                    .bind(sent.sent_ms),
+                    .bind(sent.sent_ms)
+                    .bind(sent.finished),
                     SendOutcome::Retry {
                         id,
                         attempts,
@@ -416,7 +479,7 @@ macro_rules! shared_statements {
             let rows = sqlx::query(
                 "SELECT id, message_id, broker_group, topic, deliver_at_ms, sent_ms, resends
                  FROM ferromq_outbox
-                 WHERE status = 'sent' AND checked_ms < $1
+                 WHERE status = 'sent' AND finished_ms IS NULL AND checked_ms < $1
                  ORDER BY checked_ms, id
                  LIMIT $2",
             )
@@ -452,6 +515,18 @@ macro_rules! shared_statements {
             let mut updated = 0;
             for outcome in outcomes {
                 let query = match outcome {
+                    TrackOutcome::Confirmed {
+                        id,
+                        message_id,
+                        now_ms,
+                    } => sqlx::query(
+                        "UPDATE ferromq_outbox SET checked_ms = $3, finished_ms = $3,
+                             last_error = NULL
+                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                    )
+                    .bind(id)
+                    .bind(message_id)
+                    .bind(now_ms),
                     TrackOutcome::Consumed {
                         id,
                         message_id,
@@ -586,8 +661,8 @@ macro_rules! shared_statements {
             now_ms: i64,
         ) -> Result<u64, sqlx::Error> {
             let result = sqlx::query(
-                "UPDATE ferromq_outbox SET status = 'pending', attempts = 0,
-                     next_attempt_ms = $2, finished_ms = NULL
+                "UPDATE ferromq_outbox SET status = 'pending', attempts = 0, resends = 0,
+                     next_attempt_ms = $2, finished_ms = NULL, last_error = NULL
                  WHERE status = 'failed' AND (CAST($1 AS BIGINT) IS NULL OR id = $1)",
             )
             .bind(id)
@@ -595,6 +670,41 @@ macro_rules! shared_statements {
             .execute(pool)
             .await?;
             Ok(result.rows_affected())
+        }
+
+        async fn discard_failed(
+            pool: &sqlx::Pool<$db>,
+            id: Option<i64>,
+        ) -> Result<u64, sqlx::Error> {
+            let result = sqlx::query(
+                "DELETE FROM ferromq_outbox
+                 WHERE status = 'failed' AND (CAST($1 AS BIGINT) IS NULL OR id = $1)",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(result.rows_affected())
+        }
+
+        async fn attention(
+            pool: &sqlx::Pool<$db>,
+        ) -> Result<$crate::outbox::database::RawStats, sqlx::Error> {
+            let by_status = sqlx::query_as::<_, (String, i64)>(
+                "SELECT status, COUNT(*) FROM ferromq_outbox
+                 WHERE status IN ('pending', 'failed', 'dead_lettered')
+                 GROUP BY status",
+            )
+            .fetch_all(pool)
+            .await?;
+            let oldest_pending_created_ms = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MIN(created_ms) FROM ferromq_outbox WHERE status = 'pending'",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok($crate::outbox::database::RawStats {
+                by_status,
+                oldest_pending_created_ms,
+            })
         }
     };
 }
@@ -635,12 +745,13 @@ macro_rules! raw_row_decoder {
     };
 }
 
-pub(crate) use {raw_row_decoder, row_columns, shared_statements};
+pub(crate) use {all_columns, claimable_rows, raw_row_decoder, row_columns, shared_statements};
 
-/// Of the candidates a claim found (pending, due, not leased), the ids it may take: every row
-/// without a sharding key, and a keyed row only if no unsent row of its key that this claim did
-/// not find comes before it (`first_blocker`: the lowest such id per key). A row backing off,
-/// leased by another relay or failed thus holds back the later rows of its key.
+/// Of the candidates a claim locked, the ids it may take: every row without a sharding key, and a
+/// keyed row only if no unsent row of its key that this claim did not lock comes before it
+/// (`first_blocker`: the lowest such id per key). [`claimable_rows!`] has already left out the
+/// rows behind a row backing off, leased or failed; this catches a row another claim is locking
+/// at the same moment (PostgreSQL's `SKIP LOCKED` passes over it).
 pub(crate) fn claimable(
     candidates: &[(i64, Option<String>)],
     first_blocker: &std::collections::HashMap<String, i64>,

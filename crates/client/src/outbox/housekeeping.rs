@@ -1,6 +1,7 @@
 //! Housekeeping: removes finished rows once they are older than the retention (deleting them,
 //! or moving them to `ferromq_outbox_archive`), a slice at a time so no statement holds locks
-//! for long, and refreshes the row gauges.
+//! for long, and refreshes the gauges of the rows that need attention (pending, failed,
+//! dead-lettered: counted from an index, not by reading the table).
 
 use std::time::Duration;
 
@@ -20,8 +21,8 @@ pub(crate) async fn housekeeping_loop<DB: OutboxDatabase>(
 ) {
     let interval = Duration::from_millis(outbox.config.housekeeping_interval_ms);
     loop {
-        match outbox.stats().await {
-            Ok(stats) => record_rows(&stats),
+        match DB::attention(&outbox.pool).await {
+            Ok(raw) => record_rows(&outbox.stats_of(raw)),
             Err(err) => warn!(%err, "outbox row count failed"),
         }
         if let Err(err) = remove_finished(&outbox, &stop).await {
@@ -41,18 +42,9 @@ async fn remove_finished<DB: OutboxDatabase>(
 ) -> Result<u64, OutboxError> {
     let config = &outbox.config;
     let cutoff = now_ms().saturating_sub(i64::try_from(config.retention_ms).unwrap_or(i64::MAX));
-    // Without tracked groups nothing ever moves a row past `sent`: that is where it finishes.
-    let sent_is_finished = config.track_groups.is_empty();
     let mut removed = 0;
     while !stop.is_cancelled() {
-        let n = DB::remove_finished(
-            &outbox.pool,
-            cutoff,
-            sent_is_finished,
-            config.archive,
-            SLICE,
-        )
-        .await?;
+        let n = DB::remove_finished(&outbox.pool, cutoff, config.archive, SLICE).await?;
         removed += n;
         if n < SLICE as u64 {
             break;

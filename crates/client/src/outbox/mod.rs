@@ -210,7 +210,8 @@ impl OutboxMessage {
 
     /// The key idempotent consumers recognise duplicates by, unique in the table (default: a
     /// generated one). Choose one to make enqueueing itself idempotent: a second row with the
-    /// same key is refused with [`OutboxError::DuplicateKey`].
+    /// same key is refused with [`OutboxError::DuplicateKey`] while the first row is in the
+    /// table (housekeeping removes it after the retention).
     pub fn dedup_key(mut self, key: impl Into<String>) -> OutboxMessage {
         self.dedup_key = Some(key.into());
         self
@@ -333,15 +334,21 @@ impl<DB: OutboxDatabase> Outbox<DB> {
 
     /// Adds `message` to the outbox on `connection`, normally inside the application's own
     /// transaction (`&mut *transaction`): it is sent only if that transaction commits. Checks
-    /// every limit a broker enforces first, so a message that could never be sent is refused
-    /// here. A dedup key already in the table is refused with [`OutboxError::DuplicateKey`]
-    /// without failing the transaction.
+    /// the limits every broker enforces (names, keys, properties, the default 4 MiB body), so a
+    /// message no broker would take is refused here; a broker configured tighter refuses it when
+    /// it is sent (the row then fails). A dedup key still in the table is refused with
+    /// [`OutboxError::DuplicateKey`] without failing the transaction. With a sharding key, the
+    /// transactions enqueueing for that key take turns until they end (PostgreSQL: an advisory
+    /// lock), so the key's rows are sent in the order the transactions commit.
     pub async fn enqueue(
         &self,
         connection: &mut DB::Connection,
         message: impl Into<OutboxMessage>,
     ) -> Result<OutboxId, OutboxError> {
         let row = self.new_row(message.into(), now_ms())?;
+        if let Some(key) = &row.sharding_key {
+            DB::lock_sharding_key(&mut *connection, key).await?;
+        }
         match DB::insert(connection, &row).await? {
             Some(id) => Ok(OutboxId(id)),
             None => Err(OutboxError::DuplicateKey(row.dedup_key)),
@@ -367,7 +374,9 @@ impl<DB: OutboxDatabase> Outbox<DB> {
 
     /// Records, inside the local transaction, that `message` (prepared with
     /// [`Outbox::prepare_transactional`]) was stored as the half message of `receipt`: a
-    /// check-back then answers `Commit`, and the row is tracked and re-sent like any other.
+    /// check-back then answers `Commit`. The row is `sent` but not finished until a broker is
+    /// seen storing the committed message (or, on a tracked topic, its groups consuming it); if
+    /// the broker rolled it back or parked it after all, the row is re-sent like a lost one.
     pub async fn record_transactional(
         &self,
         connection: &mut DB::Connection,
@@ -398,6 +407,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
             sharding_key: None,
             deliver_at_ms: None,
             created_ms: now,
+            next_attempt_ms: now,
             sent: Some(SentAs {
                 message_id: receipt.message_id.to_string(),
                 broker_group: receipt.broker_group.clone(),
@@ -405,6 +415,8 @@ impl<DB: OutboxDatabase> Outbox<DB> {
                 queue_offset: i64::try_from(receipt.queue_offset).unwrap_or(i64::MAX),
                 sent_by: "transaction".into(),
                 sent_ms: now,
+                // Confirmed once a broker stores the committed message.
+                finished: false,
             }),
         };
         match DB::insert(connection, &row).await? {
@@ -432,9 +444,12 @@ impl<DB: OutboxDatabase> Outbox<DB> {
             .transpose()
     }
 
-    /// Rows per status and the age of the oldest pending row.
+    /// Rows per status and the age of the oldest pending row (counts the whole table).
     pub async fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let raw = DB::stats(&self.pool).await?;
+        Ok(self.stats_of(DB::stats(&self.pool).await?))
+    }
+
+    fn stats_of(&self, raw: database::RawStats) -> OutboxStats {
         let mut stats = OutboxStats {
             oldest_pending_age: raw.oldest_pending_created_ms.map(|created| {
                 Duration::from_millis(u64::try_from(now_ms() - created).unwrap_or(0))
@@ -453,13 +468,20 @@ impl<DB: OutboxDatabase> Outbox<DB> {
                 Err(_) => {}
             }
         }
-        Ok(stats)
+        stats
     }
 
-    /// Makes `failed` rows pending again with fresh attempts: one, or every one with `None`.
-    /// Returns how many.
+    /// Makes `failed` rows pending again with fresh attempts and re-sends: one, or every one
+    /// with `None`. Returns how many.
     pub async fn retry_failed(&self, id: Option<OutboxId>) -> Result<u64, OutboxError> {
         Ok(DB::retry_failed(&self.pool, id.map(|id| id.0), now_ms()).await?)
+    }
+
+    /// Deletes `failed` rows, giving up on their messages: one, or every one with `None`. A
+    /// failed row holds back the later rows of its sharding key until it is retried or
+    /// discarded. Returns how many.
+    pub async fn discard_failed(&self, id: Option<OutboxId>) -> Result<u64, OutboxError> {
+        Ok(DB::discard_failed(&self.pool, id.map(|id| id.0)).await?)
     }
 
     /// The row to insert for `message`, checked against every broker limit as it will be sent.
@@ -485,6 +507,9 @@ impl<DB: OutboxDatabase> Outbox<DB> {
                 "a message is either ordered (sharding key) or delayed, not both".into(),
             ));
         }
+        // Due far ahead: it waits here, not at the broker, which schedules only so far ahead.
+        let ahead = i64::try_from(self.config.schedule_ahead_ms).unwrap_or(i64::MAX);
+        let next_attempt_ms = deliver_at_ms.map_or(now, |at| at.saturating_sub(ahead).max(now));
         let row = NewRow {
             dedup_key,
             topic: message.topic.clone(),
@@ -495,6 +520,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
             sharding_key,
             deliver_at_ms,
             created_ms: now,
+            next_attempt_ms,
             sent: None,
         };
         // Validate the message exactly as the relay will build it.

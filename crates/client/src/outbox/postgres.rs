@@ -4,15 +4,18 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Pool, Postgres};
+use sqlx::{PgConnection, Pool, Postgres};
 
 use super::database::{
-    candidate_keys, claimable, raw_row_decoder, row_columns, shared_statements, OutboxDatabase,
-    RawRow,
+    all_columns, candidate_keys, claimable, claimable_rows, raw_row_decoder, row_columns,
+    shared_statements, OutboxDatabase, RawRow,
 };
 
 /// Key of the advisory lock migrations hold ("FerroMQ outbox" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x4665_7272_6f4f_7574;
+/// First half of the two-part advisory lock keys of sharding keys ("FeMQ"): apart from the
+/// application's own one-part locks and from other two-part namespaces.
+const SHARDING_KEY_LOCKS: i32 = 0x4665_4d51;
 
 /// The schema migrations, in order: (version, SQL).
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
@@ -41,16 +44,25 @@ impl OutboxDatabase for Postgres {
         lease_until_ms: i64,
         limit: i64,
     ) -> Result<Vec<RawRow>, sqlx::Error> {
+        // An idle relay asks without a transaction or a lock.
+        let probe = sqlx::query(concat!(
+            "SELECT id FROM ferromq_outbox WHERE ",
+            claimable_rows!(),
+            " LIMIT 1"
+        ))
+        .bind(now_ms)
+        .fetch_optional(pool)
+        .await?;
+        if probe.is_none() {
+            return Ok(Vec::new());
+        }
         let mut transaction = pool.begin().await?;
         // Rows another relay is claiming right now are locked: skipped, not waited for.
-        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(
-            "SELECT id, sharding_key FROM ferromq_outbox
-             WHERE status = 'pending' AND next_attempt_ms <= $1
-               AND (lease_until_ms IS NULL OR lease_until_ms <= $1)
-             ORDER BY id
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-        )
+        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(concat!(
+            "SELECT id, sharding_key FROM ferromq_outbox WHERE ",
+            claimable_rows!(),
+            " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+        ))
         .bind(now_ms)
         .bind(limit)
         .fetch_all(&mut *transaction)
@@ -100,36 +112,56 @@ impl OutboxDatabase for Postgres {
     async fn remove_finished(
         pool: &Pool<Postgres>,
         cutoff_ms: i64,
-        sent_is_finished: bool,
         archive: bool,
         limit: i64,
     ) -> Result<u64, sqlx::Error> {
         // One statement: the rows archived are exactly the rows deleted.
         let sql = if archive {
-            "WITH doomed AS (
-                 SELECT id FROM ferromq_outbox
-                 WHERE (status = 'consumed' AND finished_ms < $1)
-                    OR ($2 AND status = 'sent' AND sent_ms < $1)
-                 ORDER BY id LIMIT $3
-                 FOR UPDATE SKIP LOCKED),
-             moved AS (
-                 DELETE FROM ferromq_outbox WHERE id IN (SELECT id FROM doomed) RETURNING *)
-             INSERT INTO ferromq_outbox_archive SELECT * FROM moved"
+            concat!(
+                "WITH doomed AS (
+                     SELECT id FROM ferromq_outbox
+                     WHERE status IN ('sent', 'consumed') AND finished_ms < $1
+                     ORDER BY finished_ms LIMIT $2
+                     FOR UPDATE SKIP LOCKED),
+                 moved AS (
+                     DELETE FROM ferromq_outbox WHERE id IN (SELECT id FROM doomed)
+                     RETURNING ",
+                all_columns!(),
+                ")
+                 INSERT INTO ferromq_outbox_archive (",
+                all_columns!(),
+                ") SELECT ",
+                all_columns!(),
+                " FROM moved"
+            )
         } else {
             "DELETE FROM ferromq_outbox WHERE id IN (
                  SELECT id FROM ferromq_outbox
-                 WHERE (status = 'consumed' AND finished_ms < $1)
-                    OR ($2 AND status = 'sent' AND sent_ms < $1)
-                 ORDER BY id LIMIT $3
+                 WHERE status IN ('sent', 'consumed') AND finished_ms < $1
+                 ORDER BY finished_ms LIMIT $2
                  FOR UPDATE SKIP LOCKED)"
         };
         let result = sqlx::query(sql)
             .bind(cutoff_ms)
-            .bind(sent_is_finished)
             .bind(limit)
             .execute(pool)
             .await?;
         Ok(result.rows_affected())
+    }
+
+    async fn lock_sharding_key(
+        connection: &mut PgConnection,
+        key: &str,
+    ) -> Result<(), sqlx::Error> {
+        // Held until the enqueuing transaction ends. Ids come from a sequence when rows are
+        // inserted, not when they commit: without this, of two transactions enqueueing for one
+        // key, the later id could commit (and be sent) first.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(SHARDING_KEY_LOCKS)
+            .bind(key)
+            .execute(connection)
+            .await
+            .map(|_| ())
     }
 
     shared_statements!(Postgres);

@@ -4,11 +4,12 @@
 //! A failed attempt backs off (doubling up to a cap); when a whole round fails, the relay itself
 //! pauses too, so a broker outage costs a few attempts per row, not a storm.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use ferromq_protocol::Message;
+use ferromq_protocol::{Message, Status};
+use ferromq_transport::TransportError;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,14 +89,12 @@ impl<DB: OutboxDatabase> Outbox<DB> {
             stop.clone(),
             counters.clone(),
         ));
-        if !self.config.track_groups.is_empty() {
-            tasks.spawn(tracker::track_loop(
-                self.clone(),
-                client.clone(),
-                stop.clone(),
-                counters.clone(),
-            ));
-        }
+        tasks.spawn(tracker::track_loop(
+            self.clone(),
+            client.clone(),
+            stop.clone(),
+            counters.clone(),
+        ));
         tasks.spawn(housekeeping::housekeeping_loop(self.clone(), stop.clone()));
         Relay {
             owner,
@@ -299,11 +298,24 @@ async fn send_rows(
     let mut outcomes = Vec::new();
     let mut ordered: BTreeMap<String, Vec<(RawRow, Message)>> = BTreeMap::new();
     let mut unordered: BTreeMap<String, Vec<(RawRow, Message)>> = BTreeMap::new();
+    // Keys with a row that cannot be sent: nothing after it goes this round.
+    let mut broken_keys = HashSet::new();
     let mut lanes = Vec::new();
     for row in rows {
+        if row
+            .sharding_key
+            .as_ref()
+            .is_some_and(|key| broken_keys.contains(key))
+        {
+            outcomes.push(SendOutcome::Release { id: row.id });
+            continue;
+        }
         let message = match message_of(&row) {
             Ok(message) => message,
             Err(reason) => {
+                if let Some(key) = &row.sharding_key {
+                    broken_keys.insert(key.clone());
+                }
                 outcomes.push(SendOutcome::Failed {
                     id: row.id,
                     attempts: row.attempts + 1,
@@ -330,8 +342,14 @@ async fn send_rows(
             .map(|(key, rows)| Lane::Ordered(key, rows)),
     );
     lanes.extend(unordered.into_values().map(Lane::Unordered));
+    let sender = Sender {
+        producer,
+        config,
+        owner,
+        window,
+    };
     let results: Vec<Vec<SendOutcome>> = futures::stream::iter(lanes)
-        .map(|lane| send_lane(producer, config, owner, lane, window))
+        .map(|lane| sender.lane(lane))
         .buffer_unordered(PARALLEL_LANES)
         .collect()
         .await;
@@ -339,63 +357,163 @@ async fn send_rows(
     outcomes
 }
 
-async fn send_lane(
-    producer: &Producer,
-    config: &OutboxConfig,
-    owner: &str,
-    lane: Lane,
-    window: SendWindow<'_>,
-) -> Vec<SendOutcome> {
-    let max_bytes = ProducerConfig::default().max_message_bytes;
-    match lane {
-        Lane::Scheduled(scheduled, at) => {
-            let (row, message) = *scheduled;
-            if !window.open() {
-                return vec![SendOutcome::Release { id: row.id }];
-            }
-            let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
-            let result = producer.send_at(message, at).await.map_err(|e| e.error);
-            outcomes_of(config, owner, &[row], result.map(|receipt| vec![receipt]))
-        }
-        Lane::Unordered(rows) => {
-            let mut outcomes = Vec::with_capacity(rows.len());
-            for chunk in chunks(rows, max_bytes) {
-                if !window.open() {
-                    outcomes.extend(
-                        chunk
-                            .iter()
-                            .map(|(row, _)| SendOutcome::Release { id: row.id }),
-                    );
-                    continue;
+/// What sending needs; one per round.
+struct Sender<'a> {
+    producer: &'a Producer,
+    config: &'a OutboxConfig,
+    owner: &'a str,
+    window: SendWindow<'a>,
+}
+
+impl Sender<'_> {
+    async fn lane(&self, lane: Lane) -> Vec<SendOutcome> {
+        let max_bytes = ProducerConfig::default().max_message_bytes;
+        match lane {
+            Lane::Scheduled(scheduled, at) => {
+                let (row, message) = *scheduled;
+                if !self.window.open() {
+                    return vec![SendOutcome::Release { id: row.id }];
                 }
-                let (rows, messages): (Vec<RawRow>, Vec<Message>) = chunk.into_iter().unzip();
-                let result = producer.send_batch(messages).await.map_err(|e| e.error);
-                outcomes.extend(outcomes_of(config, owner, &rows, result));
+                let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
+                let sent = self.bounded(async {
+                    self.producer
+                        .send_at(message, at)
+                        .await
+                        .map(|receipt| vec![receipt])
+                        .map_err(|err| err.error)
+                });
+                self.outcomes(&[row], sent.await)
             }
-            outcomes
-        }
-        Lane::Ordered(key, rows) => {
-            let mut outcomes = Vec::with_capacity(rows.len());
-            let mut blocked = false;
-            for chunk in chunks(rows, max_bytes) {
-                if blocked || !window.open() {
-                    // Never send a key's later rows before its earlier ones.
-                    outcomes.extend(
-                        chunk
-                            .iter()
-                            .map(|(row, _)| SendOutcome::Release { id: row.id }),
-                    );
-                    continue;
+            Lane::Unordered(rows) => {
+                let mut outcomes = Vec::with_capacity(rows.len());
+                for chunk in chunks(rows, max_bytes) {
+                    if self.window.open() {
+                        outcomes.extend(self.chunk(chunk, None).await);
+                    } else {
+                        outcomes.extend(
+                            chunk
+                                .iter()
+                                .map(|(row, _)| SendOutcome::Release { id: row.id }),
+                        );
+                    }
                 }
-                let (rows, messages): (Vec<RawRow>, Vec<Message>) = chunk.into_iter().unzip();
-                let result = producer
-                    .send_batch_ordered(messages, &key)
-                    .await
-                    .map_err(|e| e.error);
-                blocked = result.is_err();
-                outcomes.extend(outcomes_of(config, owner, &rows, result));
+                outcomes
             }
-            outcomes
+            Lane::Ordered(key, rows) => {
+                let mut outcomes = Vec::with_capacity(rows.len());
+                let mut blocked = false;
+                for chunk in chunks(rows, max_bytes) {
+                    if blocked || !self.window.open() {
+                        // Never send a key's later rows before its earlier ones.
+                        outcomes.extend(
+                            chunk
+                                .iter()
+                                .map(|(row, _)| SendOutcome::Release { id: row.id }),
+                        );
+                        continue;
+                    }
+                    let sent = self.chunk(chunk, Some(&key)).await;
+                    blocked = sent.iter().any(|o| !matches!(o, SendOutcome::Sent { .. }));
+                    outcomes.extend(sent);
+                }
+                outcomes
+            }
+        }
+    }
+
+    /// Sends a chunk as one batch (to the key's queue when `key` is set). When the broker
+    /// refuses the batch as such (its bodies together too large for the broker's limit, say),
+    /// its rows go one at a time, so a bad row fails alone; of a key's rows, none goes after
+    /// one that failed.
+    async fn chunk(&self, chunk: Vec<(RawRow, Message)>, key: Option<&str>) -> Vec<SendOutcome> {
+        let (rows, messages): (Vec<RawRow>, Vec<Message>) = chunk.into_iter().unzip();
+        let messages = match self.send(messages, key).await {
+            Err((messages, error)) if rows.len() > 1 && is_refusal(&error) => messages,
+            result => return self.outcomes(&rows, result.map_err(|(_, error)| error)),
+        };
+        debug!(
+            rows = rows.len(),
+            "batch refused; sending its rows one at a time"
+        );
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut blocked = false;
+        for (row, message) in rows.into_iter().zip(messages) {
+            if blocked || !self.window.open() {
+                outcomes.push(SendOutcome::Release { id: row.id });
+                continue;
+            }
+            let result = self.send(vec![message], key).await;
+            blocked = key.is_some() && result.is_err();
+            outcomes.extend(self.outcomes(&[row], result.map_err(|(_, error)| error)));
+        }
+        outcomes
+    }
+
+    /// One batch send, bounded by the send timeout (the route lookup included); a failure gives
+    /// the messages back.
+    async fn send(
+        &self,
+        messages: Vec<Message>,
+        key: Option<&str>,
+    ) -> Result<Vec<SendReceipt>, (Vec<Message>, ClientError)> {
+        let limit = Duration::from_millis(self.config.send_timeout_ms);
+        let send = async {
+            match key {
+                Some(key) => self.producer.send_batch_ordered(messages, key).await,
+                None => self.producer.send_batch(messages).await,
+            }
+            .map_err(|err| (err.messages, err.error))
+        };
+        match tokio::time::timeout(limit, send).await {
+            Ok(result) => result,
+            // The messages went with the cancelled send; nothing retries them this round.
+            Err(_) => Err((
+                Vec::new(),
+                ClientError::Transport(TransportError::Timeout(limit)),
+            )),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        send: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let limit = Duration::from_millis(self.config.send_timeout_ms);
+        tokio::time::timeout(limit, send)
+            .await
+            .unwrap_or(Err(ClientError::Transport(TransportError::Timeout(limit))))
+    }
+
+    /// One outcome per row of a send that stored them all or none.
+    fn outcomes(
+        &self,
+        rows: &[RawRow],
+        result: Result<Vec<SendReceipt>, ClientError>,
+    ) -> Vec<SendOutcome> {
+        let now = now_ms();
+        match result {
+            Ok(receipts) => rows
+                .iter()
+                .zip(receipts)
+                .map(|(row, receipt)| SendOutcome::Sent {
+                    id: row.id,
+                    sent: SentAs {
+                        message_id: receipt.message_id.to_string(),
+                        broker_group: receipt.broker_group,
+                        queue_id: i64::from(receipt.queue_id),
+                        queue_offset: i64::try_from(receipt.queue_offset).unwrap_or(i64::MAX),
+                        sent_by: self.owner.to_string(),
+                        sent_ms: now,
+                        finished: self.config.tracked_groups(&row.topic).is_empty(),
+                    },
+                })
+                .collect(),
+            Err(error) => {
+                debug!(%error, rows = rows.len(), "outbox send failed");
+                rows.iter()
+                    .map(|row| failure(self.config, row, &error, now))
+                    .collect()
+            }
         }
     }
 }
@@ -421,45 +539,22 @@ fn chunks(rows: Vec<(RawRow, Message)>, max_bytes: usize) -> Vec<Vec<(RawRow, Me
     chunks
 }
 
-/// One outcome per row of a send that stored them all or none.
-fn outcomes_of(
-    config: &OutboxConfig,
-    owner: &str,
-    rows: &[RawRow],
-    result: Result<Vec<SendReceipt>, ClientError>,
-) -> Vec<SendOutcome> {
-    let now = now_ms();
-    match result {
-        Ok(receipts) => rows
-            .iter()
-            .zip(receipts)
-            .map(|(row, receipt)| SendOutcome::Sent {
-                id: row.id,
-                sent: SentAs {
-                    message_id: receipt.message_id.to_string(),
-                    broker_group: receipt.broker_group,
-                    queue_id: i64::from(receipt.queue_id),
-                    queue_offset: i64::try_from(receipt.queue_offset).unwrap_or(i64::MAX),
-                    sent_by: owner.to_string(),
-                    sent_ms: now,
-                },
-            })
-            .collect(),
-        Err(error) => {
-            debug!(%error, rows = rows.len(), "outbox send failed");
-            rows.iter()
-                .map(|row| failure(config, row, &error, now))
-                .collect()
-        }
-    }
+/// The broker (or the SDK) refuses the message itself: sending it again cannot help.
+fn is_refusal(error: &ClientError) -> bool {
+    matches!(error, ClientError::InvalidMessage(_))
+        || matches!(
+            error.status(),
+            Some(Status::ParameterError | Status::MessageTooLarge)
+        )
 }
 
 /// A failed attempt: retried after back-off, or the end of the row when attempts are exhausted
-/// or the message itself is invalid (no retry can fix it).
+/// or the message itself was refused. Other failures (no route, no permission, a broker down)
+/// are the surroundings' and are retried: an operator can fix them.
 fn failure(config: &OutboxConfig, row: &RawRow, error: &ClientError, now: i64) -> SendOutcome {
     let attempts = row.attempts.saturating_add(1);
     let exhausted = config.max_attempts > 0 && attempts >= i64::from(config.max_attempts);
-    if exhausted || matches!(error, ClientError::InvalidMessage(_)) {
+    if exhausted || is_refusal(error) {
         return SendOutcome::Failed {
             id: row.id,
             attempts,

@@ -7,11 +7,11 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Pool, Sqlite};
+use sqlx::{Pool, Sqlite, SqliteConnection};
 
 use super::database::{
-    candidate_keys, claimable, raw_row_decoder, row_columns, shared_statements, OutboxDatabase,
-    RawRow,
+    all_columns, candidate_keys, claimable, claimable_rows, raw_row_decoder, row_columns,
+    shared_statements, OutboxDatabase, RawRow,
 };
 
 /// The schema migrations, in order: (version, SQL).
@@ -42,14 +42,24 @@ impl OutboxDatabase for Sqlite {
         lease_until_ms: i64,
         limit: i64,
     ) -> Result<Vec<RawRow>, sqlx::Error> {
+        // An idle relay asks without taking the write lock.
+        let probe = sqlx::query(concat!(
+            "SELECT id FROM ferromq_outbox WHERE ",
+            claimable_rows!(),
+            " LIMIT 1"
+        ))
+        .bind(now_ms)
+        .fetch_optional(pool)
+        .await?;
+        if probe.is_none() {
+            return Ok(Vec::new());
+        }
         let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(
-            "SELECT id, sharding_key FROM ferromq_outbox
-             WHERE status = 'pending' AND next_attempt_ms <= $1
-               AND (lease_until_ms IS NULL OR lease_until_ms <= $1)
-             ORDER BY id
-             LIMIT $2",
-        )
+        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(concat!(
+            "SELECT id, sharding_key FROM ferromq_outbox WHERE ",
+            claimable_rows!(),
+            " ORDER BY id LIMIT $2"
+        ))
         .bind(now_ms)
         .bind(limit)
         .fetch_all(&mut *transaction)
@@ -98,22 +108,23 @@ impl OutboxDatabase for Sqlite {
     async fn remove_finished(
         pool: &Pool<Sqlite>,
         cutoff_ms: i64,
-        sent_is_finished: bool,
         archive: bool,
         limit: i64,
     ) -> Result<u64, sqlx::Error> {
         // The write lock is held from the start, so both statements see the same rows.
         let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
         if archive {
-            sqlx::query(
-                "INSERT INTO ferromq_outbox_archive SELECT * FROM ferromq_outbox WHERE id IN (
+            sqlx::query(concat!(
+                "INSERT INTO ferromq_outbox_archive (",
+                all_columns!(),
+                ") SELECT ",
+                all_columns!(),
+                " FROM ferromq_outbox WHERE id IN (
                      SELECT id FROM ferromq_outbox
-                     WHERE (status = 'consumed' AND finished_ms < $1)
-                        OR ($2 AND status = 'sent' AND sent_ms < $1)
-                     ORDER BY id LIMIT $3)",
-            )
+                     WHERE status IN ('sent', 'consumed') AND finished_ms < $1
+                     ORDER BY finished_ms LIMIT $2)"
+            ))
             .bind(cutoff_ms)
-            .bind(sent_is_finished)
             .bind(limit)
             .execute(&mut *transaction)
             .await?;
@@ -121,17 +132,23 @@ impl OutboxDatabase for Sqlite {
         let result = sqlx::query(
             "DELETE FROM ferromq_outbox WHERE id IN (
                  SELECT id FROM ferromq_outbox
-                 WHERE (status = 'consumed' AND finished_ms < $1)
-                    OR ($2 AND status = 'sent' AND sent_ms < $1)
-                 ORDER BY id LIMIT $3)",
+                 WHERE status IN ('sent', 'consumed') AND finished_ms < $1
+                 ORDER BY finished_ms LIMIT $2)",
         )
         .bind(cutoff_ms)
-        .bind(sent_is_finished)
         .bind(limit)
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
         Ok(result.rows_affected())
+    }
+
+    async fn lock_sharding_key(
+        _connection: &mut SqliteConnection,
+        _key: &str,
+    ) -> Result<(), sqlx::Error> {
+        // SQLite has one writer at a time: enqueues already commit in id order.
+        Ok(())
     }
 
     shared_statements!(Sqlite);

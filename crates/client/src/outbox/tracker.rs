@@ -1,9 +1,11 @@
-//! Consumption tracking: a sent row becomes `consumed` once the brokers' message trace says every
-//! tracked group acknowledged it, `dead_lettered` once one gave up on it. A row still not
-//! consumed `resend_after_ms` after it became visible is sent again only when it is lost: no
-//! broker stores it, or a group moved past it without acknowledging it. A group that simply has
-//! not reached it yet (backlog, or no consumer running) explains the wait; re-sending would only
-//! add a duplicate behind the original.
+//! Consumption tracking: a sent row of a tracked topic becomes `consumed` once the brokers'
+//! message trace says every tracked group acknowledged it, `dead_lettered` once one gave up on
+//! it. A row still not consumed `resend_after_ms` after it became visible is sent again only
+//! when it is lost: no broker stores it, or a group moved past it without acknowledging it. A
+//! group that simply has not reached it yet (backlog, or no consumer running) explains the
+//! wait; re-sending would only add a duplicate behind the original. Untracked rows the relay
+//! sent are finished by the broker's acknowledgement; a broker transaction's row is finished
+//! (confirmed) once a broker stores the committed message, and re-sent if none does in time.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -12,12 +14,16 @@ use std::time::Duration;
 
 use ferromq_protocol::headers::{BrokerRole, DeliveryState, MessageTrace};
 use ferromq_protocol::MessageId;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::counters::{Counters, RelayCounters};
 use super::database::{OutboxDatabase, SentRow, TrackOutcome};
 use super::{now_ms, Outbox, OutboxConfig, OutboxError};
+
+/// Traces asked for at the same time.
+const PARALLEL_TRACES: usize = 16;
 use crate::client::Client;
 use crate::error::ClientError;
 
@@ -33,7 +39,13 @@ pub(crate) async fn track_loop<DB: OutboxDatabase>(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.cancelled() => return,
         }
-        match track_round(&outbox, &client).await {
+        // A round waits on brokers; shutdown does not wait for it (its results are written in
+        // one transaction at the end, so an abandoned round writes nothing).
+        let round = tokio::select! {
+            round = track_round(&outbox, &client) => round,
+            _ = stop.cancelled() => return,
+        };
+        match round {
             Ok(delta) => counters.add(delta),
             Err(err) => warn!(%err, "outbox consumption tracking failed"),
         }
@@ -69,6 +81,14 @@ async fn track_round<DB: OutboxDatabase>(
             return Ok(RelayCounters::default());
         }
     };
+    // The traces (a request to every leader each) go out together; decisions come after.
+    // (Indexes, not references, cross into the stream: the futures must not borrow from the
+    // closure's argument.)
+    let traces: Vec<Result<MessageTrace, String>> = futures::stream::iter(0..rows.len())
+        .map(|i| trace_of(client, &rows[i]))
+        .buffered(PARALLEL_TRACES)
+        .collect()
+        .await;
     let mut checker = Checker {
         client,
         config,
@@ -76,8 +96,8 @@ async fn track_round<DB: OutboxDatabase>(
         committed: HashMap::new(),
     };
     let mut outcomes = Vec::with_capacity(rows.len());
-    for row in &rows {
-        outcomes.push(checker.decide(row, now_ms()).await);
+    for (row, trace) in rows.iter().zip(traces) {
+        outcomes.push(checker.decide(row, trace, now_ms()).await);
     }
     DB::record_tracking(&outbox.pool, &outcomes).await?;
     let mut delta = RelayCounters::default();
@@ -96,10 +116,19 @@ async fn track_round<DB: OutboxDatabase>(
                 warn!(id, %error, "outbox message lost for good");
                 delta.failed += 1;
             }
-            TrackOutcome::Checked { .. } => {}
+            TrackOutcome::Confirmed { .. } | TrackOutcome::Checked { .. } => {}
         }
     }
     Ok(delta)
+}
+
+async fn trace_of(client: &Client, row: &SentRow) -> Result<MessageTrace, String> {
+    let id = MessageId::from_str(&row.message_id)
+        .map_err(|_| format!("unreadable message id {:?}", row.message_id))?;
+    client
+        .trace(id)
+        .await
+        .map_err(|err| format!("trace failed: {err}"))
 }
 
 /// Committed offsets by (broker group, queue id); `None`: never committed.
@@ -116,7 +145,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    async fn decide(&mut self, row: &SentRow, now: i64) -> TrackOutcome {
+    async fn decide(
+        &mut self,
+        row: &SentRow,
+        trace: Result<MessageTrace, String>,
+        now: i64,
+    ) -> TrackOutcome {
         let (id, message_id) = (row.id, row.message_id.clone());
         let checked = |note: Option<String>| TrackOutcome::Checked {
             id,
@@ -124,19 +158,20 @@ impl Checker<'_> {
             now_ms: now,
             note,
         };
-        let Ok(message) = MessageId::from_str(&row.message_id) else {
-            return TrackOutcome::GiveUp {
-                id,
-                message_id: message_id.clone(),
-                now_ms: now,
-                error: format!("unreadable message id {:?}", row.message_id),
-            };
-        };
-        let trace = match self.client.trace(message).await {
+        let trace = match trace {
             Ok(trace) => trace,
-            Err(err) => return checked(Some(format!("trace failed: {err}"))),
+            Err(note) if MessageId::from_str(&row.message_id).is_err() => {
+                return TrackOutcome::GiveUp {
+                    id,
+                    message_id: message_id.clone(),
+                    now_ms: now,
+                    error: note,
+                }
+            }
+            Err(note) => return checked(Some(note)),
         };
-        if let Some(done) = self.settled(&trace, id, &message_id, now) {
+        let groups = self.config.tracked_groups(&row.topic);
+        if let Some(done) = settled(groups, &trace, id, &message_id, now) {
             return done;
         }
         let visible_ms = row.deliver_at_ms.unwrap_or(0).max(row.sent_ms);
@@ -144,7 +179,7 @@ impl Checker<'_> {
         if now < overdue_at {
             return checked(None);
         }
-        let lost = match self.lost(row, &trace).await {
+        let lost = match self.lost(row, groups, &trace).await {
             Ok(Some(reason)) => reason,
             Ok(None) => {
                 return checked(Some(
@@ -153,9 +188,10 @@ impl Checker<'_> {
             }
             Err(note) => return checked(Some(note)),
         };
-        // A group's commit may have landed after the trace was read: look once more.
-        if let Ok(again) = self.client.trace(message).await {
-            if let Some(done) = self.settled(&again, id, &message_id, now) {
+        // A group's commit (or the broker's store) may have landed after the trace was read:
+        // look once more.
+        if let Ok(again) = self.client.trace(trace.id).await {
+            if let Some(done) = settled(groups, &again, id, &message_id, now) {
                 return done;
             }
         }
@@ -175,49 +211,12 @@ impl Checker<'_> {
         }
     }
 
-    /// `Consumed` when every tracked group acknowledged the message, `DeadLettered` when one
-    /// gave up on it; `None` while it is on its way.
-    fn settled(
-        &self,
-        trace: &MessageTrace,
-        id: i64,
-        message_id: &str,
-        now: i64,
-    ) -> Option<TrackOutcome> {
-        let state = |group: &str| {
-            trace
-                .groups
-                .iter()
-                .find(|g| g.group == group)
-                .map(|g| g.state)
-        };
-        let groups = &self.config.track_groups;
-        if groups
-            .iter()
-            .all(|g| state(g) == Some(DeliveryState::Consumed))
-        {
-            return Some(TrackOutcome::Consumed {
-                id,
-                message_id: message_id.to_string(),
-                now_ms: now,
-            });
-        }
-        let dead = groups
-            .iter()
-            .find(|g| state(g) == Some(DeliveryState::DeadLettered))?;
-        Some(TrackOutcome::DeadLettered {
-            id,
-            message_id: message_id.to_string(),
-            now_ms: now,
-            error: format!("dead-lettered by consumer group {dead}"),
-        })
-    }
-
     /// Why an overdue message is lost, `None` if the wait is explained, or an error note when
     /// this round cannot tell.
     async fn lost(
         &mut self,
         row: &SentRow,
+        groups: &[String],
         trace: &MessageTrace,
     ) -> Result<Option<String>, String> {
         let Some(stored) = &trace.stored else {
@@ -235,7 +234,7 @@ impl Checker<'_> {
                 row.message_id, row.broker_group
             )));
         };
-        for group in &self.config.track_groups {
+        for group in groups {
             let state = trace
                 .groups
                 .iter()
@@ -286,4 +285,51 @@ impl Checker<'_> {
             .copied()
             .flatten())
     }
+}
+
+/// Without tracked groups: `Confirmed` once a broker stores the message. With them: `Consumed`
+/// when every group acknowledged it, `DeadLettered` when one gave up on it. `None` while it is
+/// on its way.
+fn settled(
+    groups: &[String],
+    trace: &MessageTrace,
+    id: i64,
+    message_id: &str,
+    now: i64,
+) -> Option<TrackOutcome> {
+    let message_id = message_id.to_string();
+    if groups.is_empty() {
+        let stored = trace.stored.is_some() || !trace.scheduled.is_empty();
+        return stored.then_some(TrackOutcome::Confirmed {
+            id,
+            message_id,
+            now_ms: now,
+        });
+    }
+    let state = |group: &str| {
+        trace
+            .groups
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| g.state)
+    };
+    if groups
+        .iter()
+        .all(|g| state(g) == Some(DeliveryState::Consumed))
+    {
+        return Some(TrackOutcome::Consumed {
+            id,
+            message_id,
+            now_ms: now,
+        });
+    }
+    let dead = groups
+        .iter()
+        .find(|g| state(g) == Some(DeliveryState::DeadLettered))?;
+    Some(TrackOutcome::DeadLettered {
+        id,
+        message_id,
+        now_ms: now,
+        error: format!("dead-lettered by consumer group {dead}"),
+    })
 }

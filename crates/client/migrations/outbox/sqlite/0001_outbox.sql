@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS ferromq_outbox (
     created_ms      INTEGER NOT NULL,
     sent_ms         INTEGER,
     checked_ms      INTEGER,                           -- last consumption check
-    finished_ms     INTEGER,                           -- consumed, failed or dead-lettered
+    finished_ms     INTEGER,                           -- done: confirmed or consumed, failed, dead-lettered
     last_error      TEXT
 );
 
@@ -36,10 +36,17 @@ CREATE INDEX IF NOT EXISTS ferromq_outbox_pending ON ferromq_outbox (id) WHERE s
 -- Earlier unsent rows of a sharding key hold back the later ones.
 CREATE INDEX IF NOT EXISTS ferromq_outbox_unsent_by_key ON ferromq_outbox (sharding_key, id)
     WHERE status IN ('pending', 'failed') AND sharding_key IS NOT NULL;
--- Consumption tracking visits sent rows, least recently checked first.
-CREATE INDEX IF NOT EXISTS ferromq_outbox_sent ON ferromq_outbox (checked_ms, id) WHERE status = 'sent';
--- Housekeeping finds finished rows by age.
-CREATE INDEX IF NOT EXISTS ferromq_outbox_finished ON ferromq_outbox (status, finished_ms);
+-- Consumption tracking: sent rows neither consumed nor confirmed yet, least recently checked first.
+CREATE INDEX IF NOT EXISTS ferromq_outbox_unconfirmed ON ferromq_outbox (checked_ms, id)
+    WHERE status = 'sent' AND finished_ms IS NULL;
+-- Housekeeping: finished rows by age.
+CREATE INDEX IF NOT EXISTS ferromq_outbox_finished ON ferromq_outbox (finished_ms)
+    WHERE status IN ('sent', 'consumed');
+-- The gauges: rows that need attention, and the oldest pending one.
+CREATE INDEX IF NOT EXISTS ferromq_outbox_attention ON ferromq_outbox (status, created_ms)
+    WHERE status IN ('pending', 'failed', 'dead_lettered');
 
 -- Where housekeeping moves finished rows when asked to archive rather than delete.
 CREATE TABLE IF NOT EXISTS ferromq_outbox_archive AS SELECT * FROM ferromq_outbox WHERE 0;
+CREATE UNIQUE INDEX IF NOT EXISTS ferromq_outbox_archive_id ON ferromq_outbox_archive (id);
+CREATE INDEX IF NOT EXISTS ferromq_outbox_archive_finished ON ferromq_outbox_archive (finished_ms);
