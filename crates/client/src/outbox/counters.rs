@@ -127,3 +127,36 @@ fn describe() {
         "outbox rows a tracked group dead-lettered"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_catalogue_lists_exactly_these_metrics() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md");
+        let catalogue = std::fs::read_to_string(path).expect("docs/metrics.md");
+        let section = catalogue
+            .split("## Client SDK: outbox")
+            .nth(1)
+            .expect("an outbox section");
+        let documented: BTreeSet<&str> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|line| line.split('`').next())
+            .collect();
+        let recorded = BTreeSet::from([
+            ROWS,
+            OLDEST_PENDING_AGE,
+            SENDS,
+            RESENDS,
+            SEND_FAILURES,
+            FAILED,
+            CONSUMED,
+            DEAD_LETTERED,
+        ]);
+        assert_eq!(documented, recorded);
+    }
+}

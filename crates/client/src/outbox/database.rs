@@ -70,8 +70,9 @@ pub struct SentAs {
     pub finished: bool,
 }
 
-/// What a relay learned about a row it claimed. Recorded only while the relay still holds the
-/// row's lease, so a relay that lost its lease cannot overwrite another's outcome.
+/// What a relay learned about a row it claimed. Recorded only while the row is still pending
+/// under this relay's name: once another relay claimed it (after the lease ran out), the late
+/// outcome is dropped rather than overwrite the other's.
 #[doc(hidden)]
 #[derive(Debug, Clone)]
 pub enum SendOutcome {

@@ -156,7 +156,8 @@ async fn send_loop<DB: OutboxDatabase>(
 
 fn next_pause(pause: Duration, config: &OutboxConfig) -> Duration {
     let first = Duration::from_millis(config.backoff_initial_ms);
-    (pause * 2).max(first).min(MAX_ROUND_PAUSE)
+    let cap = Duration::from_millis(config.backoff_max_ms).min(MAX_ROUND_PAUSE);
+    (pause * 2).max(first).min(cap)
 }
 
 /// Claims a batch, sends it and records the outcomes.
