@@ -116,6 +116,18 @@ bench produce_batch64_p4_async_flush produce --topic b1 --messages "$n_batch" --
 bench produce_single_async_flush --threads 1 produce --topic b2 --messages "$n_single" --size 1024
 bench produce_backlog produce --topic backlog --messages "$n_backlog" --size 1024 --producers 4 --batch 64
 bench consume_backlog consume --topic backlog --group readers --messages "$n_backlog"
+
+# The outbox: 4 producers enqueue one message per transaction while 2 relays send; on SQLite
+# (WAL, synchronous commits) and on the PostgreSQL test server (scripts/postgres.sh: fsync off).
+n_outbox=$((50000 / scale))
+rm -f "$data_root"/outbox.sqlite*
+bench outbox_sqlite outbox --database "sqlite://$data_root/outbox.sqlite" --messages "$n_outbox" --producers 4 --relays 2
+pg_url=$(scripts/postgres.sh start)
+for db in outbox_bench outbox_bench_keyed; do
+    psql "$pg_url" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+done
+bench outbox_postgres outbox --database "${pg_url%/postgres}/outbox_bench" --messages "$n_outbox" --producers 4 --relays 2
+bench outbox_postgres_keyed outbox --database "${pg_url%/postgres}/outbox_bench_keyed" --messages "$n_outbox" --producers 4 --relays 2 --keys 100
 stop_node
 
 echo "==> three-member group, sync flush (all on this one machine)"
@@ -187,6 +199,15 @@ failover = r.get("failover_sequential_producer")
 if failover:
     print(f"{'leader killed under a sequential producer':48} worst send {failover['latency_us']['max'] / 1000:.0f} ms, "
           f"{failover['errors']} failed sends, {failover['messages']} acknowledged")
+batched = r["produce_batch64_p4_async_flush"]["msgs_per_sec"]
+for name, key in [("outbox on SQLite, 4 producers, 2 relays", "outbox_sqlite"),
+                  ("outbox on PostgreSQL (no fsync), same", "outbox_postgres"),
+                  ("outbox on PostgreSQL, 100 sharding keys", "outbox_postgres_keyed")]:
+    o = r[key]
+    print(f"{name:48} {o['msgs_per_sec']:>10.0f} msg/s commit->ack p50 {o['latency_us']['p50'] / 1000:.0f} ms "
+          f"p99 {o['latency_us']['p99'] / 1000:.0f} ms = {o['msgs_per_sec'] / o['enqueue']['msgs_per_sec']:.2f} x its enqueue rate "
+          f"({o['enqueue']['msgs_per_sec']:.0f} commits/s), {o['msgs_per_sec'] / batched:.3f} x batched produce")
+print(f"{'':48} SQLite enqueue = {r['outbox_sqlite']['enqueue']['msgs_per_sec'] / fsync:.2f} x fdatasync/s")
 ping = r["ping_round_trip"]
 print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s, "
       f"empty request round trip p50 {ping['latency_us']['p50']} us ({ping['msgs_per_sec']:.0f}/s)")

@@ -9,8 +9,8 @@
 #             faults), PostgreSQL (the outbox tests' server), and schemathesis from PyPI in a
 #             virtualenv (the admin API fuzz test)
 #   --chaos   what building needs, and iptables (scripts/chaos.sh)
-#   --bench   also iperf3 and fio (the machine's limits), python3 (the report) and perf
-#             (profiles), which scripts/bench.sh uses
+#   --bench   also iperf3 and fio (the machine's limits), python3 (the report), perf
+#             (profiles) and PostgreSQL (the outbox bench), which scripts/bench.sh uses
 set -euo pipefail
 
 mode="${1:-test}"
@@ -19,7 +19,7 @@ APT_PACKAGES=(build-essential librocksdb-dev libclang-dev)
 [[ "$mode" != "--build" ]] && APT_PACKAGES+=(iptables)
 # PostgreSQL: the server the outbox tests run against (scripts/postgres.sh starts it).
 [[ "$mode" == "test" ]] && APT_PACKAGES+=(python3 python3-venv postgresql)
-[[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio python3 linux-perf)
+[[ "$mode" == "--bench" ]] && APT_PACKAGES+=(iperf3 fio python3 linux-perf postgresql)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -47,6 +47,10 @@ pub struct OutboxArgs {
     /// Spread messages over this many sharding keys (0: unordered messages).
     #[arg(long, default_value_t = 0)]
     keys: u64,
+    /// Start the relays only once every message is enqueued: the delivered rate is then how
+    /// fast relays drain a backlog (their capacity), not how fast they follow the producers.
+    #[arg(long)]
+    drain: bool,
     /// Give up when the rows are not all sent by then.
     #[arg(long, default_value = "10m", value_parser = duration::parse)]
     timeout: Duration,
@@ -56,8 +60,9 @@ pub struct OutboxArgs {
 
 #[derive(Debug, Serialize)]
 struct OutboxReport {
-    /// Rows sent, from the first enqueue to the last acknowledgement; latency from each
-    /// row's commit to its acknowledgement (millisecond resolution).
+    /// Rows sent, from the first enqueue (or, with `--drain`, the relays' start) to the last
+    /// acknowledgement; latency from each row's commit to its acknowledgement (millisecond
+    /// resolution).
     #[serde(flatten)]
     delivered: Report,
     /// The enqueuing transactions (`messages` counts transactions).
@@ -143,9 +148,16 @@ async fn bench<DB: OutboxDatabase>(
     if before != Default::default() {
         bail!("the outbox table of {} is not empty ({before:?}): give the bench a database of its own", args.database);
     }
-    let relays: Vec<_> = (0..args.relays)
-        .map(|_| outbox.start_relay(client))
-        .collect();
+    let start_relays = || -> Vec<_> {
+        (0..args.relays)
+            .map(|_| outbox.start_relay(client))
+            .collect()
+    };
+    let mut relays = if args.drain {
+        Vec::new()
+    } else {
+        start_relays()
+    };
     let body = Bytes::from(vec![b'x'; args.size]);
     let started = Instant::now();
     let mut enqueuers = Vec::new();
@@ -179,6 +191,14 @@ async fn bench<DB: OutboxDatabase>(
     }
     let enqueued_in = started.elapsed();
     let transactions = enqueue_latency.len();
+    // Draining: delivery is timed from the relays' start (commit-to-acknowledgement latencies
+    // then include the wait for it).
+    let started = if args.drain {
+        relays = start_relays();
+        Instant::now()
+    } else {
+        started
+    };
     let deadline = started + args.timeout;
     let stats = loop {
         let stats = outbox.stats().await?;

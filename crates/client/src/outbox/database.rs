@@ -228,6 +228,15 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         outcomes: &[SendOutcome],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
+    /// Marks rows `owner` still holds as sent, inside the caller's transaction; returns how many
+    /// rows were updated.
+    #[doc(hidden)]
+    fn record_sent(
+        connection: &mut Self::Connection,
+        owner: &str,
+        sent: &[(i64, &SentAs)],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
     /// Sent rows neither consumed nor confirmed, last checked before `checked_before_ms`, least
     /// recently checked first.
     #[doc(hidden)]
@@ -407,26 +416,21 @@ macro_rules! shared_statements {
         ) -> Result<u64, sqlx::Error> {
             use $crate::outbox::database::SendOutcome;
             let mut transaction = pool.begin().await?;
-            let mut updated = 0;
+            let sent: Vec<(i64, &$crate::outbox::database::SentAs)> = outcomes
+                .iter()
+                .filter_map(|outcome| match outcome {
+                    SendOutcome::Sent { id, sent } => Some((*id, sent)),
+                    _ => None,
+                })
+                .collect();
+            let mut updated = if sent.is_empty() {
+                0
+            } else {
+                Self::record_sent(&mut *transaction, owner, &sent).await?
+            };
             for outcome in outcomes {
                 let query = match outcome {
-                    SendOutcome::Sent { id, sent } => sqlx::query(
-                        "UPDATE ferromq_outbox SET status = 'sent', attempts = attempts + 1,
-                             message_id = $3, broker_group = $4, queue_id = $5, queue_offset = $6,
-                             sent_by = $7, sent_ms = $8, checked_ms = $8, last_error = NULL,
-                             finished_ms = CASE WHEN $9 THEN $8 ELSE NULL END,
-                             lease_owner = NULL, lease_until_ms = NULL
-                         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-                    )
-                    .bind(id)
-                    .bind(owner)
-                    .bind(&sent.message_id)
-                    .bind(&sent.broker_group)
-                    .bind(sent.queue_id)
-                    .bind(sent.queue_offset)
-                    .bind(&sent.sent_by)
-                    .bind(sent.sent_ms)
-                    .bind(sent.finished),
+                    SendOutcome::Sent { .. } => continue,
                     SendOutcome::Retry {
                         id,
                         attempts,

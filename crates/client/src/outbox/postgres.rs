@@ -8,7 +8,7 @@ use sqlx::{PgConnection, Pool, Postgres};
 
 use super::database::{
     all_columns, candidate_keys, claimable, claimable_rows, raw_row_decoder, row_columns,
-    shared_statements, OutboxDatabase, RawRow,
+    shared_statements, OutboxDatabase, RawRow, SentAs,
 };
 
 /// Key of the advisory lock migrations hold ("FerroMQ outbox" in ASCII, truncated).
@@ -162,6 +162,46 @@ impl OutboxDatabase for Postgres {
             .execute(connection)
             .await
             .map(|_| ())
+    }
+
+    async fn record_sent(
+        connection: &mut PgConnection,
+        owner: &str,
+        sent: &[(i64, &SentAs)],
+    ) -> Result<u64, sqlx::Error> {
+        // One statement for the whole batch: a round trip per row would cost more than the
+        // broker's send.
+        let column = |f: fn(&SentAs) -> i64| sent.iter().map(|(_, s)| f(s)).collect::<Vec<i64>>();
+        let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+        let message_ids: Vec<&str> = sent.iter().map(|(_, s)| s.message_id.as_str()).collect();
+        let groups: Vec<&str> = sent.iter().map(|(_, s)| s.broker_group.as_str()).collect();
+        let senders: Vec<&str> = sent.iter().map(|(_, s)| s.sent_by.as_str()).collect();
+        let finished: Vec<bool> = sent.iter().map(|(_, s)| s.finished).collect();
+        let result = sqlx::query(
+            "UPDATE ferromq_outbox AS o SET status = 'sent', attempts = o.attempts + 1,
+                 message_id = u.message_id, broker_group = u.broker_group, queue_id = u.queue_id,
+                 queue_offset = u.queue_offset, sent_by = u.sent_by, sent_ms = u.sent_ms,
+                 checked_ms = u.sent_ms, last_error = NULL,
+                 finished_ms = CASE WHEN u.finished THEN u.sent_ms ELSE NULL END,
+                 lease_owner = NULL, lease_until_ms = NULL
+             FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[],
+                         $7::TEXT[], $8::BIGINT[], $9::BOOLEAN[])
+                  AS u(id, message_id, broker_group, queue_id, queue_offset, sent_by, sent_ms,
+                       finished)
+             WHERE o.id = u.id AND o.lease_owner = $1 AND o.status = 'pending'",
+        )
+        .bind(owner)
+        .bind(&ids)
+        .bind(&message_ids)
+        .bind(&groups)
+        .bind(column(|s| s.queue_id))
+        .bind(column(|s| s.queue_offset))
+        .bind(&senders)
+        .bind(column(|s| s.sent_ms))
+        .bind(&finished)
+        .execute(connection)
+        .await?;
+        Ok(result.rows_affected())
     }
 
     shared_statements!(Postgres);

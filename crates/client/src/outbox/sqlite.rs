@@ -11,7 +11,7 @@ use sqlx::{Pool, Sqlite, SqliteConnection};
 
 use super::database::{
     all_columns, candidate_keys, claimable, claimable_rows, raw_row_decoder, row_columns,
-    shared_statements, OutboxDatabase, RawRow,
+    shared_statements, OutboxDatabase, RawRow, SentAs,
 };
 
 /// The schema migrations, in order: (version, SQL).
@@ -149,6 +149,38 @@ impl OutboxDatabase for Sqlite {
     ) -> Result<(), sqlx::Error> {
         // SQLite has one writer at a time: enqueues already commit in id order.
         Ok(())
+    }
+
+    async fn record_sent(
+        connection: &mut SqliteConnection,
+        owner: &str,
+        sent: &[(i64, &SentAs)],
+    ) -> Result<u64, sqlx::Error> {
+        // Statements cost no round trip here: one per row is as fast as anything.
+        let mut updated = 0;
+        for (id, sent) in sent {
+            updated += sqlx::query(
+                "UPDATE ferromq_outbox SET status = 'sent', attempts = attempts + 1,
+                     message_id = $3, broker_group = $4, queue_id = $5, queue_offset = $6,
+                     sent_by = $7, sent_ms = $8, checked_ms = $8, last_error = NULL,
+                     finished_ms = CASE WHEN $9 THEN $8 ELSE NULL END,
+                     lease_owner = NULL, lease_until_ms = NULL
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(&sent.message_id)
+            .bind(&sent.broker_group)
+            .bind(sent.queue_id)
+            .bind(sent.queue_offset)
+            .bind(&sent.sent_by)
+            .bind(sent.sent_ms)
+            .bind(sent.finished)
+            .execute(&mut *connection)
+            .await?
+            .rows_affected();
+        }
+        Ok(updated)
     }
 
     shared_statements!(Sqlite);
