@@ -120,14 +120,17 @@ bench consume_backlog consume --topic backlog --group readers --messages "$n_bac
 # The outbox: 4 producers enqueue one message per transaction while 2 relays send; on SQLite
 # (WAL, synchronous commits) and on the PostgreSQL test server (scripts/postgres.sh: fsync off).
 n_outbox=$((50000 / scale))
-rm -f "$data_root"/outbox.sqlite*
+# Then the relays' capacity: the same number enqueued first, drained by 2 relays.
+rm -f "$data_root"/outbox*.sqlite*
 bench outbox_sqlite outbox --database "sqlite://$data_root/outbox.sqlite" --messages "$n_outbox" --producers 4 --relays 2
+bench outbox_sqlite_drain outbox --database "sqlite://$data_root/outbox-drain.sqlite" --messages "$n_outbox" --producers 4 --relays 2 --drain
 pg_url=$(scripts/postgres.sh start)
-for db in outbox_bench outbox_bench_keyed; do
+for db in outbox_bench outbox_bench_keyed outbox_bench_drain; do
     psql "$pg_url" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 done
 bench outbox_postgres outbox --database "${pg_url%/postgres}/outbox_bench" --messages "$n_outbox" --producers 4 --relays 2
 bench outbox_postgres_keyed outbox --database "${pg_url%/postgres}/outbox_bench_keyed" --messages "$n_outbox" --producers 4 --relays 2 --keys 100
+bench outbox_postgres_drain outbox --database "${pg_url%/postgres}/outbox_bench_drain" --messages "$n_outbox" --producers 4 --relays 2 --drain
 stop_node
 
 echo "==> three-member group, sync flush (all on this one machine)"
@@ -208,6 +211,10 @@ for name, key in [("outbox on SQLite, 4 producers, 2 relays", "outbox_sqlite"),
           f"p99 {o['latency_us']['p99'] / 1000:.0f} ms = {o['msgs_per_sec'] / o['enqueue']['msgs_per_sec']:.2f} x its enqueue rate "
           f"({o['enqueue']['msgs_per_sec']:.0f} commits/s), {o['msgs_per_sec'] / batched:.3f} x batched produce")
 print(f"{'':48} SQLite enqueue = {r['outbox_sqlite']['enqueue']['msgs_per_sec'] / fsync:.2f} x fdatasync/s")
+for name, key in [("outbox backlog drained by 2 relays, SQLite", "outbox_sqlite_drain"),
+                  ("outbox backlog drained by 2 relays, PostgreSQL", "outbox_postgres_drain")]:
+    o = r[key]
+    print(f"{name:48} {o['msgs_per_sec']:>10.0f} msg/s = {o['msgs_per_sec'] / batched:.3f} x batched produce")
 ping = r["ping_round_trip"]
 print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s, "
       f"empty request round trip p50 {ping['latency_us']['p50']} us ({ping['msgs_per_sec']:.0f}/s)")

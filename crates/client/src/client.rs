@@ -539,8 +539,18 @@ impl Client {
     /// was delivered, acknowledged, retried or dead-lettered. Asks every broker group's leader
     /// and returns the trace of the one that stored it (`stored: None` if none did).
     pub async fn trace(&self, id: MessageId) -> Result<MessageTrace, ClientError> {
+        Ok(self.trace_answered(id).await?.0)
+    }
+
+    /// [`Client::trace`], and the broker groups whose leaders answered (only they can say a
+    /// message is not stored).
+    pub(crate) async fn trace_answered(
+        &self,
+        id: MessageId,
+    ) -> Result<(MessageTrace, std::collections::BTreeSet<String>), ClientError> {
         let cluster = self.cluster().await?;
         let request = GetTraceRequest { id };
+        let mut answered = std::collections::BTreeSet::new();
         let mut found = MessageTrace {
             id,
             stored: None,
@@ -557,6 +567,7 @@ impl Client {
                 .request(RequestCode::GetTrace, &request, Bytes::new())
                 .await?
                 .decode()?;
+            answered.insert(broker.group.clone());
             if trace.stored.is_some() || !trace.scheduled.is_empty() {
                 if found.stored.is_none() {
                     found.stored = trace.stored;
@@ -565,7 +576,7 @@ impl Client {
                 found.groups.extend(trace.groups);
             }
         }
-        Ok(found)
+        Ok((found, answered))
     }
 
     /// Closes every connection and stops background work.

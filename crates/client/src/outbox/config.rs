@@ -38,7 +38,8 @@ pub struct OutboxConfig {
     /// Re-sends after which a row still not consumed is `failed`.
     pub max_resends: u32,
     /// A delayed message due further ahead than this waits in the table and is sent this long
-    /// before it is due (brokers schedule at most 7 days ahead by default).
+    /// before it is due. At most 7 days, and no more than the brokers' `schedule.max_delay_ms`
+    /// (a broker refuses a send due further ahead, and the row fails).
     pub schedule_ahead_ms: u64,
     /// Rows finished this long ago (consumed, or sent to an untracked topic and confirmed) are
     /// removed. Failed and dead-lettered rows are kept for an operator.
@@ -76,6 +77,9 @@ impl Default for OutboxConfig {
     }
 }
 
+/// The brokers' default `schedule.max_delay_ms`: a delayed send further ahead is refused.
+const MAX_SCHEDULE_AHEAD_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// Time a lease keeps beyond the last send's deadline, for clock differences between relays.
 pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
@@ -94,6 +98,11 @@ impl OutboxConfig {
         ];
         if intervals.contains(&0) {
             return Err("intervals, timeouts and back-off must be positive".into());
+        }
+        if self.schedule_ahead_ms > MAX_SCHEDULE_AHEAD_MS {
+            return Err(format!(
+                "schedule_ahead_ms must not exceed {MAX_SCHEDULE_AHEAD_MS} (brokers schedule at most 7 days ahead by default)"
+            ));
         }
         if self.backoff_max_ms < self.backoff_initial_ms {
             return Err("backoff_max_ms must be at least backoff_initial_ms".into());

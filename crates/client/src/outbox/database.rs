@@ -158,8 +158,9 @@ pub enum TrackOutcome {
     },
 }
 
-/// Rows per status and the oldest pending row, for [`super::Outbox::stats`] (every status) and
-/// the gauges (pending, failed and dead-lettered rows only: those an index counts cheaply).
+/// Rows per status and the oldest pending row meant to go out at once (not a delayed one), for
+/// [`super::Outbox::stats`] (every status) and the gauges (pending, failed and dead-lettered
+/// rows only: those an index counts cheaply).
 #[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct RawStats {
@@ -237,24 +238,27 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         sent: &[(i64, &SentAs)],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
-    /// Sent rows neither consumed nor confirmed, last checked before `checked_before_ms`, least
-    /// recently checked first.
+    /// Takes up to `limit` sent rows neither consumed nor confirmed that were last checked
+    /// before `checked_before_ms` (least recently checked first), marking them checked at
+    /// `now_ms`, so that the trackers of other relays pass over them this round.
     #[doc(hidden)]
-    fn sent_rows(
+    fn take_sent_rows(
         pool: &Pool<Self>,
+        now_ms: i64,
         checked_before_ms: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<SentRow>, sqlx::Error>> + Send;
 
-    /// Records tracking decisions in one transaction; returns how many rows were updated.
+    /// Records tracking decisions in one transaction; says for each whether it was applied
+    /// (not, when another tracker decided about the row first).
     #[doc(hidden)]
     fn record_tracking(
         pool: &Pool<Self>,
         outcomes: &[TrackOutcome],
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send;
 
     /// Deletes (or moves to the archive table) up to `limit` rows that finished before
-    /// `cutoff_ms`: consumed, or sent and confirmed.
+    /// `cutoff_ms`: consumed, dead-lettered, or sent and confirmed.
     #[doc(hidden)]
     fn remove_finished(
         pool: &Pool<Self>,
@@ -339,9 +343,10 @@ macro_rules! claimable_rows {
 
 /// The statements PostgreSQL and SQLite share (both take `$n` parameters), as methods of
 /// `OutboxDatabase` for the driver `$db`. `$db` is a type, so each expansion is checked
-/// against its own driver's encoders and decoders.
+/// against its own driver's encoders and decoders. `row_lock` ends a subquery that picks rows
+/// to change (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent pickers take different rows).
 macro_rules! shared_statements {
-    ($db:ty) => {
+    ($db:ty, row_lock: $row_lock:literal) => {
         async fn apply_migrations(
             connection: &mut <$db as sqlx::Database>::Connection,
             migrations: &'static [(i64, &'static str)],
@@ -475,19 +480,23 @@ macro_rules! shared_statements {
             Ok(updated)
         }
 
-        async fn sent_rows(
+        async fn take_sent_rows(
             pool: &sqlx::Pool<$db>,
+            now_ms: i64,
             checked_before_ms: i64,
             limit: i64,
         ) -> Result<Vec<$crate::outbox::database::SentRow>, sqlx::Error> {
             use sqlx::Row;
-            let rows = sqlx::query(
-                "SELECT id, message_id, broker_group, topic, deliver_at_ms, sent_ms, resends
-                 FROM ferromq_outbox
-                 WHERE status = 'sent' AND finished_ms IS NULL AND checked_ms < $1
-                 ORDER BY checked_ms, id
-                 LIMIT $2",
-            )
+            let rows = sqlx::query(concat!(
+                "UPDATE ferromq_outbox SET checked_ms = $1 WHERE id IN (
+                     SELECT id FROM ferromq_outbox
+                     WHERE status = 'sent' AND finished_ms IS NULL AND checked_ms < $2
+                     ORDER BY checked_ms, id
+                     LIMIT $3 ",
+                $row_lock,
+                ") RETURNING id, message_id, broker_group, topic, deliver_at_ms, sent_ms, resends"
+            ))
+            .bind(now_ms)
             .bind(checked_before_ms)
             .bind(limit)
             .fetch_all(pool)
@@ -514,10 +523,10 @@ macro_rules! shared_statements {
         async fn record_tracking(
             pool: &sqlx::Pool<$db>,
             outcomes: &[$crate::outbox::database::TrackOutcome],
-        ) -> Result<u64, sqlx::Error> {
+        ) -> Result<Vec<bool>, sqlx::Error> {
             use $crate::outbox::database::TrackOutcome;
             let mut transaction = pool.begin().await?;
-            let mut updated = 0;
+            let mut applied = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
                 let query = match outcome {
                     TrackOutcome::Confirmed {
@@ -601,10 +610,10 @@ macro_rules! shared_statements {
                     .bind(now_ms)
                     .bind(error),
                 };
-                updated += query.execute(&mut *transaction).await?.rows_affected();
+                applied.push(query.execute(&mut *transaction).await?.rows_affected() > 0);
             }
             transaction.commit().await?;
-            Ok(updated)
+            Ok(applied)
         }
 
         async fn stats(
@@ -616,7 +625,8 @@ macro_rules! shared_statements {
             .fetch_all(pool)
             .await?;
             let oldest_pending_created_ms = sqlx::query_scalar::<_, Option<i64>>(
-                "SELECT MIN(created_ms) FROM ferromq_outbox WHERE status = 'pending'",
+                "SELECT MIN(created_ms) FROM ferromq_outbox
+                 WHERE status = 'pending' AND deliver_at_ms IS NULL",
             )
             .fetch_one(pool)
             .await?;
@@ -702,7 +712,8 @@ macro_rules! shared_statements {
             .fetch_all(pool)
             .await?;
             let oldest_pending_created_ms = sqlx::query_scalar::<_, Option<i64>>(
-                "SELECT MIN(created_ms) FROM ferromq_outbox WHERE status = 'pending'",
+                "SELECT MIN(created_ms) FROM ferromq_outbox
+                 WHERE status = 'pending' AND deliver_at_ms IS NULL",
             )
             .fetch_one(pool)
             .await?;

@@ -120,8 +120,8 @@ impl OutboxDatabase for Postgres {
             concat!(
                 "WITH doomed AS (
                      SELECT id FROM ferromq_outbox
-                     WHERE status IN ('sent', 'consumed') AND finished_ms < $1
-                     ORDER BY finished_ms LIMIT $2
+                     WHERE status IN ('sent', 'consumed', 'dead_lettered') AND finished_ms < $1
+                     ORDER BY finished_ms, id LIMIT $2
                      FOR UPDATE SKIP LOCKED),
                  moved AS (
                      DELETE FROM ferromq_outbox WHERE id IN (SELECT id FROM doomed)
@@ -137,8 +137,8 @@ impl OutboxDatabase for Postgres {
         } else {
             "DELETE FROM ferromq_outbox WHERE id IN (
                  SELECT id FROM ferromq_outbox
-                 WHERE status IN ('sent', 'consumed') AND finished_ms < $1
-                 ORDER BY finished_ms LIMIT $2
+                 WHERE status IN ('sent', 'consumed', 'dead_lettered') AND finished_ms < $1
+                 ORDER BY finished_ms, id LIMIT $2
                  FOR UPDATE SKIP LOCKED)"
         };
         let result = sqlx::query(sql)
@@ -204,5 +204,5 @@ impl OutboxDatabase for Postgres {
         Ok(result.rows_affected())
     }
 
-    shared_statements!(Postgres);
+    shared_statements!(Postgres, row_lock: "FOR UPDATE SKIP LOCKED");
 }

@@ -121,8 +121,8 @@ impl OutboxDatabase for Sqlite {
                 all_columns!(),
                 " FROM ferromq_outbox WHERE id IN (
                      SELECT id FROM ferromq_outbox
-                     WHERE status IN ('sent', 'consumed') AND finished_ms < $1
-                     ORDER BY finished_ms LIMIT $2)"
+                     WHERE status IN ('sent', 'consumed', 'dead_lettered') AND finished_ms < $1
+                     ORDER BY finished_ms, id LIMIT $2)"
             ))
             .bind(cutoff_ms)
             .bind(limit)
@@ -132,8 +132,8 @@ impl OutboxDatabase for Sqlite {
         let result = sqlx::query(
             "DELETE FROM ferromq_outbox WHERE id IN (
                  SELECT id FROM ferromq_outbox
-                 WHERE status IN ('sent', 'consumed') AND finished_ms < $1
-                 ORDER BY finished_ms LIMIT $2)",
+                 WHERE status IN ('sent', 'consumed', 'dead_lettered') AND finished_ms < $1
+                 ORDER BY finished_ms, id LIMIT $2)",
         )
         .bind(cutoff_ms)
         .bind(limit)
@@ -183,5 +183,5 @@ impl OutboxDatabase for Sqlite {
         Ok(updated)
     }
 
-    shared_statements!(Sqlite);
+    shared_statements!(Sqlite, row_lock: "");
 }

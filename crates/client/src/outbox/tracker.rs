@@ -7,25 +7,25 @@
 //! sent are finished by the broker's acknowledgement; a broker transaction's row is finished
 //! (confirmed) once a broker stores the committed message, and re-sent if none does in time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferromq_protocol::headers::{BrokerRole, DeliveryState, MessageTrace};
+use ferromq_protocol::headers::{DeliveryState, GroupTrace, MessageTrace};
 use ferromq_protocol::MessageId;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::counters::{Counters, RelayCounters};
 use super::database::{OutboxDatabase, SentRow, TrackOutcome};
 use super::{now_ms, Outbox, OutboxConfig, OutboxError};
+use crate::client::Client;
+use crate::error::ClientError;
 
 /// Traces asked for at the same time.
 const PARALLEL_TRACES: usize = 16;
-use crate::client::Client;
-use crate::error::ClientError;
 
 pub(crate) async fn track_loop<DB: OutboxDatabase>(
     outbox: Outbox<DB>,
@@ -34,10 +34,14 @@ pub(crate) async fn track_loop<DB: OutboxDatabase>(
     counters: Arc<Counters>,
 ) {
     let interval = Duration::from_millis(outbox.config.track_interval_ms);
+    let mut full = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.cancelled() => return,
+        // After a full round more rows are due at once: go on without waiting.
+        if !full {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
         }
         // A round waits on brokers; shutdown does not wait for it (its results are written in
         // one transaction at the end, so an abandoned round writes nothing).
@@ -45,46 +49,42 @@ pub(crate) async fn track_loop<DB: OutboxDatabase>(
             round = track_round(&outbox, &client) => round,
             _ = stop.cancelled() => return,
         };
-        match round {
-            Ok(delta) => counters.add(delta),
-            Err(err) => warn!(%err, "outbox consumption tracking failed"),
-        }
+        full = match round {
+            Ok((delta, rows)) => {
+                counters.add(delta);
+                rows >= outbox.config.track_batch as usize
+            }
+            Err(err) => {
+                warn!(%err, "outbox consumption tracking failed");
+                false
+            }
+        };
     }
 }
 
-/// Checks the sent rows due for a look and records what was found.
+/// Checks the sent rows due for a look and records what was found; returns what it counted
+/// and how many rows it took.
 async fn track_round<DB: OutboxDatabase>(
     outbox: &Outbox<DB>,
     client: &Client,
-) -> Result<RelayCounters, OutboxError> {
+) -> Result<(RelayCounters, usize), OutboxError> {
     let config = &outbox.config;
     let now = now_ms();
     let interval = i64::try_from(config.track_interval_ms).unwrap_or(i64::MAX);
-    let rows = DB::sent_rows(
+    let rows = DB::take_sent_rows(
         &outbox.pool,
+        now,
         now.saturating_sub(interval),
         i64::from(config.track_batch),
     )
     .await?;
     if rows.is_empty() {
-        return Ok(RelayCounters::default());
+        return Ok((RelayCounters::default(), 0));
     }
-    let led: HashSet<String> = match client.cluster().await {
-        Ok(cluster) => cluster
-            .brokers
-            .into_iter()
-            .filter(|b| b.role == BrokerRole::Leader)
-            .map(|b| b.group)
-            .collect(),
-        Err(err) => {
-            debug!(%err, "no cluster view; consumption not checked this round");
-            return Ok(RelayCounters::default());
-        }
-    };
     // The traces (a request to every leader each) go out together; decisions come after.
     // (Indexes, not references, cross into the stream: the futures must not borrow from the
     // closure's argument.)
-    let traces: Vec<Result<MessageTrace, String>> = futures::stream::iter(0..rows.len())
+    let traces: Vec<Result<Traced, String>> = futures::stream::iter(0..rows.len())
         .map(|i| trace_of(client, &rows[i]))
         .buffered(PARALLEL_TRACES)
         .collect()
@@ -92,16 +92,16 @@ async fn track_round<DB: OutboxDatabase>(
     let mut checker = Checker {
         client,
         config,
-        led,
         committed: HashMap::new(),
     };
     let mut outcomes = Vec::with_capacity(rows.len());
     for (row, trace) in rows.iter().zip(traces) {
         outcomes.push(checker.decide(row, trace, now_ms()).await);
     }
-    DB::record_tracking(&outbox.pool, &outcomes).await?;
+    let applied = DB::record_tracking(&outbox.pool, &outcomes).await?;
     let mut delta = RelayCounters::default();
-    for outcome in &outcomes {
+    // Count only decisions that took effect: another relay's tracker may have decided first.
+    for (outcome, _) in outcomes.iter().zip(applied).filter(|(_, applied)| *applied) {
         match outcome {
             TrackOutcome::Consumed { .. } => delta.consumed += 1,
             TrackOutcome::DeadLettered { id, error, .. } => {
@@ -119,16 +119,23 @@ async fn track_round<DB: OutboxDatabase>(
             TrackOutcome::Confirmed { .. } | TrackOutcome::Checked { .. } => {}
         }
     }
-    Ok(delta)
+    Ok((delta, rows.len()))
 }
 
-async fn trace_of(client: &Client, row: &SentRow) -> Result<MessageTrace, String> {
+/// A message's trace, and the broker groups whose leaders answered for it.
+struct Traced {
+    trace: MessageTrace,
+    answered: BTreeSet<String>,
+}
+
+async fn trace_of(client: &Client, row: &SentRow) -> Result<Traced, String> {
     let id = MessageId::from_str(&row.message_id)
         .map_err(|_| format!("unreadable message id {:?}", row.message_id))?;
-    client
-        .trace(id)
+    let (trace, answered) = client
+        .trace_answered(id)
         .await
-        .map_err(|err| format!("trace failed: {err}"))
+        .map_err(|err| format!("trace failed: {err}"))?;
+    Ok(Traced { trace, answered })
 }
 
 /// Committed offsets by (broker group, queue id); `None`: never committed.
@@ -138,8 +145,6 @@ type QueueOffsets = HashMap<(String, u32), Option<u64>>;
 struct Checker<'a> {
     client: &'a Client,
     config: &'a OutboxConfig,
-    /// Broker groups that have a leader: only those can say a message is not stored.
-    led: HashSet<String>,
     /// (group, topic) → committed offset per (broker group, queue).
     committed: HashMap<(String, String), QueueOffsets>,
 }
@@ -148,7 +153,7 @@ impl Checker<'_> {
     async fn decide(
         &mut self,
         row: &SentRow,
-        trace: Result<MessageTrace, String>,
+        trace: Result<Traced, String>,
         now: i64,
     ) -> TrackOutcome {
         let (id, message_id) = (row.id, row.message_id.clone());
@@ -158,8 +163,8 @@ impl Checker<'_> {
             now_ms: now,
             note,
         };
-        let trace = match trace {
-            Ok(trace) => trace,
+        let Traced { trace, answered } = match trace {
+            Ok(traced) => traced,
             Err(note) if MessageId::from_str(&row.message_id).is_err() => {
                 return TrackOutcome::GiveUp {
                     id,
@@ -179,7 +184,7 @@ impl Checker<'_> {
         if now < overdue_at {
             return checked(None);
         }
-        let lost = match self.lost(row, groups, &trace).await {
+        let lost = match self.lost(row, groups, &trace, &answered).await {
             Ok(Some(reason)) => reason,
             Ok(None) => {
                 return checked(Some(
@@ -218,14 +223,15 @@ impl Checker<'_> {
         row: &SentRow,
         groups: &[String],
         trace: &MessageTrace,
+        answered: &BTreeSet<String>,
     ) -> Result<Option<String>, String> {
         let Some(stored) = &trace.stored else {
             if !trace.scheduled.is_empty() {
                 return Ok(None);
             }
-            if !self.led.contains(&row.broker_group) {
+            if !answered.contains(&row.broker_group) {
                 return Err(format!(
-                    "broker group {} has no leader: cannot tell whether it stores the message",
+                    "broker group {} did not answer: cannot tell whether it stores the message",
                     row.broker_group
                 ));
             }
@@ -235,16 +241,8 @@ impl Checker<'_> {
             )));
         };
         for group in groups {
-            let state = trace
-                .groups
-                .iter()
-                .find(|g| g.group == *group)
-                .map(|g| g.state);
-            // Retrying: the group has it and will see it again.
-            if matches!(
-                state,
-                Some(DeliveryState::Consumed | DeliveryState::Retrying)
-            ) {
+            let seen = trace.groups.iter().find(|g| g.group == *group);
+            if seen.is_some_and(waiting_for_group) {
                 continue;
             }
             let committed = self
@@ -332,4 +330,45 @@ fn settled(
         now_ms: now,
         error: format!("dead-lettered by consumer group {dead}"),
     })
+}
+
+/// The group has the message and will finish with it: consumed already, or in its retry cycle
+/// (a retry due, or a copy delivered through the retry topic: the original's offset is then
+/// passed although the message is not acknowledged yet).
+fn waiting_for_group(trace: &GroupTrace) -> bool {
+    matches!(
+        trace.state,
+        DeliveryState::Consumed | DeliveryState::Retrying
+    ) || trace.deliveries > 1
+        || trace.retry_due_ms.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(state: DeliveryState, deliveries: u32, retry_due_ms: Option<u64>) -> GroupTrace {
+        GroupTrace {
+            group: "stock".into(),
+            state,
+            deliveries,
+            attempts: Vec::new(),
+            retry_due_ms,
+            dead_lettered_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_message_in_its_retry_cycle_is_not_lost() {
+        assert!(waiting_for_group(&group(DeliveryState::Consumed, 1, None)));
+        assert!(waiting_for_group(&group(
+            DeliveryState::Retrying,
+            1,
+            Some(9)
+        )));
+        // Delivered again through the retry topic, not acknowledged yet.
+        assert!(waiting_for_group(&group(DeliveryState::Pending, 2, None)));
+        // Only the original, not acknowledged: the group's offset decides.
+        assert!(!waiting_for_group(&group(DeliveryState::Pending, 1, None)));
+    }
 }

@@ -40,8 +40,8 @@ CREATE INDEX IF NOT EXISTS ferromq_outbox_unsent_by_key ON ferromq_outbox (shard
 CREATE INDEX IF NOT EXISTS ferromq_outbox_unconfirmed ON ferromq_outbox (checked_ms, id)
     WHERE status = 'sent' AND finished_ms IS NULL;
 -- Housekeeping: finished rows by age.
-CREATE INDEX IF NOT EXISTS ferromq_outbox_finished ON ferromq_outbox (finished_ms)
-    WHERE status IN ('sent', 'consumed');
+CREATE INDEX IF NOT EXISTS ferromq_outbox_finished ON ferromq_outbox (finished_ms, id)
+    WHERE status IN ('sent', 'consumed', 'dead_lettered');
 -- The gauges: rows that need attention, and the oldest pending one.
 CREATE INDEX IF NOT EXISTS ferromq_outbox_attention ON ferromq_outbox (status, created_ms)
     WHERE status IN ('pending', 'failed', 'dead_lettered');
