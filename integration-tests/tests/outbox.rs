@@ -603,33 +603,14 @@ async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
     .await;
     assert_eq!(first.resends, 0);
 
-    // A message the broker acknowledged and then lost: its row says sent, under a message id
-    // no broker stores.
-    let message = outbox
-        .prepare_transactional(order_created(2).dedup_key(dedup_key(2)))
-        .unwrap();
-    let lost = SendReceipt {
-        message_id: MessageId([0x5a; 16]),
-        topic: TOPIC.into(),
-        broker_group: cluster.broker_group().await,
-        queue_id: 0,
-        queue_offset: 0,
-        store_ts_ms: 0,
-        due_ms: None,
-    };
-    let mut transaction = pool.begin().await.unwrap();
-    DB::insert_order(&mut *transaction, 2).await.unwrap();
-    outbox
-        .record_transactional(&mut *transaction, &message, &lost)
-        .await
-        .unwrap();
-    transaction.commit().await.unwrap();
+    // A message the broker acknowledged and then lost.
+    let lost = record_sent_but_lost(&cluster, &outbox, &pool, 2).await;
     let second = wait_row(&outbox, 2, "order 2 sent again and consumed", |row| {
         row.status == OutboxStatus::Consumed
     })
     .await;
     assert_eq!(second.resends, 1);
-    assert_ne!(second.message_id, Some(lost.message_id));
+    assert_ne!(second.message_id, Some(lost));
     assert!(recorder.first_keys().contains(&dedup_key(2)));
 
     // A group that has not reached a message yet explains the wait: no re-send.
@@ -881,11 +862,34 @@ async fn a_transactional_row_no_broker_stores_is_sent_again<DB: TestDatabase>() 
     };
     let (outbox, pool, _) = open::<DB>(&cluster, config).await;
     let relay = outbox.start_relay(&cluster.client);
+    let never_committed = record_sent_but_lost(&cluster, &outbox, &pool, 1).await;
+    let sent = wait_row(&outbox, 1, "sent again and finished", |row| {
+        row.resends == 1 && row.status == OutboxStatus::Sent && row.finished_ms.is_some()
+    })
+    .await;
+    assert_ne!(sent.message_id, Some(never_committed));
+    let recorder = Recorder::start(&cluster.client, "billing").await;
+    recorder
+        .wait_for("the re-sent message", |keys| keys.contains(&dedup_key(1)))
+        .await;
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
+/// Records order `id` and its event as sent under a message id no broker stores (a half message
+/// the broker rolled back or lost after the local transaction committed, as far as the table
+/// can tell); returns that id.
+async fn record_sent_but_lost<DB: TestDatabase>(
+    cluster: &Cluster,
+    outbox: &Outbox<DB>,
+    pool: &sqlx::Pool<DB>,
+    id: i64,
+) -> MessageId {
     let message = outbox
-        .prepare_transactional(order_created(1).dedup_key(dedup_key(1)))
+        .prepare_transactional(order_created(id).dedup_key(dedup_key(id)))
         .unwrap();
-    let never_committed = SendReceipt {
-        message_id: MessageId([0x6b; 16]),
+    let lost = SendReceipt {
+        message_id: MessageId([id as u8 | 0x50; 16]),
         topic: TOPIC.into(),
         broker_group: cluster.broker_group().await,
         queue_id: 0,
@@ -894,22 +898,13 @@ async fn a_transactional_row_no_broker_stores_is_sent_again<DB: TestDatabase>() 
         due_ms: None,
     };
     let mut transaction = pool.begin().await.unwrap();
+    DB::insert_order(&mut *transaction, id).await.unwrap();
     outbox
-        .record_transactional(&mut *transaction, &message, &never_committed)
+        .record_transactional(&mut *transaction, &message, &lost)
         .await
         .unwrap();
     transaction.commit().await.unwrap();
-    let sent = wait_row(&outbox, 1, "sent again and finished", |row| {
-        row.resends == 1 && row.status == OutboxStatus::Sent && row.finished_ms.is_some()
-    })
-    .await;
-    assert_ne!(sent.message_id, Some(never_committed.message_id));
-    let recorder = Recorder::start(&cluster.client, "billing").await;
-    recorder
-        .wait_for("the re-sent message", |keys| keys.contains(&dedup_key(1)))
-        .await;
-    recorder.stop().await;
-    relay.shutdown().await;
+    lost.message_id
 }
 
 async fn wait_row_by_key<DB: TestDatabase>(

@@ -158,6 +158,84 @@ pub enum TrackOutcome {
     },
 }
 
+/// How a tracking decision changes its row.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct TrackEffect<'a> {
+    pub status: &'static str,
+    /// Sets `finished_ms`.
+    pub finishes: bool,
+    /// The new `last_error` (cleared when `None`).
+    pub note: Option<&'a str>,
+    /// Back to pending for another send.
+    pub resend: bool,
+}
+
+impl TrackOutcome {
+    /// The row decided about: (id, the message id it was decided for, when).
+    pub fn row(&self) -> (i64, &str, i64) {
+        match self {
+            TrackOutcome::Confirmed {
+                id,
+                message_id,
+                now_ms,
+            }
+            | TrackOutcome::Consumed {
+                id,
+                message_id,
+                now_ms,
+            }
+            | TrackOutcome::DeadLettered {
+                id,
+                message_id,
+                now_ms,
+                ..
+            }
+            | TrackOutcome::Checked {
+                id,
+                message_id,
+                now_ms,
+                ..
+            }
+            | TrackOutcome::Resend {
+                id,
+                message_id,
+                now_ms,
+                ..
+            }
+            | TrackOutcome::GiveUp {
+                id,
+                message_id,
+                now_ms,
+                ..
+            } => (*id, message_id, *now_ms),
+        }
+    }
+
+    pub fn effect(&self) -> TrackEffect<'_> {
+        let effect = |status, finishes, note, resend| TrackEffect {
+            status,
+            finishes,
+            note,
+            resend,
+        };
+        match self {
+            TrackOutcome::Confirmed { .. } => effect("sent", true, None, false),
+            TrackOutcome::Consumed { .. } => effect("consumed", true, None, false),
+            TrackOutcome::DeadLettered { error, .. } => {
+                effect("dead_lettered", true, Some(error.as_str()), false)
+            }
+            TrackOutcome::Checked { note, .. } => effect("sent", false, note.as_deref(), false),
+            TrackOutcome::Resend { reason, .. } => {
+                effect("pending", false, Some(reason.as_str()), true)
+            }
+            TrackOutcome::GiveUp { error, .. } => {
+                effect("failed", true, Some(error.as_str()), false)
+            }
+        }
+    }
+}
+
 /// Rows per status and the oldest pending row meant to go out at once (not a delayed one), for
 /// [`super::Outbox::stats`] (every status) and the gauges (pending, failed and dead-lettered
 /// rows only: those an index counts cheaply).
@@ -207,6 +285,14 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         connection: &mut Self::Connection,
         row: &NewRow,
     ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
+
+    /// Whether a claim at `now_ms` would find a row (a plain read: an idle relay asks this
+    /// without a transaction or a lock).
+    #[doc(hidden)]
+    fn any_claimable(
+        pool: &Pool<Self>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
     /// Leases up to `limit` pending, due rows to `owner` until `lease_until_ms`, in id order,
     /// skipping every row of a sharding key after an earlier unsent row of the key that is not
@@ -379,6 +465,18 @@ macro_rules! shared_statements {
             Ok(version)
         }
 
+        async fn any_claimable(pool: &sqlx::Pool<$db>, now_ms: i64) -> Result<bool, sqlx::Error> {
+            let probe = sqlx::query(concat!(
+                "SELECT id FROM ferromq_outbox WHERE ",
+                $crate::outbox::database::claimable_rows!(),
+                " LIMIT 1"
+            ))
+            .bind(now_ms)
+            .fetch_optional(pool)
+            .await?;
+            Ok(probe.is_some())
+        }
+
         async fn insert(
             connection: &mut <$db as sqlx::Database>::Connection,
             row: &$crate::outbox::database::NewRow,
@@ -524,93 +622,31 @@ macro_rules! shared_statements {
             pool: &sqlx::Pool<$db>,
             outcomes: &[$crate::outbox::database::TrackOutcome],
         ) -> Result<Vec<bool>, sqlx::Error> {
-            use $crate::outbox::database::TrackOutcome;
             let mut transaction = pool.begin().await?;
             let mut applied = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
-                let query = match outcome {
-                    TrackOutcome::Confirmed {
-                        id,
-                        message_id,
-                        now_ms,
-                    } => sqlx::query(
-                        "UPDATE ferromq_outbox SET checked_ms = $3, finished_ms = $3,
-                             last_error = NULL
-                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
-                    )
-                    .bind(id)
-                    .bind(message_id)
-                    .bind(now_ms),
-                    TrackOutcome::Consumed {
-                        id,
-                        message_id,
-                        now_ms,
-                    } => sqlx::query(
-                        "UPDATE ferromq_outbox SET status = 'consumed', checked_ms = $3,
-                             finished_ms = $3, last_error = NULL
-                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
-                    )
-                    .bind(id)
-                    .bind(message_id)
-                    .bind(now_ms),
-                    TrackOutcome::DeadLettered {
-                        id,
-                        message_id,
-                        now_ms,
-                        error,
-                    } => sqlx::query(
-                        "UPDATE ferromq_outbox SET status = 'dead_lettered', checked_ms = $3,
-                             finished_ms = $3, last_error = $4
-                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
-                    )
-                    .bind(id)
-                    .bind(message_id)
-                    .bind(now_ms)
-                    .bind(error),
-                    TrackOutcome::Checked {
-                        id,
-                        message_id,
-                        now_ms,
-                        note,
-                    } => sqlx::query(
-                        "UPDATE ferromq_outbox SET checked_ms = $3, last_error = $4
-                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
-                    )
-                    .bind(id)
-                    .bind(message_id)
-                    .bind(now_ms)
-                    .bind(note),
-                    TrackOutcome::Resend {
-                        id,
-                        message_id,
-                        now_ms,
-                        reason,
-                    } => sqlx::query(
-                        "UPDATE ferromq_outbox SET status = 'pending', resends = resends + 1,
-                             attempts = 0, next_attempt_ms = $3, checked_ms = $3,
-                             last_error = $4
-                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
-                    )
-                    .bind(id)
-                    .bind(message_id)
-                    .bind(now_ms)
-                    .bind(reason),
-                    TrackOutcome::GiveUp {
-                        id,
-                        message_id,
-                        now_ms,
-                        error,
-                    } => sqlx::query(
-                        "UPDATE ferromq_outbox SET status = 'failed', checked_ms = $3,
-                             finished_ms = $3, last_error = $4
-                         WHERE id = $1 AND message_id = $2 AND status = 'sent'",
-                    )
-                    .bind(id)
-                    .bind(message_id)
-                    .bind(now_ms)
-                    .bind(error),
-                };
-                applied.push(query.execute(&mut *transaction).await?.rows_affected() > 0);
+                let (id, message_id, now_ms) = outcome.row();
+                let effect = outcome.effect();
+                // A re-send starts the row over as pending: fresh attempts, due now.
+                let updated = sqlx::query(
+                    "UPDATE ferromq_outbox SET status = $4, checked_ms = $3,
+                         finished_ms = CASE WHEN $5 THEN $3 ELSE finished_ms END,
+                         last_error = $6,
+                         resends = CASE WHEN $7 THEN resends + 1 ELSE resends END,
+                         attempts = CASE WHEN $7 THEN 0 ELSE attempts END,
+                         next_attempt_ms = CASE WHEN $7 THEN $3 ELSE next_attempt_ms END
+                     WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                )
+                .bind(id)
+                .bind(message_id)
+                .bind(now_ms)
+                .bind(effect.status)
+                .bind(effect.finishes)
+                .bind(effect.note)
+                .bind(effect.resend)
+                .execute(&mut *transaction)
+                .await?;
+                applied.push(updated.rows_affected() > 0);
             }
             transaction.commit().await?;
             Ok(applied)

@@ -45,15 +45,7 @@ impl OutboxDatabase for Postgres {
         limit: i64,
     ) -> Result<Vec<RawRow>, sqlx::Error> {
         // An idle relay asks without a transaction or a lock.
-        let probe = sqlx::query(concat!(
-            "SELECT id FROM ferromq_outbox WHERE ",
-            claimable_rows!(),
-            " LIMIT 1"
-        ))
-        .bind(now_ms)
-        .fetch_optional(pool)
-        .await?;
-        if probe.is_none() {
+        if !Self::any_claimable(pool, now_ms).await? {
             return Ok(Vec::new());
         }
         let mut transaction = pool.begin().await?;

@@ -43,15 +43,7 @@ impl OutboxDatabase for Sqlite {
         limit: i64,
     ) -> Result<Vec<RawRow>, sqlx::Error> {
         // An idle relay asks without taking the write lock.
-        let probe = sqlx::query(concat!(
-            "SELECT id FROM ferromq_outbox WHERE ",
-            claimable_rows!(),
-            " LIMIT 1"
-        ))
-        .bind(now_ms)
-        .fetch_optional(pool)
-        .await?;
-        if probe.is_none() {
+        if !Self::any_claimable(pool, now_ms).await? {
             return Ok(Vec::new());
         }
         let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
