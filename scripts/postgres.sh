@@ -8,13 +8,15 @@
 # scripts/test.sh does, so the databases of earlier runs do not pile up). Durability is off
 # (fsync, synchronous_commit): the data is disposable and the tests are about the outbox, not
 # PostgreSQL's disk.
-#   FERROMQ_PG_DIR    cluster directory (default /tmp/ferromq-postgres: the postgres user, which
-#                     runs the server when this script runs as root, cannot enter /root)
-#   FERROMQ_PG_PORT   port on 127.0.0.1 (default 55432)
+#   TEST_POSTGRES_DIR    cluster directory (default /tmp/ferromq-postgres: the postgres user,
+#                        which runs the server when this script runs as root, cannot enter /root)
+#   TEST_POSTGRES_PORT   port on 127.0.0.1 (default 55432)
+# (Not FERROMQ_*: the servers take every FERROMQ_* variable for configuration and refuse
+# unknown ones.)
 set -euo pipefail
 
-PG_DIR="${FERROMQ_PG_DIR:-/tmp/ferromq-postgres}"
-PG_PORT="${FERROMQ_PG_PORT:-55432}"
+PG_DIR="${TEST_POSTGRES_DIR:-/tmp/ferromq-postgres}"
+PG_PORT="${TEST_POSTGRES_PORT:-55432}"
 PG_USER=ferromq
 URL="postgres://$PG_USER@127.0.0.1:$PG_PORT/postgres"
 

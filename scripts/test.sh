@@ -43,8 +43,8 @@ cargo build --workspace --bins --locked
 
 step "tests"
 # The outbox tests' PostgreSQL server, on loopback; each test makes its own database in it.
-FERROMQ_TEST_POSTGRES_URL=$(scripts/postgres.sh reset)
-export FERROMQ_TEST_POSTGRES_URL
+TEST_POSTGRES_URL=$(scripts/postgres.sh reset)
+export TEST_POSTGRES_URL
 trap 'scripts/postgres.sh stop' EXIT
 cargo nextest run --workspace --locked --profile ci
 cargo test --workspace --doc --locked

@@ -175,10 +175,10 @@ pub async fn sqlite_pool(url: &str) -> Pool<Sqlite> {
         .unwrap_or_else(|err| panic!("opening {url}: {err}"))
 }
 
-/// The URL of the test PostgreSQL server: `FERROMQ_TEST_POSTGRES_URL`, or the one
+/// The URL of the test PostgreSQL server: `TEST_POSTGRES_URL`, or the one
 /// `scripts/postgres.sh start` starts (or finds running).
 pub fn postgres_server_url() -> String {
-    if let Ok(url) = std::env::var("FERROMQ_TEST_POSTGRES_URL") {
+    if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
         return url;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
