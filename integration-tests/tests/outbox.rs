@@ -996,7 +996,7 @@ async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDataba
                         .sharding_key
                         .as_ref()
                         .is_some_and(|k| failed_keys.contains(k));
-                    if after_failure || (row.id as u64 + round + claimer) % 3 == 0 {
+                    if after_failure || (row.id as u64 + round + claimer).is_multiple_of(3) {
                         if let Some(key) = &row.sharding_key {
                             failed_keys.insert(key.clone());
                         }

@@ -419,7 +419,7 @@ async fn consume(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
                 bytes += message.body.len() as u64;
                 let now_ms = now_ms();
                 let _ = latency.record(now_ms.saturating_sub(message.store_ts_ms).max(1) * 1000);
-                if received % 1024 == 0 {
+                if received.is_multiple_of(1024) {
                     bar.set_position(received);
                 }
             }

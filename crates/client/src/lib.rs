@@ -20,6 +20,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Behind the features `outbox-postgres` and `outbox-sqlite`, [`outbox`] keeps messages in a
+//! table of the application's own database, written in its own transactions, and relays send
+//! them (the "local transaction message table").
+//!
 //! This crate depends on neither RocksDB nor raft.
 
 mod client;
