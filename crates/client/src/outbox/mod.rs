@@ -65,7 +65,11 @@ use database::{NewRow, RawRow, SentAs};
 #[doc(hidden)]
 pub mod internals {
     pub use super::database::{RawRow, SendOutcome, SentAs};
-    pub use super::now_ms;
+
+    /// Milliseconds since the epoch, as the outbox stores times.
+    pub fn now_ms() -> i64 {
+        super::now_ms()
+    }
 }
 
 /// The property every copy sent from the outbox carries: the row's dedup key.
@@ -75,10 +79,8 @@ pub const OUTBOX_KEY_PROPERTY: &str = "__OUTBOX_KEY";
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// Milliseconds since the epoch, as stored in the table.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+pub(crate) fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
 }
 
 fn to_ms(time: SystemTime) -> i64 {
