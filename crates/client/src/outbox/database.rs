@@ -676,13 +676,11 @@ macro_rules! shared_statements {
             pool: &sqlx::Pool<$db>,
             id: i64,
         ) -> Result<Option<$crate::outbox::database::RawRow>, sqlx::Error> {
-            let row = sqlx::query(
-                concat!(
+            let row = sqlx::query(concat!(
                 "SELECT ",
                 $crate::outbox::database::row_columns!(),
                 " FROM ferromq_outbox WHERE id = $1"
-            ),
-            )
+            ))
             .bind(id)
             .fetch_optional(pool)
             .await?;
@@ -693,13 +691,11 @@ macro_rules! shared_statements {
             pool: &sqlx::Pool<$db>,
             dedup_key: &str,
         ) -> Result<Option<$crate::outbox::database::RawRow>, sqlx::Error> {
-            let row = sqlx::query(
-                concat!(
+            let row = sqlx::query(concat!(
                 "SELECT ",
                 $crate::outbox::database::row_columns!(),
                 " FROM ferromq_outbox WHERE dedup_key = $1"
-            ),
-            )
+            ))
             .bind(dedup_key)
             .fetch_optional(pool)
             .await?;
