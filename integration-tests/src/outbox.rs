@@ -38,6 +38,39 @@ pub trait TestDatabase: OutboxDatabase {
 
 const ORDERS_TABLE: &str = "CREATE TABLE orders (id BIGINT PRIMARY KEY, item TEXT NOT NULL)";
 
+/// The statements on the orders table (and the outbox's counts), the same on both databases.
+macro_rules! order_queries {
+    ($db:ty) => {
+        async fn insert_order(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            id: i64,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query("INSERT INTO orders (id, item) VALUES ($1, 'book')")
+                .bind(id)
+                .execute(connection)
+                .await
+                .map(|_| ())
+        }
+
+        async fn count_orders(pool: &Pool<$db>) -> i64 {
+            sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+                .fetch_one(pool)
+                .await
+                .expect("count orders")
+        }
+
+        async fn count_rows(pool: &Pool<$db>) -> (i64, i64) {
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM ferromq_outbox),
+                        (SELECT COUNT(*) FROM ferromq_outbox_archive)",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("count rows")
+        }
+    };
+}
+
 impl TestDatabase for Postgres {
     const NAME: &'static str = "postgres";
 
@@ -78,29 +111,7 @@ impl TestDatabase for Postgres {
         (pool, url)
     }
 
-    async fn insert_order(connection: &mut sqlx::PgConnection, id: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO orders (id, item) VALUES ($1, 'book')")
-            .bind(id)
-            .execute(connection)
-            .await
-            .map(|_| ())
-    }
-
-    async fn count_orders(pool: &Pool<Postgres>) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM orders")
-            .fetch_one(pool)
-            .await
-            .expect("count orders")
-    }
-
-    async fn count_rows(pool: &Pool<Postgres>) -> (i64, i64) {
-        sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM ferromq_outbox), (SELECT COUNT(*) FROM ferromq_outbox_archive)",
-        )
-        .fetch_one(pool)
-        .await
-        .expect("count rows")
-    }
+    order_queries!(Postgres);
 }
 
 impl TestDatabase for Sqlite {
@@ -116,32 +127,7 @@ impl TestDatabase for Sqlite {
         (pool, url)
     }
 
-    async fn insert_order(
-        connection: &mut sqlx::SqliteConnection,
-        id: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO orders (id, item) VALUES ($1, 'book')")
-            .bind(id)
-            .execute(connection)
-            .await
-            .map(|_| ())
-    }
-
-    async fn count_orders(pool: &Pool<Sqlite>) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM orders")
-            .fetch_one(pool)
-            .await
-            .expect("count orders")
-    }
-
-    async fn count_rows(pool: &Pool<Sqlite>) -> (i64, i64) {
-        sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM ferromq_outbox), (SELECT COUNT(*) FROM ferromq_outbox_archive)",
-        )
-        .fetch_one(pool)
-        .await
-        .expect("count rows")
-    }
+    order_queries!(Sqlite);
 }
 
 /// `url` (`postgres://user:password@host:port/db?options`) naming database `name` instead.

@@ -227,9 +227,23 @@ async fn wait_row<DB: TestDatabase>(
     what: &str,
     done: impl Fn(&OutboxRow) -> bool,
 ) -> OutboxRow {
+    wait_row_by_key(outbox, &dedup_key(id), what, done).await
+}
+
+/// Polls the row with this dedup key until `done` holds.
+async fn wait_row_by_key<DB: TestDatabase>(
+    outbox: &Outbox<DB>,
+    dedup_key: &str,
+    what: &str,
+    done: impl Fn(&OutboxRow) -> bool,
+) -> OutboxRow {
     let deadline = Instant::now() + WAIT;
     loop {
-        let row = row(outbox, id).await;
+        let row = outbox
+            .row_by_dedup_key(dedup_key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no row with dedup key {dedup_key}"));
         if done(&row) {
             return row;
         }
@@ -841,8 +855,10 @@ async fn check_backs_are_answered_from_the_outbox_table<DB: TestDatabase>() {
     assert_eq!(DB::count_orders(&pool).await, 1);
     // A relay confirms its row once the committed message is seen stored.
     let relay = outbox.start_relay(&cluster.client);
-    let confirmed =
-        wait_row_by_key(&outbox, &message.keys[0], |row| row.finished_ms.is_some()).await;
+    let confirmed = wait_row_by_key(&outbox, &message.keys[0], "confirmed", |row| {
+        row.finished_ms.is_some()
+    })
+    .await;
     assert_eq!(confirmed.status, OutboxStatus::Sent);
     assert_eq!(confirmed.message_id, Some(message.id));
     assert_eq!(outbox.stats().await.unwrap().sent, 1);
@@ -905,22 +921,6 @@ async fn record_sent_but_lost<DB: TestDatabase>(
         .unwrap();
     transaction.commit().await.unwrap();
     lost.message_id
-}
-
-async fn wait_row_by_key<DB: TestDatabase>(
-    outbox: &Outbox<DB>,
-    dedup_key: &str,
-    done: impl Fn(&OutboxRow) -> bool,
-) -> OutboxRow {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let row = outbox.row_by_dedup_key(dedup_key).await.unwrap().unwrap();
-        if done(&row) {
-            return row;
-        }
-        assert!(Instant::now() < deadline, "{row:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The claim itself, under contention: several claimers in parallel, each sending some rows

@@ -1,7 +1,7 @@
 //! What the outbox asks of a database: one implementation per sqlx driver (`postgres.rs`,
 //! `sqlite.rs`). Statements both databases understand are written once, in
-//! [`shared_statements!`]; each driver writes only what differs (schema, claiming rows,
-//! housekeeping).
+//! [`shared_statements!`], the claim's flow among them; each driver writes only what differs
+//! (schema and migration lock, the claim's id-list statements, recording sends, housekeeping).
 
 use std::future::Future;
 
@@ -286,13 +286,23 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         row: &NewRow,
     ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
 
-    /// Whether a claim at `now_ms` would find a row (a plain read: an idle relay asks this
-    /// without a transaction or a lock).
+    /// For each of `keys`, the lowest id of its unsent rows (pending or failed) that are not
+    /// among `claimed`: what holds back a claim's later rows of the key.
     #[doc(hidden)]
-    fn any_claimable(
-        pool: &Pool<Self>,
-        now_ms: i64,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    fn first_unsent_rows(
+        connection: &mut Self::Connection,
+        keys: &[String],
+        claimed: &[i64],
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send;
+
+    /// Leases rows `ids` to `owner` until `lease_until_ms` and returns them.
+    #[doc(hidden)]
+    fn lease_rows(
+        connection: &mut Self::Connection,
+        owner: &str,
+        lease_until_ms: i64,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<RawRow>, sqlx::Error>> + Send;
 
     /// Leases up to `limit` pending, due rows to `owner` until `lease_until_ms`, in id order,
     /// skipping every row of a sharding key after an earlier unsent row of the key that is not
@@ -429,10 +439,11 @@ macro_rules! claimable_rows {
 
 /// The statements PostgreSQL and SQLite share (both take `$n` parameters), as methods of
 /// `OutboxDatabase` for the driver `$db`. `$db` is a type, so each expansion is checked
-/// against its own driver's encoders and decoders. `row_lock` ends a subquery that picks rows
-/// to change (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent pickers take different rows).
+/// against its own driver's encoders and decoders. `begin` starts a claim's transaction (SQLite:
+/// `BEGIN IMMEDIATE`, taking the write lock at once); `row_lock` ends a query that picks rows to
+/// change (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent pickers take different rows).
 macro_rules! shared_statements {
-    ($db:ty, row_lock: $row_lock:literal) => {
+    ($db:ty, begin: $begin:literal, row_lock: $row_lock:literal) => {
         async fn apply_migrations(
             connection: &mut <$db as sqlx::Database>::Connection,
             migrations: &'static [(i64, &'static str)],
@@ -465,16 +476,60 @@ macro_rules! shared_statements {
             Ok(version)
         }
 
-        async fn any_claimable(pool: &sqlx::Pool<$db>, now_ms: i64) -> Result<bool, sqlx::Error> {
+        async fn claim(
+            pool: &sqlx::Pool<$db>,
+            owner: &str,
+            now_ms: i64,
+            lease_until_ms: i64,
+            limit: i64,
+        ) -> Result<Vec<$crate::outbox::database::RawRow>, sqlx::Error> {
+            use $crate::outbox::database::{candidate_keys, claimable, claimable_rows};
+            // An idle relay asks with a plain read, without a transaction or a lock.
             let probe = sqlx::query(concat!(
                 "SELECT id FROM ferromq_outbox WHERE ",
-                $crate::outbox::database::claimable_rows!(),
+                claimable_rows!(),
                 " LIMIT 1"
             ))
             .bind(now_ms)
             .fetch_optional(pool)
             .await?;
-            Ok(probe.is_some())
+            if probe.is_none() {
+                return Ok(Vec::new());
+            }
+            let mut transaction = pool.begin_with($begin).await?;
+            // With a row lock, rows another relay is claiming right now are skipped, not waited
+            // for.
+            let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(concat!(
+                "SELECT id, sharding_key FROM ferromq_outbox WHERE ",
+                claimable_rows!(),
+                " ORDER BY id LIMIT $2 ",
+                $row_lock
+            ))
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *transaction)
+            .await?;
+            if candidates.is_empty() {
+                transaction.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let keys = candidate_keys(&candidates);
+            let first_blocker: std::collections::HashMap<String, i64> = if keys.is_empty() {
+                std::collections::HashMap::new()
+            } else {
+                let ids: Vec<i64> = candidates.iter().map(|(id, _)| *id).collect();
+                // A row skipped above (locked by another claim) is still pending here, so it
+                // holds back the later rows of its key.
+                Self::first_unsent_rows(&mut *transaction, &keys, &ids)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            let ids = claimable(&candidates, &first_blocker);
+            let mut rows = Self::lease_rows(&mut *transaction, owner, lease_until_ms, &ids).await?;
+            transaction.commit().await?;
+            rows.sort_by_key(|row| row.id);
+            Ok(rows)
         }
 
         async fn insert(

@@ -80,7 +80,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// Milliseconds since the epoch, as stored in the table.
 pub(crate) fn now_ms() -> i64 {
-    to_ms(SystemTime::now())
+    i64::try_from(ferromq_protocol::message::now_millis()).unwrap_or(i64::MAX)
 }
 
 fn to_ms(time: SystemTime) -> i64 {

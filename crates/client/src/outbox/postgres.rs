@@ -2,13 +2,10 @@
 //! pass over each other's rows instead of waiting) and then leased; migrations hold an advisory
 //! lock, so application instances starting together apply them once.
 
-use std::collections::HashMap;
-
 use sqlx::{PgConnection, Pool, Postgres};
 
 use super::database::{
-    all_columns, candidate_keys, claimable, claimable_rows, raw_row_decoder, row_columns,
-    shared_statements, OutboxDatabase, RawRow, SentAs,
+    all_columns, raw_row_decoder, row_columns, shared_statements, OutboxDatabase, RawRow, SentAs,
 };
 
 /// Key of the advisory lock migrations hold ("FerroMQ outbox" in ASCII, truncated).
@@ -37,53 +34,29 @@ impl OutboxDatabase for Postgres {
         Ok(version)
     }
 
-    async fn claim(
-        pool: &Pool<Postgres>,
+    async fn first_unsent_rows(
+        connection: &mut PgConnection,
+        keys: &[String],
+        claimed: &[i64],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT sharding_key, MIN(id) FROM ferromq_outbox
+             WHERE sharding_key = ANY($1) AND status IN ('pending', 'failed')
+               AND NOT (id = ANY($2))
+             GROUP BY sharding_key",
+        )
+        .bind(keys)
+        .bind(claimed)
+        .fetch_all(connection)
+        .await
+    }
+
+    async fn lease_rows(
+        connection: &mut PgConnection,
         owner: &str,
-        now_ms: i64,
         lease_until_ms: i64,
-        limit: i64,
+        ids: &[i64],
     ) -> Result<Vec<RawRow>, sqlx::Error> {
-        // An idle relay asks without a transaction or a lock.
-        if !Self::any_claimable(pool, now_ms).await? {
-            return Ok(Vec::new());
-        }
-        let mut transaction = pool.begin().await?;
-        // Rows another relay is claiming right now are locked: skipped, not waited for.
-        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(concat!(
-            "SELECT id, sharding_key FROM ferromq_outbox WHERE ",
-            claimable_rows!(),
-            " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
-        ))
-        .bind(now_ms)
-        .bind(limit)
-        .fetch_all(&mut *transaction)
-        .await?;
-        if candidates.is_empty() {
-            transaction.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let keys = candidate_keys(&candidates);
-        let first_blocker: HashMap<String, i64> = if keys.is_empty() {
-            HashMap::new()
-        } else {
-            let ids: Vec<i64> = candidates.iter().map(|(id, _)| *id).collect();
-            // A row skipped above (locked by another claim) is still pending here, so it holds
-            // back the later rows of its key.
-            sqlx::query_as::<_, (String, i64)>(
-                "SELECT sharding_key, MIN(id) FROM ferromq_outbox
-                 WHERE sharding_key = ANY($1) AND status IN ('pending', 'failed')
-                   AND NOT (id = ANY($2))
-                 GROUP BY sharding_key",
-            )
-            .bind(&keys)
-            .bind(&ids)
-            .fetch_all(&mut *transaction)
-            .await?
-            .into_iter()
-            .collect()
-        };
-        let ids = claimable(&candidates, &first_blocker);
         let rows = sqlx::query(concat!(
             "UPDATE ferromq_outbox SET lease_owner = $1, lease_until_ms = $2
              WHERE id = ANY($3)
@@ -92,13 +65,10 @@ impl OutboxDatabase for Postgres {
         ))
         .bind(owner)
         .bind(lease_until_ms)
-        .bind(&ids)
-        .fetch_all(&mut *transaction)
+        .bind(ids)
+        .fetch_all(connection)
         .await?;
-        transaction.commit().await?;
-        let mut rows = rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>()?;
-        rows.sort_by_key(|row| row.id);
-        Ok(rows)
+        rows.iter().map(raw_row).collect()
     }
 
     async fn remove_finished(
@@ -196,5 +166,5 @@ impl OutboxDatabase for Postgres {
         Ok(result.rows_affected())
     }
 
-    shared_statements!(Postgres, row_lock: "FOR UPDATE SKIP LOCKED");
+    shared_statements!(Postgres, begin: "BEGIN", row_lock: "FOR UPDATE SKIP LOCKED");
 }

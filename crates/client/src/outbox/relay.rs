@@ -376,14 +376,9 @@ impl Sender<'_> {
                     return vec![SendOutcome::Release { id: row.id }];
                 }
                 let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
-                let sent = self.bounded(async {
-                    self.producer
-                        .send_at(message, at)
-                        .await
-                        .map(|receipt| vec![receipt])
-                        .map_err(|err| err.error)
-                });
-                self.outcomes(&[row], sent.await)
+                let sent = self.bounded(self.producer.send_at(message, at)).await;
+                let sent = sent.and_then(|result| result.map_err(|err| err.error));
+                self.outcomes(&[row], sent.map(|receipt| vec![receipt]))
             }
             Lane::Unordered(rows) => {
                 let mut outcomes = Vec::with_capacity(rows.len());
@@ -457,7 +452,6 @@ impl Sender<'_> {
         messages: Vec<Message>,
         key: Option<&str>,
     ) -> Result<Vec<SendReceipt>, (Vec<Message>, ClientError)> {
-        let limit = Duration::from_millis(self.config.send_timeout_ms);
         let send = async {
             match key {
                 Some(key) => self.producer.send_batch_ordered(messages, key).await,
@@ -465,24 +459,20 @@ impl Sender<'_> {
             }
             .map_err(|err| (err.messages, err.error))
         };
-        match tokio::time::timeout(limit, send).await {
+        match self.bounded(send).await {
             Ok(result) => result,
             // The messages went with the cancelled send; nothing retries them this round.
-            Err(_) => Err((
-                Vec::new(),
-                ClientError::Transport(TransportError::Timeout(limit)),
-            )),
+            Err(timeout) => Err((Vec::new(), timeout)),
         }
     }
 
-    async fn bounded<T>(
-        &self,
-        send: impl std::future::Future<Output = Result<T, ClientError>>,
-    ) -> Result<T, ClientError> {
+    /// `send`'s result, or a timeout error once the send timeout passed (route lookup
+    /// included, which the producer's own deadline does not cover).
+    async fn bounded<F: std::future::Future>(&self, send: F) -> Result<F::Output, ClientError> {
         let limit = Duration::from_millis(self.config.send_timeout_ms);
         tokio::time::timeout(limit, send)
             .await
-            .unwrap_or(Err(ClientError::Transport(TransportError::Timeout(limit))))
+            .map_err(|_| ClientError::Transport(TransportError::Timeout(limit)))
     }
 
     /// One outcome per row of a send that stored them all or none.

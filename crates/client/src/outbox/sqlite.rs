@@ -5,13 +5,10 @@
 //! Open the pool with WAL journaling and a busy timeout (`SqliteConnectOptions::journal_mode`,
 //! `busy_timeout`) when several processes share the file.
 
-use std::collections::HashMap;
-
 use sqlx::{Pool, Sqlite, SqliteConnection};
 
 use super::database::{
-    all_columns, candidate_keys, claimable, claimable_rows, raw_row_decoder, row_columns,
-    shared_statements, OutboxDatabase, RawRow, SentAs,
+    all_columns, raw_row_decoder, row_columns, shared_statements, OutboxDatabase, RawRow, SentAs,
 };
 
 /// The schema migrations, in order: (version, SQL).
@@ -35,51 +32,30 @@ impl OutboxDatabase for Sqlite {
         Ok(version)
     }
 
-    async fn claim(
-        pool: &Pool<Sqlite>,
+    async fn first_unsent_rows(
+        connection: &mut SqliteConnection,
+        keys: &[String],
+        claimed: &[i64],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT sharding_key, MIN(id) FROM ferromq_outbox
+             WHERE sharding_key IN (SELECT value FROM json_each($1))
+               AND status IN ('pending', 'failed')
+               AND id NOT IN (SELECT value FROM json_each($2))
+             GROUP BY sharding_key",
+        )
+        .bind(json_list(keys)?)
+        .bind(json_list(claimed)?)
+        .fetch_all(connection)
+        .await
+    }
+
+    async fn lease_rows(
+        connection: &mut SqliteConnection,
         owner: &str,
-        now_ms: i64,
         lease_until_ms: i64,
-        limit: i64,
+        ids: &[i64],
     ) -> Result<Vec<RawRow>, sqlx::Error> {
-        // An idle relay asks without taking the write lock.
-        if !Self::any_claimable(pool, now_ms).await? {
-            return Ok(Vec::new());
-        }
-        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(concat!(
-            "SELECT id, sharding_key FROM ferromq_outbox WHERE ",
-            claimable_rows!(),
-            " ORDER BY id LIMIT $2"
-        ))
-        .bind(now_ms)
-        .bind(limit)
-        .fetch_all(&mut *transaction)
-        .await?;
-        if candidates.is_empty() {
-            transaction.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let keys = candidate_keys(&candidates);
-        let first_blocker: HashMap<String, i64> = if keys.is_empty() {
-            HashMap::new()
-        } else {
-            let ids: Vec<i64> = candidates.iter().map(|(id, _)| *id).collect();
-            sqlx::query_as::<_, (String, i64)>(
-                "SELECT sharding_key, MIN(id) FROM ferromq_outbox
-                 WHERE sharding_key IN (SELECT value FROM json_each($1))
-                   AND status IN ('pending', 'failed')
-                   AND id NOT IN (SELECT value FROM json_each($2))
-                 GROUP BY sharding_key",
-            )
-            .bind(json_list(&keys)?)
-            .bind(json_list(&ids)?)
-            .fetch_all(&mut *transaction)
-            .await?
-            .into_iter()
-            .collect()
-        };
-        let ids = claimable(&candidates, &first_blocker);
         let rows = sqlx::query(concat!(
             "UPDATE ferromq_outbox SET lease_owner = $1, lease_until_ms = $2
              WHERE id IN (SELECT value FROM json_each($3))
@@ -88,13 +64,10 @@ impl OutboxDatabase for Sqlite {
         ))
         .bind(owner)
         .bind(lease_until_ms)
-        .bind(json_list(&ids)?)
-        .fetch_all(&mut *transaction)
+        .bind(json_list(ids)?)
+        .fetch_all(connection)
         .await?;
-        transaction.commit().await?;
-        let mut rows = rows.iter().map(raw_row).collect::<Result<Vec<_>, _>>()?;
-        rows.sort_by_key(|row| row.id);
-        Ok(rows)
+        rows.iter().map(raw_row).collect()
     }
 
     async fn remove_finished(
@@ -175,5 +148,5 @@ impl OutboxDatabase for Sqlite {
         Ok(updated)
     }
 
-    shared_statements!(Sqlite, row_lock: "");
+    shared_statements!(Sqlite, begin: "BEGIN IMMEDIATE", row_lock: "");
 }

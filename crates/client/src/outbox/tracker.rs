@@ -84,7 +84,7 @@ async fn track_round<DB: OutboxDatabase>(
     // The traces (a request to every leader each) go out together; decisions come after.
     // (Indexes, not references, cross into the stream: the futures must not borrow from the
     // closure's argument.)
-    let traces: Vec<Result<Traced, String>> = futures::stream::iter(0..rows.len())
+    let traces: Vec<Result<Traced, Untraced>> = futures::stream::iter(0..rows.len())
         .map(|i| trace_of(client, &rows[i]))
         .buffered(PARALLEL_TRACES)
         .collect()
@@ -128,13 +128,22 @@ struct Traced {
     answered: BTreeSet<String>,
 }
 
-async fn trace_of(client: &Client, row: &SentRow) -> Result<Traced, String> {
-    let id = MessageId::from_str(&row.message_id)
-        .map_err(|_| format!("unreadable message id {:?}", row.message_id))?;
+/// Why a row has no trace this round.
+enum Untraced {
+    /// The row's message id is not one: no round will ever trace it.
+    UnreadableId(String),
+    /// The brokers did not answer; the next round asks again.
+    Failed(String),
+}
+
+async fn trace_of(client: &Client, row: &SentRow) -> Result<Traced, Untraced> {
+    let id = MessageId::from_str(&row.message_id).map_err(|_| {
+        Untraced::UnreadableId(format!("unreadable message id {:?}", row.message_id))
+    })?;
     let (trace, answered) = client
         .trace_answered(id)
         .await
-        .map_err(|err| format!("trace failed: {err}"))?;
+        .map_err(|err| Untraced::Failed(format!("trace failed: {err}")))?;
     Ok(Traced { trace, answered })
 }
 
@@ -153,7 +162,7 @@ impl Checker<'_> {
     async fn decide(
         &mut self,
         row: &SentRow,
-        trace: Result<Traced, String>,
+        trace: Result<Traced, Untraced>,
         now: i64,
     ) -> TrackOutcome {
         let (id, message_id) = (row.id, row.message_id.clone());
@@ -165,15 +174,15 @@ impl Checker<'_> {
         };
         let Traced { trace, answered } = match trace {
             Ok(traced) => traced,
-            Err(note) if MessageId::from_str(&row.message_id).is_err() => {
+            Err(Untraced::UnreadableId(error)) => {
                 return TrackOutcome::GiveUp {
                     id,
                     message_id: message_id.clone(),
                     now_ms: now,
-                    error: note,
+                    error,
                 }
             }
-            Err(note) => return checked(Some(note)),
+            Err(Untraced::Failed(note)) => return checked(Some(note)),
         };
         let groups = self.config.tracked_groups(&row.topic);
         if let Some(done) = settled(groups, &trace, id, &message_id, now) {
