@@ -539,18 +539,8 @@ impl Client {
     /// was delivered, acknowledged, retried or dead-lettered. Asks every broker group's leader
     /// and returns the trace of the one that stored it (`stored: None` if none did).
     pub async fn trace(&self, id: MessageId) -> Result<MessageTrace, ClientError> {
-        Ok(self.trace_answered(id).await?.0)
-    }
-
-    /// [`Client::trace`], and the broker groups whose leaders answered (only they can say a
-    /// message is not stored).
-    pub(crate) async fn trace_answered(
-        &self,
-        id: MessageId,
-    ) -> Result<(MessageTrace, std::collections::BTreeSet<String>), ClientError> {
         let cluster = self.cluster().await?;
         let request = GetTraceRequest { id };
-        let mut answered = std::collections::BTreeSet::new();
         let mut found = MessageTrace {
             id,
             stored: None,
@@ -567,7 +557,6 @@ impl Client {
                 .request(RequestCode::GetTrace, &request, Bytes::new())
                 .await?
                 .decode()?;
-            answered.insert(broker.group.clone());
             if trace.stored.is_some() || !trace.scheduled.is_empty() {
                 if found.stored.is_none() {
                     found.stored = trace.stored;
@@ -576,7 +565,25 @@ impl Client {
                 found.groups.extend(trace.groups);
             }
         }
-        Ok((found, answered))
+        Ok(found)
+    }
+
+    /// [`Client::trace`] asked only of the leader of `broker_group` (found through `topic`'s
+    /// cached route): one request instead of one to the nameserver and one per broker group,
+    /// for a caller that knows where the message went (a send's receipt says). `stored: None`
+    /// is then that leader's word that its group does not store the message.
+    #[cfg(feature = "outbox")]
+    pub(crate) async fn trace_in_group(
+        &self,
+        topic: &str,
+        broker_group: &str,
+        id: MessageId,
+    ) -> Result<MessageTrace, ClientError> {
+        let request = GetTraceRequest { id };
+        Ok(self
+            .request_group_leader(topic, broker_group, RequestCode::GetTrace, &request)
+            .await?
+            .decode()?)
     }
 
     /// Closes every connection and stops background work.

@@ -7,7 +7,7 @@
 //! sent are finished by the broker's acknowledgement; a broker transaction's row is finished
 //! (confirmed) once a broker stores the committed message, and re-sent if none does in time.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +84,7 @@ async fn track_round<DB: OutboxDatabase>(
     // The traces (a request to every leader each) go out together; decisions come after.
     // (Indexes, not references, cross into the stream: the futures must not borrow from the
     // closure's argument.)
-    let traces: Vec<Result<Traced, Untraced>> = futures::stream::iter(0..rows.len())
+    let traces: Vec<Result<MessageTrace, Untraced>> = futures::stream::iter(0..rows.len())
         .map(|i| trace_of(client, &rows[i]))
         .buffered(PARALLEL_TRACES)
         .collect()
@@ -122,12 +122,6 @@ async fn track_round<DB: OutboxDatabase>(
     Ok((delta, rows.len()))
 }
 
-/// A message's trace, and the broker groups whose leaders answered for it.
-struct Traced {
-    trace: MessageTrace,
-    answered: BTreeSet<String>,
-}
-
 /// Why a row has no trace this round.
 enum Untraced {
     /// The row's message id is not one: no round will ever trace it.
@@ -136,15 +130,22 @@ enum Untraced {
     Failed(String),
 }
 
-async fn trace_of(client: &Client, row: &SentRow) -> Result<Traced, Untraced> {
+/// The row's message as the leader of the broker group that acknowledged the send sees it:
+/// that group stores it (a scheduled message, or a transaction's committed one, too), so only
+/// its leader needs asking, and its answer alone can say the message is not stored.
+async fn trace_of(client: &Client, row: &SentRow) -> Result<MessageTrace, Untraced> {
     let id = MessageId::from_str(&row.message_id).map_err(|_| {
         Untraced::UnreadableId(format!("unreadable message id {:?}", row.message_id))
     })?;
-    let (trace, answered) = client
-        .trace_answered(id)
+    client
+        .trace_in_group(&row.topic, &row.broker_group, id)
         .await
-        .map_err(|err| Untraced::Failed(format!("trace failed: {err}")))?;
-    Ok(Traced { trace, answered })
+        .map_err(|err| {
+            Untraced::Failed(format!(
+                "broker group {} did not answer the trace: {err}",
+                row.broker_group
+            ))
+        })
 }
 
 /// Committed offsets by (broker group, queue id); `None`: never committed.
@@ -162,7 +163,7 @@ impl Checker<'_> {
     async fn decide(
         &mut self,
         row: &SentRow,
-        trace: Result<Traced, Untraced>,
+        trace: Result<MessageTrace, Untraced>,
         now: i64,
     ) -> TrackOutcome {
         let (id, message_id) = (row.id, row.message_id.clone());
@@ -172,8 +173,8 @@ impl Checker<'_> {
             now_ms: now,
             note,
         };
-        let Traced { trace, answered } = match trace {
-            Ok(traced) => traced,
+        let trace = match trace {
+            Ok(trace) => trace,
             Err(Untraced::UnreadableId(error)) => {
                 return TrackOutcome::GiveUp {
                     id,
@@ -193,7 +194,7 @@ impl Checker<'_> {
         if now < overdue_at {
             return checked(None);
         }
-        let lost = match self.lost(row, groups, &trace, &answered).await {
+        let lost = match self.lost(row, groups, &trace).await {
             Ok(Some(reason)) => reason,
             Ok(None) => {
                 return checked(Some(
@@ -204,7 +205,8 @@ impl Checker<'_> {
         };
         // A group's commit (or the broker's store) may have landed after the trace was read:
         // look once more.
-        if let Ok(again) = self.client.trace(trace.id).await {
+        let again = trace_of(self.client, row).await;
+        if let Ok(again) = again {
             if let Some(done) = settled(groups, &again, id, &message_id, now) {
                 return done;
             }
@@ -232,17 +234,10 @@ impl Checker<'_> {
         row: &SentRow,
         groups: &[String],
         trace: &MessageTrace,
-        answered: &BTreeSet<String>,
     ) -> Result<Option<String>, String> {
         let Some(stored) = &trace.stored else {
             if !trace.scheduled.is_empty() {
                 return Ok(None);
-            }
-            if !answered.contains(&row.broker_group) {
-                return Err(format!(
-                    "broker group {} did not answer: cannot tell whether it stores the message",
-                    row.broker_group
-                ));
             }
             return Ok(Some(format!(
                 "message {} is not stored in broker group {}",
