@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod captured_metrics;
 pub mod chaos;
 pub mod firewall;
 pub mod outbox;

@@ -34,6 +34,12 @@ pub trait TestDatabase: OutboxDatabase {
 
     /// Rows in the outbox table and in its archive.
     fn count_rows(pool: &Pool<Self>) -> impl Future<Output = (i64, i64)> + Send;
+
+    /// When the archived row with this dedup key was sent (`None`: no such row archived).
+    fn archived_sent_ms(
+        pool: &Pool<Self>,
+        dedup_key: &str,
+    ) -> impl Future<Output = Option<i64>> + Send;
 }
 
 const ORDERS_TABLE: &str = "CREATE TABLE orders (id BIGINT PRIMARY KEY, item TEXT NOT NULL)";
@@ -67,6 +73,15 @@ macro_rules! order_queries {
             .fetch_one(pool)
             .await
             .expect("count rows")
+        }
+
+        async fn archived_sent_ms(pool: &Pool<$db>, dedup_key: &str) -> Option<i64> {
+            sqlx::query_scalar("SELECT sent_ms FROM ferromq_outbox_archive WHERE dedup_key = $1")
+                .bind(dedup_key)
+                .fetch_optional(pool)
+                .await
+                .expect("read the archive")
+                .flatten()
         }
     };
 }

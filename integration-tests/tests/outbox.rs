@@ -11,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ferromq_client::outbox::{
     Outbox, OutboxConfig, OutboxError, OutboxId, OutboxMessage, OutboxRow, OutboxStats,
-    OutboxStatus, OUTBOX_KEY_PROPERTY,
+    OutboxStatus, RelayCounters, OUTBOX_KEY_PROPERTY,
 };
 use ferromq_client::{
     Client, ConsumeStatus, ConsumerConfig, Idempotent, MemoryKeyStore, Message, MessageId,
     ReceivedMessage, SendReceipt, TransactionState,
 };
+use ferromq_integration_tests::captured_metrics::capture_metrics;
 use ferromq_integration_tests::outbox::{start_relay_process, TestDatabase};
 use ferromq_integration_tests::{
     binary, client, http_get, start_nameserver, start_standalone, wait_for_route, within, Broker,
@@ -57,6 +58,7 @@ on_both_databases!(
     a_message_lost_after_it_was_sent_is_sent_again,
     messages_the_broker_refuses_fail_alone_and_hold_back_their_key,
     finished_rows_are_archived_after_the_retention,
+    rows_nobody_can_finish_end_failed_or_dead_lettered,
     check_backs_are_answered_from_the_outbox_table,
     a_transactional_row_no_broker_stores_is_sent_again,
     concurrent_claims_never_overlap_and_keep_each_keys_order,
@@ -87,31 +89,46 @@ fn the_outbox_example_runs_against_a_standalone_node() {
     );
 }
 
-/// A nameserver, one broker and a client, with the topic `orders` (4 queues).
+/// A nameserver, one broker (group `broker-a`) or more, and a client, with the topic `orders`
+/// (4 queues in each broker group).
 struct Cluster {
     dir: tempfile::TempDir,
     nameserver: Nameserver,
     broker: Broker,
+    _other_brokers: Vec<Broker>,
     client: Client,
 }
 
 impl Cluster {
     async fn start(broker_env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_groups(1, broker_env).await
+    }
+
+    /// A cluster of `groups` single-broker groups: `broker-a`, `broker-b`, …
+    async fn start_groups(groups: u8, broker_env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let nameserver = start_nameserver(dir.path(), &[]);
-        let broker = Broker::start(
-            &dir.path().join("broker"),
-            &nameserver.addr,
-            dir.path(),
-            broker_env,
-        );
+        let mut brokers: Vec<Broker> = (b'a'..b'a' + groups)
+            .map(|letter| {
+                let group = format!("broker-{}", letter as char);
+                let mut env = broker_env.to_vec();
+                env.push(("FERROMQ_GROUP", &group));
+                Broker::start(&dir.path().join(&group), &nameserver.addr, dir.path(), &env)
+            })
+            .collect();
         let client = client(&nameserver.addr).await;
+        let deadline = Instant::now() + WAIT;
+        while client.cluster().await.unwrap().brokers.len() < usize::from(groups) {
+            assert!(Instant::now() < deadline, "brokers not registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         client.create_topic(TOPIC, 4).await.unwrap();
         wait_for_route(&client, TOPIC, WAIT).await;
         Cluster {
             dir,
             nameserver,
-            broker,
+            broker: brokers.remove(0),
+            _other_brokers: brokers,
             client,
         }
     }
@@ -271,33 +288,50 @@ async fn wait_exit(process: &mut Process) -> std::process::ExitStatus {
 /// A consumer of `group` on `orders` running in the background, recording the messages it
 /// handles; stop it with the token.
 struct Recorder {
-    seen: Arc<Mutex<Vec<ReceivedMessage>>>,
+    /// The messages handled, with when.
+    seen: Arc<Mutex<Vec<(SystemTime, ReceivedMessage)>>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Recorder {
     async fn start(client: &Client, group: &str) -> Recorder {
+        Recorder::start_failing(client, group, |_| false).await
+    }
+
+    /// A recorder whose handler fails the messages `fails` picks; the group dead-letters a
+    /// failed message at once (no retries).
+    async fn start_failing(
+        client: &Client,
+        group: &str,
+        fails: fn(&ReceivedMessage) -> bool,
+    ) -> Recorder {
         let consumer = client
             .consumer(group)
             .subscribe(TOPIC, "*")
             .config(ConsumerConfig {
                 commit_interval_ms: 100,
                 heartbeat_interval_ms: 300,
+                max_reconsume_times: 0,
                 ..ConsumerConfig::default()
             })
             .build()
             .await
             .unwrap();
-        let seen: Arc<Mutex<Vec<ReceivedMessage>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(SystemTime, ReceivedMessage)>>> = Arc::default();
         let stop = CancellationToken::new();
         let (record, stopper) = (seen.clone(), stop.clone());
         let task = tokio::spawn(async move {
             consumer
                 .run(
                     move |message| {
-                        record.lock().unwrap().push(message);
-                        async { ConsumeStatus::Success }
+                        let status = if fails(&message) {
+                            ConsumeStatus::RetryLater(None)
+                        } else {
+                            ConsumeStatus::Success
+                        };
+                        record.lock().unwrap().push((SystemTime::now(), message));
+                        async move { status }
                     },
                     stopper,
                 )
@@ -313,8 +347,16 @@ impl Recorder {
             .lock()
             .unwrap()
             .iter()
-            .map(|m| m.keys[0].clone())
+            .map(|(_, m)| m.keys[0].clone())
             .collect()
+    }
+
+    /// When the first message with this first key was handled.
+    fn handled_at(&self, first_key: &str) -> Option<SystemTime> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .find(|(_, m)| m.keys[0] == first_key)
+            .map(|(at, _)| *at)
     }
 
     async fn wait_for(&self, what: &str, done: impl Fn(&[String]) -> bool) {
@@ -399,7 +441,7 @@ async fn rollback_of_the_business_transaction_leaves_no_message<DB: TestDatabase
     recorder
         .wait_for("the committed message", |keys| !keys.is_empty())
         .await;
-    let message = recorder.seen.lock().unwrap()[0].clone();
+    let message = recorder.seen.lock().unwrap()[0].1.clone();
     assert_eq!(message.id, row.message_id.unwrap());
     assert_eq!(message.keys, vec![dedup_key(2), "order-2".into()]);
     assert_eq!(message.properties[OUTBOX_KEY_PROPERTY], dedup_key(2));
@@ -600,7 +642,7 @@ async fn messages_go_out_when_the_broker_is_back<DB: TestDatabase>() {
 }
 
 async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
-    let cluster = Cluster::start(&[]).await;
+    let cluster = Cluster::start_groups(2, &[]).await;
     let config = OutboxConfig {
         track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
         resend_after_ms: 1_500,
@@ -616,6 +658,18 @@ async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
     })
     .await;
     assert_eq!(first.resends, 0);
+    // Each message's consumption is traced in the broker group that stores it.
+    place_orders(&outbox, &pool, 10..20, 1, true).await;
+    wait_stats(&outbox, "orders 10 to 19 consumed", |s| s.consumed == 11).await;
+    let mut groups = BTreeSet::new();
+    for id in 10..20 {
+        groups.insert(row(&outbox, id).await.broker_group.unwrap());
+    }
+    assert_eq!(
+        groups.len(),
+        2,
+        "messages in both broker groups: {groups:?}"
+    );
 
     // A message the broker acknowledged and then lost.
     let lost = record_sent_but_lost(&cluster, &outbox, &pool, 2).await;
@@ -644,9 +698,9 @@ async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
     })
     .await;
     assert_eq!(third.resends, 0);
-    ferromq_integration_tests::wait_until("three consumed, one re-send counted", WAIT, || {
+    ferromq_integration_tests::wait_until("13 consumed, one re-send counted", WAIT, || {
         let counters = relay.counters();
-        (counters.resends, counters.consumed) == (1, 3)
+        (counters.resends, counters.consumed) == (1, 13)
     })
     .await;
     recorder.stop().await;
@@ -747,25 +801,32 @@ async fn finished_rows_are_archived_after_the_retention<DB: TestDatabase>() {
     let config = OutboxConfig {
         retention_ms: 0,
         archive: true,
+        schedule_ahead_ms: 1_500,
         ..fast()
     };
     let (outbox, pool, _) = open::<DB>(&cluster, config).await;
     place_orders(&outbox, &pool, 0..5, 5, false).await;
+    let soon = SystemTime::now() + Duration::from_secs(4);
     let far = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
     let mut connection = pool.acquire().await.unwrap();
-    outbox
-        .enqueue(
-            &mut *connection,
-            order_created(9).dedup_key(dedup_key(9)).deliver_at(far),
-        )
-        .await
-        .unwrap();
+    for (id, due) in [(8, soon), (9, far)] {
+        let message = order_created(id).dedup_key(dedup_key(id)).deliver_at(due);
+        outbox.enqueue(&mut *connection, message).await.unwrap();
+    }
     drop(connection);
+    // Both wait in the table until schedule_ahead_ms before they are due.
+    for id in [8, 9] {
+        let waiting = row(&outbox, id).await;
+        let due_ms = waiting.deliver_at_ms.unwrap();
+        assert_eq!(waiting.next_attempt_ms, due_ms - 1_500);
+    }
+    let held_until_ms = row(&outbox, 8).await.next_attempt_ms;
     let relay = outbox.start_relay(&cluster.client);
+    let recorder = Recorder::start(&cluster.client, "billing").await;
     // Sent rows are finished (nothing tracks consumption): archived. The one due in a month
     // waits in the table, unsent: brokers schedule only so far ahead.
     let deadline = Instant::now() + WAIT;
-    while DB::count_rows(&pool).await != (1, 5) {
+    while DB::count_rows(&pool).await != (1, 6) {
         assert!(
             Instant::now() < deadline,
             "rows, archived: {:?}",
@@ -778,9 +839,152 @@ async fn finished_rows_are_archived_after_the_retention<DB: TestDatabase>() {
         (waiting.status, waiting.attempts),
         (OutboxStatus::Pending, 0)
     );
-    let due_ms = waiting.deliver_at_ms.unwrap();
-    let ahead = OutboxConfig::default().schedule_ahead_ms as i64;
-    assert_eq!(waiting.next_attempt_ms, due_ms - ahead);
+    // The one due soon went to the broker ahead of time, not before, and reached consumers
+    // when due.
+    let sent_ms = DB::archived_sent_ms(&pool, &dedup_key(8)).await.unwrap();
+    assert!(
+        sent_ms >= held_until_ms,
+        "sent at {sent_ms}, held until {held_until_ms}"
+    );
+    recorder
+        .wait_for("order 8", |keys| keys.contains(&dedup_key(8)))
+        .await;
+    let handled = recorder.handled_at(&dedup_key(8)).unwrap();
+    assert!(
+        handled >= soon - Duration::from_millis(50),
+        "order 8 handled {:?} before it was due",
+        soon.duration_since(handled).unwrap_or_default()
+    );
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
+/// Rows nobody can finish end with their error, and show in the gauges: one no broker takes
+/// (its topic has no route) is `failed` after `max_attempts`, one lost after it was sent is
+/// `failed` when no re-send is left, one the tracked group dead-letters is `dead_lettered`.
+/// Failed rows stay for an operator; the dead-lettered one (its message waits in the group's
+/// dead-letter queue) is deleted after the retention, like the consumed one.
+async fn rows_nobody_can_finish_end_failed_or_dead_lettered<DB: TestDatabase>() {
+    let metrics = capture_metrics();
+    let cluster = Cluster::start(&[("FERROMQ_TOPICS__AUTO_CREATE", "false")]).await;
+    let config = OutboxConfig {
+        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
+        max_attempts: 2,
+        max_resends: 0,
+        resend_after_ms: 1_000,
+        // Long enough to see the dead-lettered row before it goes.
+        retention_ms: 5_000,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let relay = outbox.start_relay(&cluster.client);
+    let stock = Recorder::start_failing(&cluster.client, "stock", |message| {
+        message.keys[0] == dedup_key(2)
+    })
+    .await;
+
+    place_orders(&outbox, &pool, 1..3, 2, false).await;
+    let mut connection = pool.acquire().await.unwrap();
+    let no_route = Message::new("nowhere", "order 3").with_key("order-3");
+    outbox
+        .enqueue(
+            &mut *connection,
+            OutboxMessage::new(no_route).dedup_key(dedup_key(3)),
+        )
+        .await
+        .unwrap();
+    drop(connection);
+    let lost = record_sent_but_lost(&cluster, &outbox, &pool, 4).await;
+
+    let dead = wait_row(&outbox, 2, "dead-lettered by the group", |row| {
+        row.status == OutboxStatus::DeadLettered
+    })
+    .await;
+    let error = dead.last_error.unwrap_or_default();
+    assert!(error.contains("stock"), "{error}");
+
+    let unrouted = wait_row(&outbox, 3, "no route, attempts exhausted", |row| {
+        row.status == OutboxStatus::Failed
+    })
+    .await;
+    assert_eq!(unrouted.attempts, 2);
+    let error = unrouted.last_error.unwrap_or_default();
+    assert!(
+        error.contains("attempt 2") && error.contains("nowhere"),
+        "{error}"
+    );
+
+    let given_up = wait_row(&outbox, 4, "lost, no re-send left", |row| {
+        row.status == OutboxStatus::Failed
+    })
+    .await;
+    assert_eq!((given_up.resends, given_up.message_id), (0, Some(lost)));
+    let error = given_up.last_error.unwrap_or_default();
+    assert!(error.contains("after 0 re-sends"), "{error}");
+
+    // After the retention the consumed and the dead-lettered rows are deleted (no archive);
+    // the failed ones stay.
+    let deadline = Instant::now() + WAIT;
+    while DB::count_rows(&pool).await != (2, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "rows, archived: {:?}",
+            DB::count_rows(&pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in [1, 2] {
+        assert!(outbox
+            .row_by_dedup_key(&dedup_key(id))
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.failed, stats.dead_lettered),
+        (0, 2, 0),
+        "{stats:?}"
+    );
+
+    // What the application's metrics exporter sees: the relay's counts, and the row gauges.
+    let counts = RelayCounters {
+        sends: 2,
+        resends: 0,
+        send_failures: 2,
+        failed: 2,
+        consumed: 1,
+        dead_lettered: 1,
+    };
+    let recorded = [
+        ("mq_outbox_sends_total", 2.0),
+        ("mq_outbox_resends_total", 0.0),
+        ("mq_outbox_send_failures_total", 2.0),
+        ("mq_outbox_failed_total", 2.0),
+        ("mq_outbox_consumed_total", 1.0),
+        ("mq_outbox_dead_lettered_total", 1.0),
+        (r#"mq_outbox_rows{status="pending"}"#, 0.0),
+        (r#"mq_outbox_rows{status="failed"}"#, 2.0),
+        (r#"mq_outbox_rows{status="dead_lettered"}"#, 0.0),
+        ("mq_outbox_oldest_pending_age_seconds", 0.0),
+    ];
+    let expected = (counts, recorded.map(|(_, value)| value));
+    let seen = || {
+        (
+            relay.counters(),
+            recorded.map(|(key, _)| metrics.value(key)),
+        )
+    };
+    let deadline = Instant::now() + WAIT;
+    while seen() != expected {
+        assert!(
+            Instant::now() < deadline,
+            "counted and recorded: {:?}",
+            seen()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stock.stop().await;
     relay.shutdown().await;
 }
 
@@ -850,7 +1054,7 @@ async fn check_backs_are_answered_from_the_outbox_table<DB: TestDatabase>() {
     recorder
         .wait_for("the committed order", |keys| !keys.is_empty())
         .await;
-    let message = recorder.seen.lock().unwrap()[0].clone();
+    let message = recorder.seen.lock().unwrap()[0].1.clone();
     assert_eq!(message.keys[1], "order-1");
     assert_eq!(DB::count_orders(&pool).await, 1);
     // A relay confirms its row once the committed message is seen stored.

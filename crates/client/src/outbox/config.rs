@@ -41,8 +41,9 @@ pub struct OutboxConfig {
     /// before it is due. At most 7 days, and no more than the brokers' `schedule.max_delay_ms`
     /// (a broker refuses a send due further ahead, and the row fails).
     pub schedule_ahead_ms: u64,
-    /// Rows finished this long ago (consumed, or sent to an untracked topic and confirmed) are
-    /// removed. Failed and dead-lettered rows are kept for an operator.
+    /// Rows finished this long ago (consumed, dead-lettered — the message waits in the group's
+    /// dead-letter queue — or sent to an untracked topic and confirmed) are removed. Failed rows
+    /// are kept for an operator.
     pub retention_ms: u64,
     /// Move removed rows to `ferromq_outbox_archive` instead of deleting them.
     pub archive: bool,
