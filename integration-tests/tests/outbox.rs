@@ -237,6 +237,19 @@ async fn wait_stats<DB: TestDatabase>(
     }
 }
 
+/// Polls until the outbox table and its archive hold these many rows.
+async fn wait_row_counts<DB: TestDatabase>(pool: &sqlx::Pool<DB>, expected: (i64, i64)) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let counts = DB::count_rows(pool).await;
+        if counts == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rows, archived: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls a row until `done` holds.
 async fn wait_row<DB: TestDatabase>(
     outbox: &Outbox<DB>,
@@ -825,15 +838,7 @@ async fn finished_rows_are_archived_after_the_retention<DB: TestDatabase>() {
     let recorder = Recorder::start(&cluster.client, "billing").await;
     // Sent rows are finished (nothing tracks consumption): archived. The one due in a month
     // waits in the table, unsent: brokers schedule only so far ahead.
-    let deadline = Instant::now() + WAIT;
-    while DB::count_rows(&pool).await != (1, 6) {
-        assert!(
-            Instant::now() < deadline,
-            "rows, archived: {:?}",
-            DB::count_rows(&pool).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_row_counts(&pool, (1, 6)).await;
     let waiting = row(&outbox, 9).await;
     assert_eq!(
         (waiting.status, waiting.attempts),
@@ -924,15 +929,7 @@ async fn rows_nobody_can_finish_end_failed_or_dead_lettered<DB: TestDatabase>() 
 
     // After the retention the consumed and the dead-lettered rows are deleted (no archive);
     // the failed ones stay.
-    let deadline = Instant::now() + WAIT;
-    while DB::count_rows(&pool).await != (2, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "rows, archived: {:?}",
-            DB::count_rows(&pool).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_row_counts(&pool, (2, 0)).await;
     for id in [1, 2] {
         assert!(outbox
             .row_by_dedup_key(&dedup_key(id))
