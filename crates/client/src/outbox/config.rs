@@ -33,9 +33,11 @@ pub struct OutboxConfig {
     /// Sent rows checked per round.
     pub track_batch: u32,
     /// A row not consumed (or, untracked, not stored) this long after it became visible is
-    /// sent again with the same dedup key, unless the tracked groups' backlog explains the wait.
+    /// sent again with the same dedup key if it is lost: its broker group does not store it,
+    /// or a tracked group's offset moved past it unacknowledged. A wait the brokers explain (a
+    /// backlog, a retry cycle, no answer) leaves it `sent`.
     pub resend_after_ms: u64,
-    /// Re-sends after which a row still not consumed is `failed`.
+    /// Re-sends after which a row found lost again is `failed`.
     pub max_resends: u32,
     /// A delayed message due further ahead than this waits in the table and is sent this long
     /// before it is due. At most 7 days, and no more than the brokers' `schedule.max_delay_ms`

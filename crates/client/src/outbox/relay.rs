@@ -29,8 +29,8 @@ const PARALLEL_LANES: usize = 16;
 /// Longest pause of a relay whose rounds keep failing.
 const MAX_ROUND_PAUSE: Duration = Duration::from_secs(30);
 
-/// A running relay: its sending loop, consumption tracking (when groups are tracked) and
-/// housekeeping. Stop it with [`Relay::shutdown`]; dropping it stops it too, without waiting.
+/// A running relay: its sending loop, tracking of sent rows (consumption for tracked topics,
+/// storage for broker transactions' rows) and housekeeping. Stop it with [`Relay::shutdown`]; dropping it stops it too, without waiting.
 pub struct Relay {
     owner: String,
     stop: CancellationToken,

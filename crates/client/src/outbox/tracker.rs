@@ -81,7 +81,7 @@ async fn track_round<DB: OutboxDatabase>(
     if rows.is_empty() {
         return Ok((RelayCounters::default(), 0));
     }
-    // The traces (a request to every leader each) go out together; decisions come after.
+    // The traces (a request to one leader each) go out together; decisions come after.
     // (Indexes, not references, cross into the stream: the futures must not borrow from the
     // closure's argument.)
     let traces: Vec<Result<MessageTrace, Untraced>> = futures::stream::iter(0..rows.len())
@@ -205,8 +205,7 @@ impl Checker<'_> {
         };
         // A group's commit (or the broker's store) may have landed after the trace was read:
         // look once more.
-        let again = trace_of(self.client, row).await;
-        if let Ok(again) = again {
+        if let Ok(again) = trace_of(self.client, row).await {
             if let Some(done) = settled(groups, &again, id, &message_id, now) {
                 return done;
             }
