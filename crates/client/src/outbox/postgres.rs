@@ -2,10 +2,13 @@
 //! pass over each other's rows instead of waiting) and then leased; migrations hold an advisory
 //! lock, so application instances starting together apply them once.
 
+use std::collections::HashSet;
+
 use sqlx::{PgConnection, Pool, Postgres};
 
 use super::database::{
     all_columns, raw_row_decoder, row_columns, shared_statements, OutboxDatabase, RawRow, SentAs,
+    TrackOutcome,
 };
 
 /// Key of the advisory lock migrations hold ("FerroMQ outbox" in ASCII, truncated).
@@ -164,6 +167,62 @@ impl OutboxDatabase for Postgres {
         .execute(connection)
         .await?;
         Ok(result.rows_affected())
+    }
+
+    async fn record_tracking(
+        pool: &Pool<Postgres>,
+        outcomes: &[TrackOutcome],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        // One statement for the round, as for sends: with a round trip per row, a relay
+        // tracked only a few hundred rows per second.
+        let n = outcomes.len();
+        let (mut ids, mut message_ids, mut times) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut statuses, mut finishes, mut notes, mut resends) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for outcome in outcomes {
+            let (id, message_id, now_ms) = outcome.row();
+            let effect = outcome.effect();
+            ids.push(id);
+            message_ids.push(message_id);
+            times.push(now_ms);
+            statuses.push(effect.status);
+            finishes.push(effect.finishes);
+            notes.push(effect.note);
+            resends.push(effect.resend);
+        }
+        // A re-send starts the row over as pending: fresh attempts, due now.
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "UPDATE ferromq_outbox AS o SET status = u.status, checked_ms = u.now_ms,
+                 finished_ms = CASE WHEN u.finishes THEN u.now_ms ELSE o.finished_ms END,
+                 last_error = u.note,
+                 resends = CASE WHEN u.resend THEN o.resends + 1 ELSE o.resends END,
+                 attempts = CASE WHEN u.resend THEN 0 ELSE o.attempts END,
+                 next_attempt_ms = CASE WHEN u.resend THEN u.now_ms ELSE o.next_attempt_ms END
+             FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOLEAN[],
+                         $6::TEXT[], $7::BOOLEAN[])
+                  AS u(id, message_id, now_ms, status, finishes, note, resend)
+             WHERE o.id = u.id AND o.message_id = u.message_id AND o.status = 'sent'
+             RETURNING o.id",
+        )
+        .bind(&ids)
+        .bind(&message_ids)
+        .bind(&times)
+        .bind(&statuses)
+        .bind(&finishes)
+        .bind(&notes)
+        .bind(&resends)
+        .fetch_all(pool)
+        .await?;
+        let applied: HashSet<i64> = applied.into_iter().collect();
+        Ok(ids.iter().map(|id| applied.contains(id)).collect())
     }
 
     shared_statements!(Postgres, begin: "BEGIN", row_lock: "FOR UPDATE SKIP LOCKED");

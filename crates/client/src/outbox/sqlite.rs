@@ -9,6 +9,7 @@ use sqlx::{Pool, Sqlite, SqliteConnection};
 
 use super::database::{
     all_columns, raw_row_decoder, row_columns, shared_statements, OutboxDatabase, RawRow, SentAs,
+    TrackOutcome,
 };
 
 /// The schema migrations, in order: (version, SQL).
@@ -146,6 +147,41 @@ impl OutboxDatabase for Sqlite {
             .rows_affected();
         }
         Ok(updated)
+    }
+
+    async fn record_tracking(
+        pool: &Pool<Sqlite>,
+        outcomes: &[TrackOutcome],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        // One statement per row, as for sends: no round trips here.
+        let mut transaction = pool.begin().await?;
+        let mut applied = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            let (id, message_id, now_ms) = outcome.row();
+            let effect = outcome.effect();
+            // A re-send starts the row over as pending: fresh attempts, due now.
+            let updated = sqlx::query(
+                "UPDATE ferromq_outbox SET status = $4, checked_ms = $3,
+                     finished_ms = CASE WHEN $5 THEN $3 ELSE finished_ms END,
+                     last_error = $6,
+                     resends = CASE WHEN $7 THEN resends + 1 ELSE resends END,
+                     attempts = CASE WHEN $7 THEN 0 ELSE attempts END,
+                     next_attempt_ms = CASE WHEN $7 THEN $3 ELSE next_attempt_ms END
+                 WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+            )
+            .bind(id)
+            .bind(message_id)
+            .bind(now_ms)
+            .bind(effect.status)
+            .bind(effect.finishes)
+            .bind(effect.note)
+            .bind(effect.resend)
+            .execute(&mut *transaction)
+            .await?;
+            applied.push(updated.rows_affected() > 0);
+        }
+        transaction.commit().await?;
+        Ok(applied)
     }
 
     shared_statements!(Sqlite, begin: "BEGIN IMMEDIATE", row_lock: "");
