@@ -125,12 +125,17 @@ rm -f "$data_root"/outbox*.sqlite*
 bench outbox_sqlite outbox --database "sqlite://$data_root/outbox.sqlite" --messages "$n_outbox" --producers 4 --relays 2
 bench outbox_sqlite_drain outbox --database "sqlite://$data_root/outbox-drain.sqlite" --messages "$n_outbox" --producers 4 --relays 2 --drain
 pg_url=$(scripts/postgres.sh start)
-for db in outbox_bench outbox_bench_keyed outbox_bench_drain; do
+for db in outbox_bench outbox_bench_keyed outbox_bench_drain outbox_bench_tracked outbox_bench_tracked_drain; do
     psql "$pg_url" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 done
 bench outbox_postgres outbox --database "${pg_url%/postgres}/outbox_bench" --messages "$n_outbox" --producers 4 --relays 2
 bench outbox_postgres_keyed outbox --database "${pg_url%/postgres}/outbox_bench_keyed" --messages "$n_outbox" --producers 4 --relays 2 --keys 100
 bench outbox_postgres_drain outbox --database "${pg_url%/postgres}/outbox_bench_drain" --messages "$n_outbox" --producers 4 --relays 2 --drain
+# Consumption tracking: a consumer group acknowledges everything and the relays mark each row
+# consumed from the brokers' trace (one request per row), following the producers, then on a
+# backlog.
+bench outbox_postgres_tracked outbox --database "${pg_url%/postgres}/outbox_bench_tracked" --messages "$n_outbox" --producers 4 --relays 2 --track stock
+bench outbox_postgres_tracked_drain outbox --database "${pg_url%/postgres}/outbox_bench_tracked_drain" --messages "$n_outbox" --producers 4 --relays 2 --track stock-drain --drain
 stop_node
 
 echo "==> three-member group, sync flush (all on this one machine)"
@@ -215,6 +220,14 @@ for name, key in [("outbox backlog drained by 2 relays, SQLite", "outbox_sqlite_
                   ("outbox backlog drained by 2 relays, PostgreSQL", "outbox_postgres_drain")]:
     o = r[key]
     print(f"{name:48} {o['msgs_per_sec']:>10.0f} msg/s = {o['msgs_per_sec'] / batched:.3f} x batched produce")
+def tracked(name, key, ratio_name, limit):
+    c = r[key]["consumed"]
+    print(f"{name:48} {c['msgs_per_sec']:>10.0f} rows/s marked consumed, commit->consumed p50 {c['latency_us']['p50'] / 1000:.0f} ms "
+          f"p99 {c['latency_us']['p99'] / 1000:.0f} ms = {c['msgs_per_sec'] / limit:.2f} x {ratio_name}")
+tracked("outbox tracked on PostgreSQL, following", "outbox_postgres_tracked", "its enqueue rate",
+        r["outbox_postgres_tracked"]["enqueue"]["msgs_per_sec"])
+tracked("outbox tracked on PostgreSQL, backlog", "outbox_postgres_tracked_drain", "ping round trips/s",
+        r["ping_round_trip"]["msgs_per_sec"])
 ping = r["ping_round_trip"]
 print(f"limits: loopback {loop:.0f} MiB/s, disk sequential write {disk:.0f} MiB/s, fdatasync {fsync:.0f}/s, "
       f"empty request round trip p50 {ping['latency_us']['p50']} us ({ping['msgs_per_sec']:.0f}/s)")

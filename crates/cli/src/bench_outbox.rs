@@ -1,7 +1,10 @@
 //! `ferromq bench outbox`: the outbox end to end. Producers enqueue messages in transactions of
 //! a database of their own (SQLite or PostgreSQL) while relays send them; the report is the
 //! rate at which rows reach the broker, with each row's latency from its commit to the broker's
-//! acknowledgement, and the enqueuing transactions' own rate and latency under `enqueue`.
+//! acknowledgement, and the enqueuing transactions' own rate and latency under `enqueue`. With
+//! `--track GROUP`, a consumer of that group runs in the bench and the relays track its
+//! consumption: `consumed` reports the rows marked consumed, with each row's latency from its
+//! commit to that mark.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -10,7 +13,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use ferromq_client::outbox::{Outbox, OutboxConfig, OutboxDatabase, OutboxMessage};
-use ferromq_client::{Client, Message};
+use ferromq_client::{Client, ConsumeStatus, ConsumerConfig, Message};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -51,6 +54,13 @@ pub struct OutboxArgs {
     /// fast relays drain a backlog (their capacity), not how fast they follow the producers.
     #[arg(long)]
     drain: bool,
+    /// Track the consumption of this consumer group (run by the bench): the bench ends when
+    /// every row is marked consumed.
+    #[arg(long)]
+    track: Option<String>,
+    /// How often the relays' trackers look at sent rows (`track_interval_ms`).
+    #[arg(long, default_value = "500ms", value_parser = duration::parse)]
+    track_interval: Duration,
     /// Give up when the rows are not all sent by then.
     #[arg(long, default_value = "10m", value_parser = duration::parse)]
     timeout: Duration,
@@ -67,6 +77,10 @@ struct OutboxReport {
     delivered: Report,
     /// The enqueuing transactions (`messages` counts transactions).
     enqueue: Report,
+    /// With `--track`: rows marked consumed, from the first enqueue (or the relays' start) to
+    /// the last mark; latency from each row's commit to its mark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumed: Option<Report>,
 }
 
 pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
@@ -75,48 +89,61 @@ pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
     }
     client.create_topic(&args.topic, 8).await?;
     let connections = (args.producers + 2 * args.relays + 2) as u32;
-    // Each row's commit-to-acknowledgement time, read back from the table.
-    const LATENCIES: &str = "SELECT sent_ms - created_ms FROM ferromq_outbox WHERE status = 'sent'";
-    let (report, latencies): (OutboxReport, Vec<i64>) = if args.database.starts_with("postgres") {
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .connect(&args.database)
-            .await
-            .with_context(|| format!("connecting to {}", args.database))?;
-        let report = bench(client, pool.clone(), &args).await?;
-        (
-            report,
-            sqlx::query_scalar(LATENCIES).fetch_all(&pool).await?,
-        )
-    } else {
-        let options = SqliteConnectOptions::from_str(&args.database)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(connections)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening {}", args.database))?;
-        let report = bench(client, pool.clone(), &args).await?;
-        (
-            report,
-            sqlx::query_scalar(LATENCIES).fetch_all(&pool).await?,
-        )
-    };
-    let mut latency = histogram();
-    for ms in latencies {
-        latency.saturating_record(u64::try_from(ms.max(0)).unwrap_or(0).max(1) * 1000);
-    }
-    let report = OutboxReport {
-        delivered: Report::new(
-            report.delivered.messages,
-            report.delivered.errors,
-            Duration::from_secs_f64(report.delivered.seconds),
+    // Each row's commit-to-acknowledgement and commit-to-consumed times, read back from the
+    // table.
+    const SENT: &str = "SELECT sent_ms - created_ms FROM ferromq_outbox WHERE sent_ms IS NOT NULL";
+    const CONSUMED: &str =
+        "SELECT finished_ms - created_ms FROM ferromq_outbox WHERE status = 'consumed'";
+    type Latencies = (Vec<i64>, Vec<i64>);
+    let (report, (sent_ms, consumed_ms)): (OutboxReport, Latencies) =
+        if args.database.starts_with("postgres") {
+            let pool = PgPoolOptions::new()
+                .max_connections(connections)
+                .connect(&args.database)
+                .await
+                .with_context(|| format!("connecting to {}", args.database))?;
+            let report = bench(client, pool.clone(), &args).await?;
+            let sent = sqlx::query_scalar(SENT).fetch_all(&pool).await?;
+            (
+                report,
+                (sent, sqlx::query_scalar(CONSUMED).fetch_all(&pool).await?),
+            )
+        } else {
+            let options = SqliteConnectOptions::from_str(&args.database)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(connections)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("opening {}", args.database))?;
+            let report = bench(client, pool.clone(), &args).await?;
+            let sent = sqlx::query_scalar(SENT).fetch_all(&pool).await?;
+            (
+                report,
+                (sent, sqlx::query_scalar(CONSUMED).fetch_all(&pool).await?),
+            )
+        };
+    let with_latencies = |report: &Report, latencies_ms: Vec<i64>| {
+        let mut latency = histogram();
+        for ms in latencies_ms {
+            latency.saturating_record(u64::try_from(ms.max(0)).unwrap_or(0).max(1) * 1000);
+        }
+        Report::new(
+            report.messages,
+            report.errors,
+            Duration::from_secs_f64(report.seconds),
             args.size,
             &latency,
-        ),
+        )
+    };
+    let report = OutboxReport {
+        delivered: with_latencies(&report.delivered, sent_ms),
         enqueue: report.enqueue,
+        consumed: report
+            .consumed
+            .map(|consumed| with_latencies(&consumed, consumed_ms)),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -125,11 +152,15 @@ pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
         report
             .delivered
             .print(false, "outbox delivered (commit to acknowledgement)");
+        if let Some(consumed) = &report.consumed {
+            consumed.print(false, "outbox consumed (commit to marked consumed)");
+        }
     }
     Ok(())
 }
 
-/// Enqueues while the relays send; returns when every row is sent (or failed).
+/// Enqueues while the relays send; returns when every row is sent (with `--track`: consumed),
+/// or failed.
 async fn bench<DB: OutboxDatabase>(
     client: &Client,
     pool: Pool<DB>,
@@ -140,6 +171,12 @@ async fn bench<DB: OutboxDatabase>(
         OutboxConfig {
             batch_size: args.batch,
             poll_interval_ms: 10,
+            track_groups: args
+                .track
+                .iter()
+                .map(|group| (args.topic.clone(), vec![group.clone()]))
+                .collect(),
+            track_interval_ms: u64::try_from(args.track_interval.as_millis()).unwrap_or(u64::MAX),
             ..OutboxConfig::default()
         },
     )?;
@@ -148,6 +185,26 @@ async fn bench<DB: OutboxDatabase>(
     if before != Default::default() {
         bail!("the outbox table of {} is not empty ({before:?}): give the bench a database of its own", args.database);
     }
+    // The tracked group's consumer, acknowledging everything, from before the first send.
+    let stop_consumer = tokio_util::sync::CancellationToken::new();
+    let consumer = match &args.track {
+        Some(group) => {
+            let consumer = client
+                .consumer(group)
+                .subscribe(&args.topic, "*")
+                .config(ConsumerConfig {
+                    commit_interval_ms: 200,
+                    ..ConsumerConfig::default()
+                })
+                .build()
+                .await?;
+            let stop = stop_consumer.clone();
+            Some(tokio::spawn(
+                consumer.run(|_| async { ConsumeStatus::Success }, stop),
+            ))
+        }
+        None => None,
+    };
     let start_relays = || -> Vec<_> {
         (0..args.relays)
             .map(|_| outbox.start_relay(client))
@@ -200,29 +257,34 @@ async fn bench<DB: OutboxDatabase>(
         started
     };
     let deadline = started + args.timeout;
+    let mut delivered = None;
     let stats = loop {
         let stats = outbox.stats().await?;
-        if stats.sent + stats.failed >= args.messages {
+        let acknowledged = stats.sent + stats.consumed + stats.dead_lettered;
+        if delivered.is_none() && acknowledged + stats.failed >= args.messages {
+            delivered = Some((acknowledged, stats.failed, started.elapsed()));
+        }
+        let finished = stats.consumed + stats.dead_lettered + stats.failed;
+        if delivered.is_some() && (args.track.is_none() || finished >= args.messages) {
             break stats;
         }
         if Instant::now() > deadline {
-            bail!("rows not all sent within {:?}: {stats:?}", args.timeout);
+            bail!("rows not all finished within {:?}: {stats:?}", args.timeout);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let delivered_in = started.elapsed();
+    let finished_in = started.elapsed();
     for relay in relays {
         relay.shutdown().await;
     }
+    stop_consumer.cancel();
+    if let Some(consumer) = consumer {
+        consumer.await??;
+    }
+    let (acknowledged, failed, delivered_in) = delivered.unwrap_or_default();
     // The delivered latencies are read from the table by the caller.
     Ok(OutboxReport {
-        delivered: Report::new(
-            stats.sent,
-            stats.failed,
-            delivered_in,
-            args.size,
-            &histogram(),
-        ),
+        delivered: Report::new(acknowledged, failed, delivered_in, args.size, &histogram()),
         enqueue: Report::new(
             transactions,
             0,
@@ -230,5 +292,14 @@ async fn bench<DB: OutboxDatabase>(
             args.size * args.per_transaction,
             &enqueue_latency,
         ),
+        consumed: args.track.as_ref().map(|_| {
+            Report::new(
+                stats.consumed,
+                stats.failed + stats.dead_lettered,
+                finished_in,
+                args.size,
+                &histogram(),
+            )
+        }),
     })
 }
