@@ -56,6 +56,7 @@ on_both_databases!(
     two_relays_never_send_the_same_row_at_the_same_time,
     messages_go_out_when_the_broker_is_back,
     a_message_lost_after_it_was_sent_is_sent_again,
+    rows_no_group_has_reached_are_not_traced,
     messages_the_broker_refuses_fail_alone_and_hold_back_their_key,
     finished_rows_are_archived_after_the_retention,
     rows_nobody_can_finish_end_failed_or_dead_lettered,
@@ -718,6 +719,47 @@ async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
     .await;
     recorder.stop().await;
     relay.shutdown().await;
+}
+
+/// While no tracked group has reached its rows (no consumer runs), tracking asks the broker
+/// for the group's offsets only, not for a trace of each row; once the group consumes them,
+/// they are traced and marked consumed.
+async fn rows_no_group_has_reached_are_not_traced<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
+        ..fast()
+    };
+    let interval = config.track_interval_ms as i64;
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let relay = outbox.start_relay(&cluster.client);
+    place_orders(&outbox, &pool, 0..20, 5, false).await;
+    for id in 0..20 {
+        wait_row(&outbox, id, "looked at after two intervals", |row| {
+            let checked_after_ms = row.checked_ms.zip(row.sent_ms).map(|(c, s)| c - s);
+            row.status == OutboxStatus::Sent && checked_after_ms >= Some(2 * interval)
+        })
+        .await;
+    }
+    assert_eq!(traces_answered(&cluster), 0);
+
+    let recorder = Recorder::start(&cluster.client, "stock").await;
+    wait_stats(&outbox, "every order consumed", |s| s.consumed == 20).await;
+    let traced = traces_answered(&cluster);
+    assert!(traced >= 20, "{traced} traces for 20 consumed rows");
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
+/// Trace requests the broker answered, from its `/metrics`.
+fn traces_answered(cluster: &Cluster) -> u64 {
+    let (_, metrics) = http_get(&cluster.broker.spec.admin, "/metrics").unwrap();
+    let prefix = r#"mq_rpc_duration_seconds_count{request_code="get_trace""#;
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A broker whose limit is 1000 bytes of bodies per send: a batch over it goes row by row,

@@ -107,6 +107,9 @@ pub struct SentRow {
     pub id: i64,
     pub message_id: String,
     pub broker_group: String,
+    pub queue_id: Option<i64>,
+    pub queue_offset: Option<i64>,
+    pub sent_by: Option<String>,
     pub topic: String,
     pub deliver_at_ms: Option<i64>,
     pub sent_ms: i64,
@@ -647,7 +650,8 @@ macro_rules! shared_statements {
                      ORDER BY checked_ms, id
                      LIMIT $3 ",
                 $row_lock,
-                ") RETURNING id, message_id, broker_group, topic, deliver_at_ms, sent_ms, resends"
+                ") RETURNING id, message_id, broker_group, queue_id, queue_offset, sent_by, topic,
+                             deliver_at_ms, sent_ms, resends"
             ))
             .bind(now_ms)
             .bind(checked_before_ms)
@@ -664,6 +668,9 @@ macro_rules! shared_statements {
                         broker_group: row
                             .try_get::<Option<String>, _>("broker_group")?
                             .unwrap_or_default(),
+                        queue_id: row.try_get("queue_id")?,
+                        queue_offset: row.try_get("queue_offset")?,
+                        sent_by: row.try_get("sent_by")?,
                         topic: row.try_get("topic")?,
                         deliver_at_ms: row.try_get("deliver_at_ms")?,
                         sent_ms: row.try_get::<Option<i64>, _>("sent_ms")?.unwrap_or(0),

@@ -75,6 +75,9 @@ pub mod internals {
 /// The property every copy sent from the outbox carries: the row's dedup key.
 pub const OUTBOX_KEY_PROPERTY: &str = "__OUTBOX_KEY";
 
+/// `sent_by` of a row recorded beside a broker transaction's half message.
+pub(crate) const TRANSACTION_SENDER: &str = "transaction";
+
 /// The schema version this SDK writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -415,7 +418,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
                 broker_group: receipt.broker_group.clone(),
                 queue_id: i64::from(receipt.queue_id),
                 queue_offset: i64::try_from(receipt.queue_offset).unwrap_or(i64::MAX),
-                sent_by: "transaction".into(),
+                sent_by: TRANSACTION_SENDER.into(),
                 sent_ms: now,
                 // Confirmed once a broker stores the committed message.
                 finished: false,

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use ferromq_protocol::headers::{DeliveryState, GroupTrace, MessageTrace};
 use ferromq_protocol::MessageId;
+use futures::future::OptionFuture;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::counters::{Counters, RelayCounters};
 use super::database::{OutboxDatabase, SentRow, TrackOutcome};
-use super::{now_ms, Outbox, OutboxConfig, OutboxError};
+use super::{now_ms, Outbox, OutboxConfig, OutboxError, TRANSACTION_SENDER};
 use crate::client::Client;
 use crate::error::ClientError;
 
@@ -81,22 +82,36 @@ async fn track_round<DB: OutboxDatabase>(
     if rows.is_empty() {
         return Ok((RelayCounters::default(), 0));
     }
-    // The traces (a request to one leader each) go out together; decisions come after.
-    // (Indexes, not references, cross into the stream: the futures must not borrow from the
-    // closure's argument.)
-    let traces: Vec<Result<MessageTrace, Untraced>> = futures::stream::iter(0..rows.len())
-        .map(|i| trace_of(client, &rows[i]))
-        .buffered(PARALLEL_TRACES)
-        .collect()
-        .await;
     let mut checker = Checker {
         client,
         config,
         committed: HashMap::new(),
     };
+    // A row no tracked group has reached needs no trace: nothing can have happened to it yet.
+    // (While a group is far behind, its rows then cost the brokers nothing.)
+    let mut unreached = Vec::with_capacity(rows.len());
+    for row in &rows {
+        unreached.push(checker.unreached(row, now).await);
+    }
+    // The traces (a request to one leader each) go out together; decisions come after.
+    // (Indexes, not references, cross into the stream: the futures must not borrow from the
+    // closure's argument.)
+    let traces: Vec<Option<Result<MessageTrace, Untraced>>> = futures::stream::iter(0..rows.len())
+        .map(|i| OptionFuture::from((!unreached[i]).then(|| trace_of(client, &rows[i]))))
+        .buffered(PARALLEL_TRACES)
+        .collect()
+        .await;
     let mut outcomes = Vec::with_capacity(rows.len());
     for (row, trace) in rows.iter().zip(traces) {
-        outcomes.push(checker.decide(row, trace, now_ms()).await);
+        outcomes.push(match trace {
+            Some(trace) => checker.decide(row, trace, now_ms()).await,
+            None => TrackOutcome::Checked {
+                id: row.id,
+                message_id: row.message_id.clone(),
+                now_ms: now,
+                note: None,
+            },
+        });
     }
     let applied = DB::record_tracking(&outbox.pool, &outcomes).await?;
     let mut delta = RelayCounters::default();
@@ -189,9 +204,7 @@ impl Checker<'_> {
         if let Some(done) = settled(groups, &trace, id, &message_id, now) {
             return done;
         }
-        let visible_ms = row.deliver_at_ms.unwrap_or(0).max(row.sent_ms);
-        let overdue_at = visible_ms.saturating_add(self.config.resend_after_ms as i64);
-        if now < overdue_at {
+        if now < self.overdue_at(row) {
             return checked(None);
         }
         let lost = match self.lost(row, groups, &trace).await {
@@ -224,6 +237,45 @@ impl Checker<'_> {
             now_ms: now,
             reason: lost,
         }
+    }
+
+    /// When a row not consumed yet is looked at as maybe lost.
+    fn overdue_at(&self, row: &SentRow) -> i64 {
+        let visible_ms = row.deliver_at_ms.unwrap_or(0).max(row.sent_ms);
+        visible_ms.saturating_add(i64::try_from(self.config.resend_after_ms).unwrap_or(i64::MAX))
+    }
+
+    /// Whether no tracked group has reached the row's message yet, by the groups' committed
+    /// offsets on its queue (none, or not past it). Only for a row sent straight to a queue
+    /// that is not overdue: the offset of a delayed or transactional row is not known from its
+    /// send, and an overdue row is traced to see whether its broker group still stores it.
+    async fn unreached(&mut self, row: &SentRow, now: i64) -> bool {
+        let groups = self.config.tracked_groups(&row.topic);
+        let (Some(queue_id), Some(queue_offset)) = (row.queue_id, row.queue_offset) else {
+            return false;
+        };
+        let (Ok(queue_id), Ok(queue_offset)) =
+            (u32::try_from(queue_id), u64::try_from(queue_offset))
+        else {
+            return false;
+        };
+        if groups.is_empty()
+            || row.deliver_at_ms.is_some()
+            || row.sent_by.as_deref() == Some(TRANSACTION_SENDER)
+            || now >= self.overdue_at(row)
+        {
+            return false;
+        }
+        for group in groups {
+            let committed = self
+                .committed_offset(group, &row.topic, &row.broker_group, queue_id)
+                .await;
+            if !matches!(committed, Ok(offset) if offset.is_none_or(|offset| offset <= queue_offset))
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// Why an overdue message is lost, `None` if the wait is explained, or an error note when
