@@ -487,11 +487,15 @@ macro_rules! shared_statements {
             limit: i64,
         ) -> Result<Vec<$crate::outbox::database::RawRow>, sqlx::Error> {
             use $crate::outbox::database::{candidate_keys, claimable, claimable_rows};
-            // An idle relay asks with a plain read, without a transaction or a lock.
+            // An idle relay asks with a plain read, without a transaction or a lock. In id
+            // order: PostgreSQL then walks the pending index itself, and marks the entries of
+            // rows sent since as dead as it passes them, instead of visiting every one of them
+            // in the table at each probe until a vacuum (after a backlog of 50 000 rows was
+            // sent: 1.3 ms instead of 5.8 ms a probe).
             let probe = sqlx::query(concat!(
                 "SELECT id FROM ferromq_outbox WHERE ",
                 claimable_rows!(),
-                " LIMIT 1"
+                " ORDER BY id LIMIT 1"
             ))
             .bind(now_ms)
             .fetch_optional(pool)

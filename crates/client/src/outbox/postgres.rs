@@ -135,7 +135,10 @@ impl OutboxDatabase for Postgres {
         sent: &[(i64, &SentAs)],
     ) -> Result<u64, sqlx::Error> {
         // One statement for the whole batch: a round trip per row would cost more than the
-        // broker's send.
+        // broker's send. (`… IS TRUE`, here and in `record_tracking`, keeps the planner on the
+        // primary key: with statistics older than a burst of rows it would walk every row of a
+        // status through the partial index on it for each statement, 1.9 s instead of 2 ms for
+        // 200 rows among 50 000.)
         let column = |f: fn(&SentAs) -> i64| sent.iter().map(|(_, s)| f(s)).collect::<Vec<i64>>();
         let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
         let message_ids: Vec<&str> = sent.iter().map(|(_, s)| s.message_id.as_str()).collect();
@@ -153,7 +156,7 @@ impl OutboxDatabase for Postgres {
                          $7::TEXT[], $8::BIGINT[], $9::BOOLEAN[])
                   AS u(id, message_id, broker_group, queue_id, queue_offset, sent_by, sent_ms,
                        finished)
-             WHERE o.id = u.id AND o.lease_owner = $1 AND o.status = 'pending'",
+             WHERE o.id = u.id AND o.lease_owner = $1 AND (o.status = 'pending') IS TRUE",
         )
         .bind(owner)
         .bind(&ids)
@@ -209,7 +212,7 @@ impl OutboxDatabase for Postgres {
              FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOLEAN[],
                          $6::TEXT[], $7::BOOLEAN[])
                   AS u(id, message_id, now_ms, status, finishes, note, resend)
-             WHERE o.id = u.id AND o.message_id = u.message_id AND o.status = 'sent'
+             WHERE o.id = u.id AND o.message_id = u.message_id AND (o.status = 'sent') IS TRUE
              RETURNING o.id",
         )
         .bind(&ids)
