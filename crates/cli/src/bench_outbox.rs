@@ -94,37 +94,33 @@ pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
     const SENT: &str = "SELECT sent_ms - created_ms FROM ferromq_outbox WHERE sent_ms IS NOT NULL";
     const CONSUMED: &str =
         "SELECT finished_ms - created_ms FROM ferromq_outbox WHERE status = 'consumed'";
-    type Latencies = (Vec<i64>, Vec<i64>);
-    let (report, (sent_ms, consumed_ms)): (OutboxReport, Latencies) =
-        if args.database.starts_with("postgres") {
-            let pool = PgPoolOptions::new()
-                .max_connections(connections)
-                .connect(&args.database)
-                .await
-                .with_context(|| format!("connecting to {}", args.database))?;
+    // The bench on `pool`, then the latencies read back: (report, (sent, consumed)).
+    macro_rules! bench_then_read_back {
+        ($pool:expr) => {{
+            let pool = $pool;
             let report = bench(client, pool.clone(), &args).await?;
-            let sent = sqlx::query_scalar(SENT).fetch_all(&pool).await?;
-            (
-                report,
-                (sent, sqlx::query_scalar(CONSUMED).fetch_all(&pool).await?),
-            )
-        } else {
-            let options = SqliteConnectOptions::from_str(&args.database)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(30));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(connections)
-                .connect_with(options)
-                .await
-                .with_context(|| format!("opening {}", args.database))?;
-            let report = bench(client, pool.clone(), &args).await?;
-            let sent = sqlx::query_scalar(SENT).fetch_all(&pool).await?;
-            (
-                report,
-                (sent, sqlx::query_scalar(CONSUMED).fetch_all(&pool).await?),
-            )
-        };
+            let sent: Vec<i64> = sqlx::query_scalar(SENT).fetch_all(&pool).await?;
+            let consumed: Vec<i64> = sqlx::query_scalar(CONSUMED).fetch_all(&pool).await?;
+            (report, (sent, consumed))
+        }};
+    }
+    let (report, (sent_ms, consumed_ms)) = if args.database.starts_with("postgres") {
+        bench_then_read_back!(PgPoolOptions::new()
+            .max_connections(connections)
+            .connect(&args.database)
+            .await
+            .with_context(|| format!("connecting to {}", args.database))?)
+    } else {
+        let options = SqliteConnectOptions::from_str(&args.database)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        bench_then_read_back!(SqlitePoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", args.database))?)
+    };
     let with_latencies = |report: &Report, latencies_ms: Vec<i64>| {
         let mut latency = histogram();
         for ms in latencies_ms {
