@@ -239,9 +239,18 @@ impl TrackOutcome {
     }
 }
 
-/// Rows per status and the oldest pending row meant to go out at once (not a delayed one), for
-/// [`super::Outbox::stats`] (every status) and the gauges (pending, failed and dead-lettered
-/// rows only: those an index counts cheaply).
+/// Which rows [`OutboxDatabase::stats`] counts.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Every status, for [`super::Outbox::stats`] (reads the whole table).
+    Every,
+    /// Pending, failed and dead-lettered rows only, for the gauges: those an index counts
+    /// cheaply.
+    NeedingAttention,
+}
+
+/// Rows per status and the oldest pending row meant to go out at once (not a delayed one).
 #[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct RawStats {
@@ -366,12 +375,12 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         limit: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
+    /// The `counted` rows per status, and the oldest pending one.
     #[doc(hidden)]
-    fn stats(pool: &Pool<Self>) -> impl Future<Output = Result<RawStats, sqlx::Error>> + Send;
-
-    /// Pending, failed and dead-lettered rows, and the oldest pending one.
-    #[doc(hidden)]
-    fn attention(pool: &Pool<Self>) -> impl Future<Output = Result<RawStats, sqlx::Error>> + Send;
+    fn stats(
+        pool: &Pool<Self>,
+        counted: Counted,
+    ) -> impl Future<Output = Result<RawStats, sqlx::Error>> + Send;
 
     #[doc(hidden)]
     fn row_by_id(
@@ -686,12 +695,20 @@ macro_rules! shared_statements {
 
         async fn stats(
             pool: &sqlx::Pool<$db>,
+            counted: $crate::outbox::database::Counted,
         ) -> Result<$crate::outbox::database::RawStats, sqlx::Error> {
-            let by_status = sqlx::query_as::<_, (String, i64)>(
-                "SELECT status, COUNT(*) FROM ferromq_outbox GROUP BY status",
-            )
-            .fetch_all(pool)
-            .await?;
+            use $crate::outbox::database::Counted;
+            let counts = match counted {
+                Counted::Every => "SELECT status, COUNT(*) FROM ferromq_outbox GROUP BY status",
+                Counted::NeedingAttention => {
+                    "SELECT status, COUNT(*) FROM ferromq_outbox
+                     WHERE status IN ('pending', 'failed', 'dead_lettered')
+                     GROUP BY status"
+                }
+            };
+            let by_status = sqlx::query_as::<_, (String, i64)>(counts)
+                .fetch_all(pool)
+                .await?;
             let oldest_pending_created_ms = sqlx::query_scalar::<_, Option<i64>>(
                 "SELECT MIN(created_ms) FROM ferromq_outbox
                  WHERE status = 'pending' AND deliver_at_ms IS NULL",
@@ -763,28 +780,6 @@ macro_rules! shared_statements {
             .execute(pool)
             .await?;
             Ok(result.rows_affected())
-        }
-
-        async fn attention(
-            pool: &sqlx::Pool<$db>,
-        ) -> Result<$crate::outbox::database::RawStats, sqlx::Error> {
-            let by_status = sqlx::query_as::<_, (String, i64)>(
-                "SELECT status, COUNT(*) FROM ferromq_outbox
-                 WHERE status IN ('pending', 'failed', 'dead_lettered')
-                 GROUP BY status",
-            )
-            .fetch_all(pool)
-            .await?;
-            let oldest_pending_created_ms = sqlx::query_scalar::<_, Option<i64>>(
-                "SELECT MIN(created_ms) FROM ferromq_outbox
-                 WHERE status = 'pending' AND deliver_at_ms IS NULL",
-            )
-            .fetch_one(pool)
-            .await?;
-            Ok($crate::outbox::database::RawStats {
-                by_status,
-                oldest_pending_created_ms,
-            })
         }
     };
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::counters::record_rows;
-use super::database::OutboxDatabase;
+use super::database::{Counted, OutboxDatabase};
 use super::{now_ms, Outbox, OutboxError};
 
 /// Rows removed per statement.
@@ -21,7 +21,7 @@ pub(crate) async fn housekeeping_loop<DB: OutboxDatabase>(
 ) {
     let interval = Duration::from_millis(outbox.config.housekeeping_interval_ms);
     loop {
-        match DB::attention(&outbox.pool).await {
+        match DB::stats(&outbox.pool, Counted::NeedingAttention).await {
             Ok(raw) => record_rows(&outbox.stats_of(raw)),
             Err(err) => warn!(%err, "outbox row count failed"),
         }

@@ -58,7 +58,7 @@ pub use relay::Relay;
 pub use transaction::OutboxTransactionListener;
 
 use crate::producer::SendReceipt;
-use database::{NewRow, RawRow, SentAs};
+use database::{Counted, NewRow, RawRow, SentAs};
 
 /// The types of [`OutboxDatabase`]'s methods, for FerroMQ's own tests of the claim contract;
 /// not a stable API.
@@ -451,7 +451,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
 
     /// Rows per status and the age of the oldest pending row (counts the whole table).
     pub async fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        Ok(self.stats_of(DB::stats(&self.pool).await?))
+        Ok(self.stats_of(DB::stats(&self.pool, Counted::Every).await?))
     }
 
     fn stats_of(&self, raw: database::RawStats) -> OutboxStats {
