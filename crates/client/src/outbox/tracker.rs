@@ -105,12 +105,7 @@ async fn track_round<DB: OutboxDatabase>(
     for (row, trace) in rows.iter().zip(traces) {
         outcomes.push(match trace {
             Some(trace) => checker.decide(row, trace, now_ms()).await,
-            None => TrackOutcome::Checked {
-                id: row.id,
-                message_id: row.message_id.clone(),
-                now_ms: now,
-                note: None,
-            },
+            None => checked(row, now, None),
         });
     }
     let applied = DB::record_tracking(&outbox.pool, &outcomes).await?;
@@ -135,6 +130,16 @@ async fn track_round<DB: OutboxDatabase>(
         }
     }
     Ok((delta, rows.len()))
+}
+
+/// Not consumed yet, for a reason that needs no action: the row waits for the next look.
+fn checked(row: &SentRow, now: i64, note: Option<String>) -> TrackOutcome {
+    TrackOutcome::Checked {
+        id: row.id,
+        message_id: row.message_id.clone(),
+        now_ms: now,
+        note,
+    }
 }
 
 /// Why a row has no trace this round.
@@ -182,12 +187,6 @@ impl Checker<'_> {
         now: i64,
     ) -> TrackOutcome {
         let (id, message_id) = (row.id, row.message_id.clone());
-        let checked = |note: Option<String>| TrackOutcome::Checked {
-            id,
-            message_id: message_id.clone(),
-            now_ms: now,
-            note,
-        };
         let trace = match trace {
             Ok(trace) => trace,
             Err(Untraced::UnreadableId(error)) => {
@@ -198,23 +197,25 @@ impl Checker<'_> {
                     error,
                 }
             }
-            Err(Untraced::Failed(note)) => return checked(Some(note)),
+            Err(Untraced::Failed(note)) => return checked(row, now, Some(note)),
         };
         let groups = self.config.tracked_groups(&row.topic);
         if let Some(done) = settled(groups, &trace, id, &message_id, now) {
             return done;
         }
         if now < self.overdue_at(row) {
-            return checked(None);
+            return checked(row, now, None);
         }
         let lost = match self.lost(row, groups, &trace).await {
             Ok(Some(reason)) => reason,
             Ok(None) => {
-                return checked(Some(
-                    "not consumed yet: the tracked groups have not reached it".into(),
-                ))
+                return checked(
+                    row,
+                    now,
+                    Some("not consumed yet: the tracked groups have not reached it".into()),
+                )
             }
-            Err(note) => return checked(Some(note)),
+            Err(note) => return checked(row, now, Some(note)),
         };
         // A group's commit (or the broker's store) may have landed after the trace was read:
         // look once more.
