@@ -14,8 +14,8 @@ use ferromq_client::outbox::{
     OutboxStatus, RelayCounters, OUTBOX_KEY_PROPERTY,
 };
 use ferromq_client::{
-    Client, ConsumeStatus, ConsumerConfig, Idempotent, MemoryKeyStore, Message, MessageId,
-    ReceivedMessage, SendReceipt, TransactionState,
+    Client, ConsumeMode, ConsumeStatus, ConsumerConfig, Idempotent, MemoryKeyStore, Message,
+    MessageId, ReceivedMessage, SendReceipt, TransactionState,
 };
 use ferromq_integration_tests::captured_metrics::capture_metrics;
 use ferromq_integration_tests::outbox::{start_relay_process, TestDatabase};
@@ -57,6 +57,7 @@ on_both_databases!(
     messages_go_out_when_the_broker_is_back,
     a_message_lost_after_it_was_sent_is_sent_again,
     rows_no_group_has_reached_are_not_traced,
+    a_broadcast_group_is_tracked_by_its_members_names,
     messages_the_broker_refuses_fail_alone_and_hold_back_their_key,
     finished_rows_are_archived_after_the_retention,
     rows_nobody_can_finish_end_failed_or_dead_lettered,
@@ -320,6 +321,25 @@ impl Recorder {
         group: &str,
         fails: fn(&ReceivedMessage) -> bool,
     ) -> Recorder {
+        Recorder::start_with(client, group, ConsumerConfig::default(), fails).await
+    }
+
+    /// Member `member` of the broadcast group `group`.
+    async fn start_member(client: &Client, group: &str, member: &str) -> Recorder {
+        let config = ConsumerConfig {
+            mode: ConsumeMode::Broadcast,
+            broadcast_id: Some(member.to_string()),
+            ..ConsumerConfig::default()
+        };
+        Recorder::start_with(client, group, config, |_| false).await
+    }
+
+    async fn start_with(
+        client: &Client,
+        group: &str,
+        config: ConsumerConfig,
+        fails: fn(&ReceivedMessage) -> bool,
+    ) -> Recorder {
         let consumer = client
             .consumer(group)
             .subscribe(TOPIC, "*")
@@ -327,7 +347,7 @@ impl Recorder {
                 commit_interval_ms: 100,
                 heartbeat_interval_ms: 300,
                 max_reconsume_times: 0,
-                ..ConsumerConfig::default()
+                ..config
             })
             .build()
             .await
@@ -749,6 +769,75 @@ async fn rows_no_group_has_reached_are_not_traced<DB: TestDatabase>() {
     assert!(traced >= 20, "{traced} traces for 20 consumed rows");
     recorder.stop().await;
     relay.shutdown().await;
+}
+
+/// A broadcast group has no offsets of its own (each member commits under
+/// `<group>%BROADCAST%<member>`), so tracking names its members: a row is consumed once every
+/// named member acknowledged it. Naming the group itself leaves its rows `sent`, with a note
+/// that says what to name instead.
+async fn a_broadcast_group_is_tracked_by_its_members_names<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let members = ["caches%BROADCAST%host-a", "caches%BROADCAST%host-b"];
+    let config = OutboxConfig {
+        track_groups: [(TOPIC.to_string(), members.map(String::from).to_vec())].into(),
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let relay = outbox.start_relay(&cluster.client);
+    let host_a = Recorder::start_member(&cluster.client, "caches", "host-a").await;
+    place_orders(&outbox, &pool, 0..5, 5, false).await;
+    host_a
+        .wait_for("host-a handled every order", |keys| keys.len() == 5)
+        .await;
+    // Looked at after host-a committed (every 100 ms), and again (so the first look's decision
+    // is recorded): host-b has not consumed them yet.
+    for id in 0..5 {
+        let handled_ms = host_a
+            .handled_at(&dedup_key(id))
+            .unwrap()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let first = wait_row(&outbox, id, "checked after host-a consumed it", |row| {
+            row.checked_ms > Some(handled_ms + 500)
+        })
+        .await;
+        let again = wait_row(&outbox, id, "checked again", |row| {
+            row.checked_ms > first.checked_ms
+        })
+        .await;
+        assert_eq!(again.status, OutboxStatus::Sent);
+    }
+    let host_b = Recorder::start_member(&cluster.client, "caches", "host-b").await;
+    wait_stats(&outbox, "every order consumed by both members", |s| {
+        s.consumed == 5
+    })
+    .await;
+    relay.shutdown().await;
+
+    let bare = Outbox::<DB>::new(
+        pool.clone(),
+        OutboxConfig {
+            track_groups: [(TOPIC.to_string(), vec!["caches".to_string()])].into(),
+            resend_after_ms: 1_000,
+            ..fast()
+        },
+    )
+    .unwrap();
+    let relay = bare.start_relay(&cluster.client);
+    place_orders(&bare, &pool, 5..6, 1, false).await;
+    let noted = wait_row(&bare, 5, "a note on tracking a broadcast group", |row| {
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("track its members by name"))
+    })
+    .await;
+    assert_eq!((noted.status, noted.resends), (OutboxStatus::Sent, 0));
+    let note = noted.last_error.unwrap();
+    assert!(note.contains(&members.join(", ")), "{note}");
+    relay.shutdown().await;
+    host_a.stop().await;
+    host_b.stop().await;
 }
 
 /// Trace requests the broker answered, from its `/metrics`.

@@ -27,6 +27,7 @@ pub struct OutboxConfig {
     /// Per topic, the consumer groups whose consumption makes its rows `consumed` (learned from
     /// the brokers' message trace). A row of a topic not listed is finished once a broker
     /// acknowledged it (a broker transaction's row, once a broker stores the committed message).
+    /// A broadcast group is named by its members' offsets groups, `<group>%BROADCAST%<member>`.
     pub track_groups: BTreeMap<String, Vec<String>>,
     /// How often sent rows are checked for consumption or storage (each at most this often).
     pub track_interval_ms: u64,

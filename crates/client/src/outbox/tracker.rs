@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferromq_protocol::headers::{DeliveryState, GroupTrace, MessageTrace};
+use ferromq_protocol::system::group_of_offsets_group;
 use ferromq_protocol::MessageId;
 use futures::future::OptionFuture;
 use futures::StreamExt;
@@ -203,6 +204,9 @@ impl Checker<'_> {
         if let Some(done) = settled(groups, &trace, id, &message_id, now) {
             return done;
         }
+        if let Some(note) = broadcast_note(groups, &trace) {
+            return checked(row, now, Some(note));
+        }
         if now < self.overdue_at(row) {
             return checked(row, now, None);
         }
@@ -388,6 +392,30 @@ fn settled(
     })
 }
 
+/// Why a row of a tracked group that consumes in broadcast mode can never settle, if one does:
+/// such a group has no offsets of its own (each member commits under
+/// `<group>%BROADCAST%<member>`), so the trace lists its members and never the group.
+fn broadcast_note(groups: &[String], trace: &MessageTrace) -> Option<String> {
+    groups.iter().find_map(|group| {
+        if trace.groups.iter().any(|g| g.group == *group) {
+            return None;
+        }
+        let members: Vec<&str> = trace
+            .groups
+            .iter()
+            .filter(|g| group_of_offsets_group(&g.group) == group && g.group != *group)
+            .map(|g| g.group.as_str())
+            .collect();
+        (!members.is_empty()).then(|| {
+            format!(
+                "consumer group {group} consumes in broadcast mode: track its members by name \
+                 instead ({})",
+                members.join(", ")
+            )
+        })
+    })
+}
+
 /// The group has the message and will finish with it: consumed already, or in its retry cycle
 /// (a retry due, or a copy delivered through the retry topic: the original's offset is then
 /// passed although the message is not acknowledged yet).
@@ -426,5 +454,39 @@ mod tests {
         assert!(waiting_for_group(&group(DeliveryState::Pending, 2, None)));
         // Only the original, not acknowledged: the group's offset decides.
         assert!(!waiting_for_group(&group(DeliveryState::Pending, 1, None)));
+    }
+
+    #[test]
+    fn a_tracked_broadcast_group_gets_a_note_naming_its_members() {
+        let trace = MessageTrace {
+            id: MessageId([0; 16]),
+            stored: None,
+            scheduled: Vec::new(),
+            groups: [
+                "caches%BROADCAST%host-a",
+                "caches%BROADCAST%host-b",
+                "stock",
+            ]
+            .into_iter()
+            .map(|name| GroupTrace {
+                group: name.into(),
+                ..group(DeliveryState::Consumed, 1, None)
+            })
+            .collect(),
+        };
+        let note = |tracked: &[&str]| {
+            let tracked: Vec<String> = tracked.iter().map(|g| g.to_string()).collect();
+            broadcast_note(&tracked, &trace)
+        };
+        assert_eq!(
+            note(&["stock", "caches"]).as_deref(),
+            Some(
+                "consumer group caches consumes in broadcast mode: track its members by name \
+                 instead (caches%BROADCAST%host-a, caches%BROADCAST%host-b)"
+            )
+        );
+        assert_eq!(note(&["stock", "caches%BROADCAST%host-a"]), None);
+        // Another group's name that merely starts the same, or a group the trace lacks.
+        assert_eq!(note(&["cache", "billing"]), None);
     }
 }
