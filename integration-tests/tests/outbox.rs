@@ -58,6 +58,7 @@ on_both_databases!(
     a_message_lost_after_it_was_sent_is_sent_again,
     rows_no_group_has_reached_are_not_traced,
     a_broadcast_group_is_tracked_by_its_members_names,
+    two_trackers_share_the_sent_rows_and_decide_each_once,
     messages_the_broker_refuses_fail_alone_and_hold_back_their_key,
     finished_rows_are_archived_after_the_retention,
     rows_nobody_can_finish_end_failed_or_dead_lettered,
@@ -838,6 +839,50 @@ async fn a_broadcast_group_is_tracked_by_its_members_names<DB: TestDatabase>() {
     relay.shutdown().await;
     host_a.stop().await;
     host_b.stop().await;
+}
+
+/// Two relays' trackers take different sent rows in each round (a taken row is marked looked
+/// at), so every row's consumption is decided, and counted, once: the relays' counts add up to
+/// the rows, not more.
+async fn two_trackers_share_the_sent_rows_and_decide_each_once<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
+        track_batch: 10,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let relays = [
+        outbox.start_relay(&cluster.client),
+        outbox.start_relay(&cluster.client),
+    ];
+    let recorder = Recorder::start(&cluster.client, "stock").await;
+    const ORDERS: u64 = 200;
+    place_orders(&outbox, &pool, 0..ORDERS as i64, 10, false).await;
+    wait_stats(&outbox, "every order consumed", |s| s.consumed == ORDERS).await;
+    let total = |counters: [RelayCounters; 2]| {
+        (
+            counters[0].sends + counters[1].sends,
+            counters[0].consumed + counters[1].consumed,
+        )
+    };
+    ferromq_integration_tests::wait_until("the relays' counts reach the rows", WAIT, || {
+        let (sends, consumed) = total(relays.each_ref().map(|relay| relay.counters()));
+        sends >= ORDERS && consumed >= ORDERS
+    })
+    .await;
+    let counts = relays.each_ref().map(|relay| relay.counters());
+    assert_eq!(total(counts), (ORDERS, ORDERS), "{counts:?}");
+    // Both relays tracked rows (10 per round each, with 200 rows to look at).
+    assert!(
+        counts.iter().all(|c| c.consumed > 0),
+        "consumptions counted by each relay: {counts:?}"
+    );
+    assert_eq!(recorder.first_keys().len(), ORDERS as usize);
+    recorder.stop().await;
+    for relay in relays {
+        relay.shutdown().await;
+    }
 }
 
 /// Trace requests the broker answered, from its `/metrics`.
