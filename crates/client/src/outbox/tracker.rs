@@ -403,7 +403,7 @@ fn broadcast_note(groups: &[String], trace: &MessageTrace) -> Option<String> {
         let members: Vec<&str> = trace
             .groups
             .iter()
-            .filter(|g| group_of_offsets_group(&g.group) == group && g.group != *group)
+            .filter(|g| group_of_offsets_group(&g.group) == group)
             .map(|g| g.group.as_str())
             .collect();
         (!members.is_empty()).then(|| {
