@@ -169,6 +169,15 @@ fn fast() -> OutboxConfig {
     }
 }
 
+/// `track_groups` naming these consumer groups on `orders`.
+fn tracked_on_orders(groups: &[&str]) -> BTreeMap<String, Vec<String>> {
+    [(
+        TOPIC.to_string(),
+        groups.iter().map(|g| g.to_string()).collect(),
+    )]
+    .into()
+}
+
 /// The event of order `id`, with the dedup key `order-<id>-created`.
 fn order_created(id: i64) -> OutboxMessage {
     Message::new(TOPIC, format!("order {id}"))
@@ -679,7 +688,7 @@ async fn messages_go_out_when_the_broker_is_back<DB: TestDatabase>() {
 async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
     let cluster = Cluster::start_groups(2, &[]).await;
     let config = OutboxConfig {
-        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
+        track_groups: tracked_on_orders(&["stock"]),
         resend_after_ms: 1_500,
         ..fast()
     };
@@ -748,7 +757,7 @@ async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
 async fn rows_no_group_has_reached_are_not_traced<DB: TestDatabase>() {
     let cluster = Cluster::start(&[]).await;
     let config = OutboxConfig {
-        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
+        track_groups: tracked_on_orders(&["stock"]),
         ..fast()
     };
     let interval = config.track_interval_ms as i64;
@@ -780,7 +789,7 @@ async fn a_broadcast_group_is_tracked_by_its_members_names<DB: TestDatabase>() {
     let cluster = Cluster::start(&[]).await;
     let members = ["caches%BROADCAST%host-a", "caches%BROADCAST%host-b"];
     let config = OutboxConfig {
-        track_groups: [(TOPIC.to_string(), members.map(String::from).to_vec())].into(),
+        track_groups: tracked_on_orders(&members),
         ..fast()
     };
     let (outbox, pool, _) = open::<DB>(&cluster, config).await;
@@ -819,7 +828,7 @@ async fn a_broadcast_group_is_tracked_by_its_members_names<DB: TestDatabase>() {
     let bare = Outbox::<DB>::new(
         pool.clone(),
         OutboxConfig {
-            track_groups: [(TOPIC.to_string(), vec!["caches".to_string()])].into(),
+            track_groups: tracked_on_orders(&["caches"]),
             resend_after_ms: 1_000,
             ..fast()
         },
@@ -847,7 +856,7 @@ async fn a_broadcast_group_is_tracked_by_its_members_names<DB: TestDatabase>() {
 async fn two_trackers_share_the_sent_rows_and_decide_each_once<DB: TestDatabase>() {
     let cluster = Cluster::start(&[]).await;
     let config = OutboxConfig {
-        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
+        track_groups: tracked_on_orders(&["stock"]),
         track_batch: 10,
         ..fast()
     };
@@ -1049,7 +1058,7 @@ async fn rows_nobody_can_finish_end_failed_or_dead_lettered<DB: TestDatabase>() 
     let metrics = capture_metrics();
     let cluster = Cluster::start(&[("FERROMQ_TOPICS__AUTO_CREATE", "false")]).await;
     let config = OutboxConfig {
-        track_groups: [(TOPIC.to_string(), vec!["stock".to_string()])].into(),
+        track_groups: tracked_on_orders(&["stock"]),
         max_attempts: 2,
         max_resends: 0,
         resend_after_ms: 1_000,
