@@ -84,6 +84,10 @@ impl Default for OutboxConfig {
 /// The brokers' default `schedule.max_delay_ms`: a delayed send further ahead is refused.
 const MAX_SCHEDULE_AHEAD_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// The longest duration any setting takes (10 years): times are computed as milliseconds in
+/// `i64` and instants, which a larger value would overflow.
+const MAX_DURATION_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
 /// Time a lease keeps beyond the last send's deadline, for clock differences between relays.
 pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
@@ -102,6 +106,23 @@ impl OutboxConfig {
         ];
         if intervals.contains(&0) {
             return Err("intervals, timeouts and back-off must be positive".into());
+        }
+        let durations = [
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("lease_ms", self.lease_ms),
+            ("send_timeout_ms", self.send_timeout_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("backoff_max_ms", self.backoff_max_ms),
+            ("track_interval_ms", self.track_interval_ms),
+            ("resend_after_ms", self.resend_after_ms),
+            ("retention_ms", self.retention_ms),
+            ("housekeeping_interval_ms", self.housekeeping_interval_ms),
+            ("transaction_grace_ms", self.transaction_grace_ms),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, ms)| *ms > MAX_DURATION_MS) {
+            return Err(format!(
+                "{name} must not exceed {MAX_DURATION_MS} (10 years)"
+            ));
         }
         if self.schedule_ahead_ms > MAX_SCHEDULE_AHEAD_MS {
             return Err(format!(
@@ -170,6 +191,21 @@ mod tests {
         };
         assert!(config.validate().unwrap_err().contains("lease_ms"));
         assert!(OutboxConfig::default().validate().is_ok());
+        // A value meant as "forever" would overflow the time arithmetic: refused by name.
+        let forever = OutboxConfig {
+            transaction_grace_ms: u64::MAX,
+            ..OutboxConfig::default()
+        };
+        assert!(forever
+            .validate()
+            .unwrap_err()
+            .contains("transaction_grace_ms must not exceed"));
+        let forever = OutboxConfig {
+            send_timeout_ms: u64::MAX,
+            lease_ms: u64::MAX,
+            ..OutboxConfig::default()
+        };
+        assert!(forever.validate().unwrap_err().contains("lease_ms"));
         for (topic, groups) in [
             ("orders", vec!["bad group!"]),
             ("bad topic!", vec!["stock"]),
