@@ -64,6 +64,7 @@ on_both_databases!(
     rows_nobody_can_finish_end_failed_or_dead_lettered,
     check_backs_are_answered_from_the_outbox_table,
     a_transactional_row_no_broker_stores_is_sent_again,
+    an_open_transactions_row_waits_for_the_brokers_decision,
     concurrent_claims_never_overlap_and_keep_each_keys_order,
     a_stuck_key_does_not_hold_back_other_rows,
     enqueues_of_one_sharding_key_take_turns,
@@ -1276,6 +1277,73 @@ async fn a_transactional_row_no_broker_stores_is_sent_again<DB: TestDatabase>() 
         .await;
     recorder.stop().await;
     relay.shutdown().await;
+}
+
+/// A broker transaction still undecided after `resend_after_ms` (its first check-back comes
+/// later) is waited for, not sent again: the check-back commits it, and the row is confirmed
+/// under the half message's id without a re-send.
+async fn an_open_transactions_row_waits_for_the_brokers_decision<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[("FERROMQ_TRANSACTIONS__CHECK_AFTER_MS", "5000")]).await;
+    let config = OutboxConfig {
+        resend_after_ms: 500,
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<DB>(&cluster, config).await;
+    let relay = outbox.start_relay(&cluster.client);
+    let (writer, orders) = (outbox.clone(), pool.clone());
+    // The local transaction commits, then the application "crashes" before telling the broker.
+    let listener = outbox.transaction_listener(move |message: Message, receipt: SendReceipt| {
+        let (outbox, pool) = (writer.clone(), orders.clone());
+        async move {
+            let mut transaction = pool.begin().await.unwrap();
+            DB::insert_order(&mut *transaction, 1).await.unwrap();
+            outbox
+                .record_transactional(&mut *transaction, &message, &receipt)
+                .await
+                .unwrap();
+            transaction.commit().await.unwrap();
+            TransactionState::Unknown
+        }
+    });
+    let producer = cluster
+        .client
+        .transaction_producer("order-service", listener)
+        .await
+        .unwrap();
+    let message = outbox
+        .prepare_transactional(order_created(1).dedup_key(dedup_key(1)))
+        .unwrap();
+    let (receipt, _) = producer.send_in_transaction(message).await.unwrap();
+    // The trace shows the half message as an open transaction.
+    let trace = cluster.client.trace(receipt.message_id).await.unwrap();
+    let pending = trace.transaction.expect("the open transaction is traced");
+    assert_eq!(
+        (pending.topic.as_str(), pending.producer_group.as_str()),
+        (TOPIC, "order-service")
+    );
+    assert!(trace.stored.is_none());
+    let waiting = wait_row(&outbox, 1, "the open transaction noted", |row| {
+        row.last_error
+            .as_deref()
+            .is_some_and(|note| note.contains("transaction still open"))
+    })
+    .await;
+    assert_eq!(waiting.resends, 0);
+    let confirmed = wait_row(&outbox, 1, "confirmed after the check-back", |row| {
+        row.finished_ms.is_some()
+    })
+    .await;
+    assert_eq!(
+        (confirmed.resends, confirmed.message_id),
+        (0, Some(receipt.message_id))
+    );
+    let trace = cluster.client.trace(receipt.message_id).await.unwrap();
+    assert!(
+        trace.transaction.is_none() && trace.stored.is_some(),
+        "{trace:?}"
+    );
+    relay.shutdown().await;
+    producer.shutdown();
 }
 
 /// Records order `id` and its event as sent under a message id no broker stores (a half message

@@ -34,7 +34,7 @@ pub async fn run(client: &Client, args: TraceArgs) -> anyhow::Result<()> {
     } else {
         print_text(&trace);
     }
-    if trace.stored.is_none() && trace.scheduled.is_empty() {
+    if !trace.found() {
         anyhow::bail!(
             "message {} is not stored (never sent, or deleted by retention)",
             args.id
@@ -57,6 +57,15 @@ fn print_text(trace: &MessageTrace) {
     }
     for (topic, due) in &trace.scheduled {
         println!("  scheduled for {} topic={topic}", time(*due));
+    }
+    if let Some(open) = &trace.transaction {
+        println!(
+            "  transaction open since {} topic={} producer_group={} check-backs={}",
+            time(open.stored_ms),
+            open.topic,
+            open.producer_group,
+            open.checks
+        );
     }
     if trace.groups.is_empty() {
         println!("  no consumer group has it yet");

@@ -545,6 +545,7 @@ impl Client {
             id,
             stored: None,
             scheduled: Vec::new(),
+            transaction: None,
             groups: Vec::new(),
         };
         for broker in cluster
@@ -557,10 +558,9 @@ impl Client {
                 .request(RequestCode::GetTrace, &request, Bytes::new())
                 .await?
                 .decode()?;
-            if trace.stored.is_some() || !trace.scheduled.is_empty() {
-                if found.stored.is_none() {
-                    found.stored = trace.stored;
-                }
+            if trace.found() {
+                found.stored = found.stored.or(trace.stored);
+                found.transaction = found.transaction.or(trace.transaction);
                 found.scheduled.extend(trace.scheduled);
                 found.groups.extend(trace.groups);
             }

@@ -279,7 +279,29 @@ pub struct MessageTrace {
     pub stored: Option<StoredCopy>,
     /// Not delivered yet: (topic, due time) of each scheduled copy.
     pub scheduled: Vec<(String, u64)>,
+    /// A half message whose transaction is still open: neither committed nor rolled back, and
+    /// not parked yet.
+    pub transaction: Option<OpenTransaction>,
     pub groups: Vec<GroupTrace>,
+}
+
+impl MessageTrace {
+    /// Whether the broker group has the message at all: stored, scheduled, or a half message.
+    pub fn found(&self) -> bool {
+        self.stored.is_some() || !self.scheduled.is_empty() || self.transaction.is_some()
+    }
+}
+
+/// A half message waiting for its producer's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTransaction {
+    /// Where the message goes once committed.
+    pub topic: String,
+    /// The producers asked about it.
+    pub producer_group: String,
+    pub stored_ms: u64,
+    /// Check-backs so far (the broker parks it after its last one).
+    pub checks: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

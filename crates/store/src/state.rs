@@ -517,6 +517,23 @@ impl StateDb {
         Ok(halves)
     }
 
+    /// The half messages with this id whose transactions are still open (one, normally).
+    pub fn halves_with_id(&self, id: &[u8; 16]) -> Result<Vec<HalfMessage>> {
+        let prefix = half_key(b'h', id, "");
+        let mut halves = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_HALF),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            halves.push(self.half_with_checks(&value)?);
+        }
+        Ok(halves)
+    }
+
     fn half_with_checks(&self, value: &[u8]) -> Result<HalfMessage> {
         let mut half: HalfMessage = codec::decode(value).map_err(|err| StoreError::Decode {
             what: "half message",

@@ -1191,6 +1191,11 @@ impl Store {
         self.db.scheduled_by_id(id, topic)
     }
 
+    /// The half messages with this id whose transactions are still open.
+    pub fn halves_with_id(&self, id: &[u8; 16]) -> Result<Vec<HalfMessage>> {
+        self.db.halves_with_id(id)
+    }
+
     /// (due time, topic) of every waiting message with this id.
     pub fn scheduled_with_id(&self, id: &[u8; 16]) -> Result<Vec<(u64, String)>> {
         self.db.scheduled_with_id(id)

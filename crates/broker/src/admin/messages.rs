@@ -291,7 +291,7 @@ async fn message_trace(
     let id = parse_id(&id)?;
     let store = core.store.clone();
     let trace = blocking_store(move || crate::handlers::retry::trace_of(&store, id)).await?;
-    if trace.stored.is_none() && trace.scheduled.is_empty() {
+    if !trace.found() {
         return Err(ApiError::not_found(format!(
             "message {id} is not stored here"
         )));

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use ferromq_protocol::{
     headers::{
         perm, CancelScheduledRequest, DeliveryAttempt, DeliveryState, GetTraceRequest, GroupTrace,
-        MessageTrace, SendBackRequest, SendBackResponse, StoredCopy, TopicConfig,
+        MessageTrace, OpenTransaction, SendBackRequest, SendBackResponse, StoredCopy, TopicConfig,
     },
     message::{decode_record, now_millis, put_length_prefixed, validate_group, validate_topic},
     system::{
@@ -220,6 +220,16 @@ pub fn trace_of(store: &Store, id: MessageId) -> Result<MessageTrace, StoreError
         .into_iter()
         .map(|(due, topic)| (topic, due))
         .collect();
+    let transaction = store
+        .halves_with_id(&id.0)?
+        .into_iter()
+        .next()
+        .map(|half| OpenTransaction {
+            topic: half.topic,
+            producer_group: half.producer_group,
+            stored_ms: half.stored_ms,
+            checks: half.checks,
+        });
     let original = copies.iter().find(|c| !is_reserved_topic(&c.topic));
     let committed = |group: &str, copy: &Copy| -> Result<bool, StoreError> {
         Ok(store
@@ -302,6 +312,7 @@ pub fn trace_of(store: &Store, id: MessageId) -> Result<MessageTrace, StoreError
             .into_iter()
             .filter(|(topic, _)| retry_group(topic).is_none())
             .collect(),
+        transaction,
         groups,
     })
 }

@@ -204,6 +204,17 @@ impl Checker<'_> {
         if let Some(done) = settled(groups, &trace, id, &message_id, now) {
             return done;
         }
+        if let Some(open) = &trace.transaction {
+            // The broker still asks the producers; a re-send now would duplicate its commit.
+            return checked(
+                row,
+                now,
+                Some(format!(
+                    "transaction still open in broker group {} after {} check-backs",
+                    row.broker_group, open.checks
+                )),
+            );
+        }
         if let Some(note) = broadcast_note(groups, &trace) {
             return checked(row, now, Some(note));
         }
@@ -462,6 +473,7 @@ mod tests {
             id: MessageId([0; 16]),
             stored: None,
             scheduled: Vec::new(),
+            transaction: None,
             groups: [
                 "caches%BROADCAST%host-a",
                 "caches%BROADCAST%host-b",
