@@ -1493,7 +1493,7 @@ async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDataba
                     }
                 }
                 let recorded = DB::record_sends(&pool, &owner, &outcomes).await.unwrap();
-                assert_eq!(recorded, outcomes.len() as u64);
+                assert_eq!(recorded.updated, outcomes.len() as u64);
             }
         }));
     }
@@ -1553,6 +1553,21 @@ async fn a_stuck_key_does_not_hold_back_other_rows<DB: TestDatabase>() {
         second.iter().all(|row| row.sharding_key.is_none()),
         "{second:?}"
     );
+    // Giving up on a row counts only for the relay that holds it.
+    let give_up = [SendOutcome::Failed {
+        id: second[0].id,
+        attempts: 1,
+        now_ms: now,
+        error: "simulated".into(),
+    }];
+    for (owner, updated) in [("relay-1", 0), ("relay-2", 1)] {
+        let recorded = DB::record_sends(&pool, owner, &give_up).await.unwrap();
+        assert_eq!(
+            (recorded.updated, recorded.failed),
+            (updated, updated),
+            "{owner}"
+        );
+    }
 }
 
 /// Two transactions enqueueing for one sharding key take turns: the second waits for the

@@ -100,6 +100,17 @@ pub enum SendOutcome {
     },
 }
 
+/// What [`OutboxDatabase::record_sends`] changed: outcomes of rows whose lease another relay
+/// took meanwhile are not recorded, and not counted.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordedSends {
+    /// Rows updated, whatever the outcome.
+    pub updated: u64,
+    /// Rows marked `failed`.
+    pub failed: u64,
+}
+
 /// A sent row as consumption tracking sees it.
 #[doc(hidden)]
 #[derive(Debug, Clone)]
@@ -328,14 +339,13 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<RawRow>, sqlx::Error>> + Send;
 
-    /// Records send outcomes of rows `owner` still holds, in one transaction; returns how many
-    /// rows were updated.
+    /// Records send outcomes of rows `owner` still holds, in one transaction.
     #[doc(hidden)]
     fn record_sends(
         pool: &Pool<Self>,
         owner: &str,
         outcomes: &[SendOutcome],
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<RecordedSends, sqlx::Error>> + Send;
 
     /// Marks rows `owner` still holds as sent, inside the caller's transaction; returns how many
     /// rows were updated.
@@ -587,7 +597,7 @@ macro_rules! shared_statements {
             pool: &sqlx::Pool<$db>,
             owner: &str,
             outcomes: &[$crate::outbox::database::SendOutcome],
-        ) -> Result<u64, sqlx::Error> {
+        ) -> Result<$crate::outbox::database::RecordedSends, sqlx::Error> {
             use $crate::outbox::database::SendOutcome;
             let mut transaction = pool.begin().await?;
             let sent: Vec<(i64, &$crate::outbox::database::SentAs)> = outcomes
@@ -597,11 +607,10 @@ macro_rules! shared_statements {
                     _ => None,
                 })
                 .collect();
-            let mut updated = if sent.is_empty() {
-                0
-            } else {
-                Self::record_sent(&mut *transaction, owner, &sent).await?
-            };
+            let mut recorded = $crate::outbox::database::RecordedSends::default();
+            if !sent.is_empty() {
+                recorded.updated = Self::record_sent(&mut *transaction, owner, &sent).await?;
+            }
             for outcome in outcomes {
                 let query = match outcome {
                     SendOutcome::Sent { .. } => continue,
@@ -643,10 +652,14 @@ macro_rules! shared_statements {
                     .bind(id)
                     .bind(owner),
                 };
-                updated += query.execute(&mut *transaction).await?.rows_affected();
+                let updated = query.execute(&mut *transaction).await?.rows_affected();
+                recorded.updated += updated;
+                if matches!(outcome, SendOutcome::Failed { .. }) {
+                    recorded.failed += updated;
+                }
             }
             transaction.commit().await?;
-            Ok(updated)
+            Ok(recorded)
         }
 
         async fn take_sent_rows(

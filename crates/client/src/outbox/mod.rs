@@ -64,7 +64,7 @@ use database::{Counted, NewRow, RawRow, SentAs};
 /// not a stable API.
 #[doc(hidden)]
 pub mod internals {
-    pub use super::database::{RawRow, SendOutcome, SentAs};
+    pub use super::database::{RawRow, RecordedSends, SendOutcome, SentAs};
 
     /// Milliseconds since the epoch, as the outbox stores times.
     pub fn now_ms() -> i64 {

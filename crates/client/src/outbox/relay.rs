@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::config::LEASE_MARGIN;
 use super::counters::{Counters, RelayCounters};
-use super::database::{OutboxDatabase, RawRow, SendOutcome, SentAs};
+use super::database::{OutboxDatabase, RawRow, RecordedSends, SendOutcome, SentAs};
 use super::{housekeeping, message_of, now_ms, tracker, Outbox, OutboxConfig};
 use crate::client::Client;
 use crate::config::ProducerConfig;
@@ -209,8 +209,11 @@ async fn send_round<DB: OutboxDatabase>(
     });
 
     let record_before = claimed_at + lease.saturating_sub(LEASE_MARGIN);
-    record_outcomes(outbox, owner, &outcomes, record_before).await?;
-    let mut delta = RelayCounters::default();
+    let recorded = record_outcomes(outbox, owner, &outcomes, record_before).await?;
+    let mut delta = RelayCounters {
+        failed: recorded.failed,
+        ..RelayCounters::default()
+    };
     let mut round = round;
     for outcome in &outcomes {
         match outcome {
@@ -225,7 +228,6 @@ async fn send_round<DB: OutboxDatabase>(
             SendOutcome::Failed { error, id, .. } => {
                 warn!(id, %error, "outbox row failed for good");
                 delta.send_failures += 1;
-                delta.failed += 1;
                 round.failed_attempts += 1;
             }
             SendOutcome::Release { .. } => {}
@@ -242,18 +244,18 @@ async fn record_outcomes<DB: OutboxDatabase>(
     owner: &str,
     outcomes: &[SendOutcome],
     before: Instant,
-) -> Result<(), sqlx::Error> {
+) -> Result<RecordedSends, sqlx::Error> {
     loop {
         match DB::record_sends(&outbox.pool, owner, outcomes).await {
-            Ok(updated) => {
-                if updated < outcomes.len() as u64 {
+            Ok(recorded) => {
+                if recorded.updated < outcomes.len() as u64 {
                     debug!(
-                        updated,
+                        updated = recorded.updated,
                         outcomes = outcomes.len(),
                         "some leases ran out before their outcomes were recorded"
                     );
                 }
-                return Ok(());
+                return Ok(recorded);
             }
             Err(err) if Instant::now() + Duration::from_millis(200) < before => {
                 warn!(%err, "recording outbox send outcomes failed; retrying");
