@@ -15,7 +15,7 @@ use ferromq_client::outbox::{
 };
 use ferromq_client::{
     Client, ConsumeMode, ConsumeStatus, ConsumerConfig, Idempotent, MemoryKeyStore, Message,
-    MessageId, ReceivedMessage, SendReceipt, TransactionState,
+    MessageId, ReceivedMessage, SendReceipt, TransactionProducer, TransactionState,
 };
 use ferromq_integration_tests::captured_metrics::capture_metrics;
 use ferromq_integration_tests::outbox::{start_relay_process, TestDatabase};
@@ -1183,35 +1183,7 @@ async fn check_backs_are_answered_from_the_outbox_table<DB: TestDatabase>() {
         ..fast()
     };
     let (outbox, pool, _) = open::<DB>(&cluster, config).await;
-    let (writer, orders) = (outbox.clone(), pool.clone());
-    // The local transaction records the half message beside the order, commits or rolls back
-    // as the tag says, then "crashes" before telling the broker: only check-backs decide.
-    let listener = outbox.transaction_listener(move |message: Message, receipt: SendReceipt| {
-        let (outbox, pool) = (writer.clone(), orders.clone());
-        async move {
-            let id: i64 = message.keys[1]
-                .trim_start_matches("order-")
-                .parse()
-                .unwrap();
-            let mut transaction = pool.begin().await.unwrap();
-            DB::insert_order(&mut *transaction, id).await.unwrap();
-            outbox
-                .record_transactional(&mut *transaction, &message, &receipt)
-                .await
-                .unwrap();
-            if message.tag.as_deref() == Some("commit") {
-                transaction.commit().await.unwrap();
-            } else {
-                transaction.rollback().await.unwrap();
-            }
-            TransactionState::Unknown
-        }
-    });
-    let producer = cluster
-        .client
-        .transaction_producer("order-service", listener)
-        .await
-        .unwrap();
+    let producer = forgetful_producer(&cluster, &outbox, &pool).await;
     for (id, tag) in [(1, "commit"), (2, "rollback")] {
         let message = outbox
             .prepare_transactional(
@@ -1254,6 +1226,43 @@ async fn check_backs_are_answered_from_the_outbox_table<DB: TestDatabase>() {
     producer.shutdown();
 }
 
+/// A transactional producer whose local transaction records the order (its id from the
+/// message's `order-<id>` key) beside the half message's row, commits unless the tag is
+/// `rollback`, then "crashes" before telling the broker: only check-backs decide.
+async fn forgetful_producer<DB: TestDatabase>(
+    cluster: &Cluster,
+    outbox: &Outbox<DB>,
+    pool: &sqlx::Pool<DB>,
+) -> TransactionProducer {
+    let (writer, orders) = (outbox.clone(), pool.clone());
+    let listener = outbox.transaction_listener(move |message: Message, receipt: SendReceipt| {
+        let (outbox, pool) = (writer.clone(), orders.clone());
+        async move {
+            let id: i64 = message.keys[1]
+                .trim_start_matches("order-")
+                .parse()
+                .unwrap();
+            let mut transaction = pool.begin().await.unwrap();
+            DB::insert_order(&mut *transaction, id).await.unwrap();
+            outbox
+                .record_transactional(&mut *transaction, &message, &receipt)
+                .await
+                .unwrap();
+            if message.tag.as_deref() == Some("rollback") {
+                transaction.rollback().await.unwrap();
+            } else {
+                transaction.commit().await.unwrap();
+            }
+            TransactionState::Unknown
+        }
+    });
+    cluster
+        .client
+        .transaction_producer("order-service", listener)
+        .await
+        .unwrap()
+}
+
 /// A broker transaction's row whose message no broker stores in time (rolled back or parked
 /// at the broker after the local transaction committed, say) is sent again, even with nothing
 /// tracking consumption.
@@ -1290,26 +1299,7 @@ async fn an_open_transactions_row_waits_for_the_brokers_decision<DB: TestDatabas
     };
     let (outbox, pool, _) = open::<DB>(&cluster, config).await;
     let relay = outbox.start_relay(&cluster.client);
-    let (writer, orders) = (outbox.clone(), pool.clone());
-    // The local transaction commits, then the application "crashes" before telling the broker.
-    let listener = outbox.transaction_listener(move |message: Message, receipt: SendReceipt| {
-        let (outbox, pool) = (writer.clone(), orders.clone());
-        async move {
-            let mut transaction = pool.begin().await.unwrap();
-            DB::insert_order(&mut *transaction, 1).await.unwrap();
-            outbox
-                .record_transactional(&mut *transaction, &message, &receipt)
-                .await
-                .unwrap();
-            transaction.commit().await.unwrap();
-            TransactionState::Unknown
-        }
-    });
-    let producer = cluster
-        .client
-        .transaction_producer("order-service", listener)
-        .await
-        .unwrap();
+    let producer = forgetful_producer(&cluster, &outbox, &pool).await;
     let message = outbox
         .prepare_transactional(order_created(1).dedup_key(dedup_key(1)))
         .unwrap();
