@@ -67,6 +67,7 @@ on_both_databases!(
     an_open_transactions_row_waits_for_the_brokers_decision,
     concurrent_claims_never_overlap_and_keep_each_keys_order,
     a_stuck_key_does_not_hold_back_other_rows,
+    only_a_row_never_sent_holds_back_its_key_when_failed,
     enqueues_of_one_sharding_key_take_turns,
 );
 
@@ -1558,6 +1559,86 @@ async fn a_stuck_key_does_not_hold_back_other_rows<DB: TestDatabase>() {
             "{owner}"
         );
     }
+}
+
+/// A keyed row that failed before any send holds back its key's later rows (they would
+/// overtake it); one given up on after it was sent (its re-sends lost) does not, since the
+/// key's later rows went out behind it already.
+async fn only_a_row_never_sent_holds_back_its_key_when_failed<DB: TestDatabase>() {
+    use ferromq_client::outbox::internals::{now_ms, SendOutcome, SentAs, TrackOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, _) = DB::create(dir.path()).await;
+    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
+    outbox.migrate().await.unwrap();
+    let enqueue = |n: i64| {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        async move {
+            let mut connection = pool.acquire().await.unwrap();
+            let message = order_created(n)
+                .dedup_key(dedup_key(n))
+                .sharding_key("customer-1");
+            outbox.enqueue(&mut *connection, message).await.unwrap().0
+        }
+    };
+    let now = now_ms();
+    let claim = || {
+        let now = now_ms();
+        DB::claim(&pool, "relay-1", now, now + 60_000, 10)
+    };
+
+    // Row 1 is sent, then given up on by tracking; row 2 is claimed behind it.
+    let sent = enqueue(1).await;
+    let claimed = claim().await.unwrap();
+    let message_id = format!("{sent:032x}");
+    let outcome = SendOutcome::Sent {
+        id: sent,
+        sent: SentAs {
+            message_id: message_id.clone(),
+            broker_group: "g".into(),
+            queue_id: 0,
+            queue_offset: 0,
+            sent_by: "relay-1".into(),
+            sent_ms: now,
+            finished: false,
+        },
+    };
+    assert_eq!(claimed.len(), 1);
+    DB::record_sends(&pool, "relay-1", &[outcome])
+        .await
+        .unwrap();
+    let give_up = TrackOutcome::GiveUp {
+        id: sent,
+        message_id,
+        now_ms: now,
+        error: "lost; not consumed after 3 re-sends".into(),
+    };
+    assert_eq!(
+        DB::record_tracking(&pool, &[give_up]).await.unwrap(),
+        [true]
+    );
+    let after_sent = enqueue(2).await;
+    let ids: Vec<i64> = claim().await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [after_sent]);
+
+    // Row 2 fails at its send; row 3 waits behind it until an operator decides.
+    let fail = SendOutcome::Failed {
+        id: after_sent,
+        attempts: 1,
+        now_ms: now,
+        error: "refused".into(),
+    };
+    let recorded = DB::record_sends(&pool, "relay-1", &[fail]).await.unwrap();
+    assert_eq!(recorded.failed, 1);
+    let behind = enqueue(3).await;
+    assert!(claim().await.unwrap().is_empty());
+    outbox
+        .discard_failed(Some(OutboxId(after_sent)))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = claim().await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [behind]);
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!((stats.failed, stats.pending), (1, 1), "{stats:?}");
 }
 
 /// Two transactions enqueueing for one sharding key take turns: the second waits for the

@@ -309,8 +309,8 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         row: &NewRow,
     ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
 
-    /// For each of `keys`, the lowest id of its unsent rows (pending or failed) that are not
-    /// among `claimed`: what holds back a claim's later rows of the key.
+    /// For each of `keys`, the lowest id of its unsent rows (pending, or failed before any send)
+    /// that are not among `claimed`: what holds back a claim's later rows of the key.
     #[doc(hidden)]
     fn first_unsent_rows(
         connection: &mut Self::Connection,
@@ -441,7 +441,9 @@ macro_rules! all_columns {
 }
 
 /// The rows a claim at time `$1` may take: pending, due, not leased, and not behind an earlier
-/// unsent row of their sharding key that cannot be taken now (backing off, leased, or failed).
+/// unsent row of their sharding key that cannot be taken now (backing off, leased, or failed
+/// before any send: a row that failed after it was sent, its re-sends lost, holds nothing back,
+/// since the key's later rows went out behind it already).
 /// Filtering before the `LIMIT` keeps a stuck key from filling every claim with rows it must
 /// skip. An earlier row that can be taken now comes first in id order, so it is in the same
 /// claim.
@@ -453,7 +455,7 @@ macro_rules! claimable_rows {
              SELECT 1 FROM ferromq_outbox earlier
              WHERE earlier.sharding_key = ferromq_outbox.sharding_key
                AND earlier.id < ferromq_outbox.id
-               AND (earlier.status = 'failed'
+               AND ((earlier.status = 'failed' AND earlier.sent_ms IS NULL)
                     OR (earlier.status = 'pending'
                         AND (earlier.next_attempt_ms > $1 OR earlier.lease_until_ms > $1)))))"
     };

@@ -64,7 +64,7 @@ use database::{Counted, NewRow, RawRow, SentAs};
 /// not a stable API.
 #[doc(hidden)]
 pub mod internals {
-    pub use super::database::{RawRow, RecordedSends, SendOutcome, SentAs};
+    pub use super::database::{RawRow, RecordedSends, SendOutcome, SentAs, TrackOutcome};
 
     /// Milliseconds since the epoch, as the outbox stores times.
     pub fn now_ms() -> i64 {
@@ -482,9 +482,9 @@ impl<DB: OutboxDatabase> Outbox<DB> {
         Ok(DB::retry_failed(&self.pool, id.map(|id| id.0), now_ms()).await?)
     }
 
-    /// Deletes `failed` rows, giving up on their messages: one, or every one with `None`. A
-    /// failed row holds back the later rows of its sharding key until it is retried or
-    /// discarded. Returns how many.
+    /// Deletes `failed` rows, giving up on their messages: one, or every one with `None`. A row
+    /// that failed before it was ever sent holds back the later rows of its sharding key until
+    /// it is retried or discarded. Returns how many.
     pub async fn discard_failed(&self, id: Option<OutboxId>) -> Result<u64, OutboxError> {
         Ok(DB::discard_failed(&self.pool, id.map(|id| id.0)).await?)
     }

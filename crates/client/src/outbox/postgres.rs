@@ -44,7 +44,8 @@ impl OutboxDatabase for Postgres {
     ) -> Result<Vec<(String, i64)>, sqlx::Error> {
         sqlx::query_as(
             "SELECT sharding_key, MIN(id) FROM ferromq_outbox
-             WHERE sharding_key = ANY($1) AND status IN ('pending', 'failed')
+             WHERE sharding_key = ANY($1)
+               AND (status = 'pending' OR (status = 'failed' AND sent_ms IS NULL))
                AND NOT (id = ANY($2))
              GROUP BY sharding_key",
         )

@@ -41,7 +41,7 @@ impl OutboxDatabase for Sqlite {
         sqlx::query_as(
             "SELECT sharding_key, MIN(id) FROM ferromq_outbox
              WHERE sharding_key IN (SELECT value FROM json_each($1))
-               AND status IN ('pending', 'failed')
+               AND (status = 'pending' OR (status = 'failed' AND sent_ms IS NULL))
                AND id NOT IN (SELECT value FROM json_each($2))
              GROUP BY sharding_key",
         )
