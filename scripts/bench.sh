@@ -124,13 +124,16 @@ n_outbox=$((50000 / scale))
 rm -f "$data_root"/outbox*.sqlite*
 bench outbox_sqlite outbox --database "sqlite://$data_root/outbox.sqlite" --messages "$n_outbox" --producers 4 --relays 2
 bench outbox_sqlite_drain outbox --database "sqlite://$data_root/outbox-drain.sqlite" --messages "$n_outbox" --producers 4 --relays 2 --drain
+# A keyed backlog (after an outage, say): each key's rows go one claim after another.
+bench outbox_sqlite_keyed_drain outbox --database "sqlite://$data_root/outbox-keyed-drain.sqlite" --messages "$n_outbox" --producers 4 --relays 2 --keys 100 --drain
 pg_url=$(scripts/postgres.sh start)
-for db in outbox_bench outbox_bench_keyed outbox_bench_drain outbox_bench_tracked outbox_bench_tracked_drain; do
+for db in outbox_bench outbox_bench_keyed outbox_bench_drain outbox_bench_keyed_drain outbox_bench_tracked outbox_bench_tracked_drain; do
     psql "$pg_url" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 done
 bench outbox_postgres outbox --database "${pg_url%/postgres}/outbox_bench" --messages "$n_outbox" --producers 4 --relays 2
 bench outbox_postgres_keyed outbox --database "${pg_url%/postgres}/outbox_bench_keyed" --messages "$n_outbox" --producers 4 --relays 2 --keys 100
 bench outbox_postgres_drain outbox --database "${pg_url%/postgres}/outbox_bench_drain" --messages "$n_outbox" --producers 4 --relays 2 --drain
+bench outbox_postgres_keyed_drain outbox --database "${pg_url%/postgres}/outbox_bench_keyed_drain" --messages "$n_outbox" --producers 4 --relays 2 --keys 100 --drain
 # Consumption tracking: a consumer group acknowledges everything and the relays mark each row
 # consumed from the brokers' trace (one request per row), following the producers, then on a
 # backlog.
@@ -217,7 +220,9 @@ for name, key in [("outbox on SQLite, 4 producers, 2 relays", "outbox_sqlite"),
           f"({o['enqueue']['msgs_per_sec']:.0f} commits/s), {o['msgs_per_sec'] / batched:.3f} x batched produce")
 print(f"{'':48} SQLite enqueue = {r['outbox_sqlite']['enqueue']['msgs_per_sec'] / fsync:.2f} x fdatasync/s")
 for name, key in [("outbox backlog drained by 2 relays, SQLite", "outbox_sqlite_drain"),
-                  ("outbox backlog drained by 2 relays, PostgreSQL", "outbox_postgres_drain")]:
+                  ("same, 100 sharding keys", "outbox_sqlite_keyed_drain"),
+                  ("outbox backlog drained by 2 relays, PostgreSQL", "outbox_postgres_drain"),
+                  ("same, 100 sharding keys", "outbox_postgres_keyed_drain")]:
     o = r[key]
     print(f"{name:48} {o['msgs_per_sec']:>10.0f} msg/s = {o['msgs_per_sec'] / batched:.3f} x batched produce")
 def tracked(name, key, ratio_name, limit):

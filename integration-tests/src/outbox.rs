@@ -40,6 +40,9 @@ pub trait TestDatabase: OutboxDatabase {
         pool: &Pool<Self>,
         dedup_key: &str,
     ) -> impl Future<Output = Option<i64>> + Send;
+
+    /// Runs statements without parameters; panics if one fails.
+    fn execute(pool: &Pool<Self>, sql: &'static str) -> impl Future<Output = ()> + Send;
 }
 
 const ORDERS_TABLE: &str = "CREATE TABLE orders (id BIGINT PRIMARY KEY, item TEXT NOT NULL)";
@@ -82,6 +85,13 @@ macro_rules! order_queries {
                 .await
                 .expect("read the archive")
                 .flatten()
+        }
+
+        async fn execute(pool: &Pool<$db>, sql: &'static str) {
+            sqlx::raw_sql(sql)
+                .execute(pool)
+                .await
+                .unwrap_or_else(|err| panic!("{sql}: {err}"));
         }
     };
 }

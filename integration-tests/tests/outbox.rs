@@ -68,6 +68,7 @@ on_both_databases!(
     concurrent_claims_never_overlap_and_keep_each_keys_order,
     a_stuck_key_does_not_hold_back_other_rows,
     only_a_row_never_sent_holds_back_its_key_when_failed,
+    a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order,
     enqueues_of_one_sharding_key_take_turns,
 );
 
@@ -1639,6 +1640,62 @@ async fn only_a_row_never_sent_holds_back_its_key_when_failed<DB: TestDatabase>(
     assert_eq!(ids, [behind]);
     let stats = outbox.stats().await.unwrap();
     assert_eq!((stats.failed, stats.pending), (1, 1), "{stats:?}");
+}
+
+/// A table of schema version 1 (rows due from their enqueue time, no holding index) is
+/// upgraded in place: its rows keep holding back their keys' later rows; a schema newer than
+/// this SDK knows is refused.
+async fn a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order<DB: TestDatabase>() {
+    use ferromq_client::outbox::internals::now_ms;
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, _) = DB::create(dir.path()).await;
+    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
+    outbox.migrate().await.unwrap();
+    let mut transaction = pool.begin().await.unwrap();
+    for (n, key) in [(1, "customer-1"), (2, "customer-1"), (3, "customer-2")] {
+        let message = order_created(n).dedup_key(dedup_key(n)).sharding_key(key);
+        outbox.enqueue(&mut *transaction, message).await.unwrap();
+    }
+    transaction.commit().await.unwrap();
+    // Back to version 1, with the rows as it wrote them; row 1 backs off after a failed send.
+    DB::execute(
+        &pool,
+        "DROP INDEX ferromq_outbox_holding;
+         DELETE FROM ferromq_outbox_migrations WHERE version = 2;
+         UPDATE ferromq_outbox SET next_attempt_ms = created_ms;
+         UPDATE ferromq_outbox SET attempts = 1, next_attempt_ms = created_ms + 3600000
+             WHERE id = 1;",
+    )
+    .await;
+
+    outbox.migrate().await.unwrap();
+    let now = now_ms();
+    let claimed: Vec<i64> = DB::claim(&pool, "relay-1", now, now + 60_000, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.id)
+        .collect();
+    assert_eq!(claimed, [3], "row 2 waits behind row 1");
+    // Version 2 is in place: its index exists.
+    DB::execute(&pool, "DROP INDEX ferromq_outbox_holding").await;
+
+    DB::execute(
+        &pool,
+        "INSERT INTO ferromq_outbox_migrations (version, applied_ms) VALUES (99, 0)",
+    )
+    .await;
+    let refused = outbox.migrate().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            OutboxError::SchemaTooNew {
+                found: 99,
+                known: 2
+            }
+        ),
+        "{refused:?}"
+    );
 }
 
 /// Two transactions enqueueing for one sharding key take turns: the second waits for the

@@ -443,10 +443,14 @@ macro_rules! all_columns {
 /// The rows a claim at time `$1` may take: pending, due, not leased, and not behind an earlier
 /// unsent row of their sharding key that cannot be taken now (backing off, leased, or failed
 /// before any send: a row that failed after it was sent, its re-sends lost, holds nothing back,
-/// since the key's later rows went out behind it already).
-/// Filtering before the `LIMIT` keeps a stuck key from filling every claim with rows it must
-/// skip. An earlier row that can be taken now comes first in id order, so it is in the same
-/// claim.
+/// since the key's later rows went out behind it already). Filtering before the `LIMIT` keeps a
+/// stuck key from filling every claim with rows it must skip. An earlier row that can be taken
+/// now comes first in id order, so it is in the same claim.
+///
+/// The earlier rows are looked up in `ferromq_outbox_holding` (its condition is repeated
+/// verbatim, so that SQLite uses it too): only rows that may hold a key back, so the check costs
+/// the same whether the key has sent ten rows before or a million, and neither database's
+/// planner is tempted to walk them.
 macro_rules! claimable_rows {
     () => {
         "status = 'pending' AND next_attempt_ms <= $1
@@ -455,9 +459,11 @@ macro_rules! claimable_rows {
              SELECT 1 FROM ferromq_outbox earlier
              WHERE earlier.sharding_key = ferromq_outbox.sharding_key
                AND earlier.id < ferromq_outbox.id
-               AND ((earlier.status = 'failed' AND earlier.sent_ms IS NULL)
-                    OR (earlier.status = 'pending'
-                        AND (earlier.next_attempt_ms > $1 OR earlier.lease_until_ms > $1)))))"
+               AND ((earlier.status = 'pending'
+                     AND (earlier.next_attempt_ms > 0 OR earlier.lease_until_ms IS NOT NULL))
+                    OR (earlier.status = 'failed' AND earlier.sent_ms IS NULL))
+               AND (earlier.status = 'failed' OR earlier.next_attempt_ms > $1
+                    OR earlier.lease_until_ms > $1)))"
     };
 }
 

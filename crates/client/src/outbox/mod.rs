@@ -79,7 +79,7 @@ pub const OUTBOX_KEY_PROPERTY: &str = "__OUTBOX_KEY";
 pub(crate) const TRANSACTION_SENDER: &str = "transaction";
 
 /// The schema version this SDK writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Milliseconds since the epoch, as stored in the table.
 pub(crate) fn now_ms() -> i64 {
@@ -241,6 +241,7 @@ pub struct OutboxRow {
     pub attempts: u32,
     /// Times it was sent again because it was not consumed.
     pub resends: u32,
+    /// Not claimed before this (0: due at once).
     pub next_attempt_ms: i64,
     /// The message id of the last acknowledged send.
     pub message_id: Option<MessageId>,
@@ -513,8 +514,13 @@ impl<DB: OutboxDatabase> Outbox<DB> {
             ));
         }
         // Due far ahead: it waits here, not at the broker, which schedules only so far ahead.
+        // Otherwise it is due at once, from 0 whatever the relays' clocks say, so that it never
+        // holds back its key (see `ferromq_outbox_holding`).
         let ahead = i64::try_from(self.config.schedule_ahead_ms).unwrap_or(i64::MAX);
-        let next_attempt_ms = deliver_at_ms.map_or(now, |at| at.saturating_sub(ahead).max(now));
+        let next_attempt_ms = deliver_at_ms
+            .map(|at| at.saturating_sub(ahead))
+            .filter(|from| *from > now)
+            .unwrap_or(0);
         let row = NewRow {
             dedup_key,
             topic: message.topic.clone(),

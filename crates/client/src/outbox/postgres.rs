@@ -18,10 +18,16 @@ const MIGRATION_LOCK: i64 = 0x4665_7272_6f4f_7574;
 const SHARDING_KEY_LOCKS: i32 = 0x4665_4d51;
 
 /// The schema migrations, in order: (version, SQL).
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/outbox/postgres/0001_outbox.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/outbox/postgres/0001_outbox.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/outbox/postgres/0002_holding_rows.sql"),
+    ),
+];
 
 raw_row_decoder!(Postgres);
 

@@ -13,10 +13,16 @@ use super::database::{
 };
 
 /// The schema migrations, in order: (version, SQL).
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/outbox/sqlite/0001_outbox.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/outbox/sqlite/0001_outbox.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/outbox/sqlite/0002_holding_rows.sql"),
+    ),
+];
 
 raw_row_decoder!(Sqlite);
 
@@ -38,9 +44,12 @@ impl OutboxDatabase for Sqlite {
         keys: &[String],
         claimed: &[i64],
     ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        // The `status IN` term repeats `ferromq_outbox_unsent_by_key`'s condition verbatim:
+        // SQLite uses a partial index only for a query that states its condition.
         sqlx::query_as(
             "SELECT sharding_key, MIN(id) FROM ferromq_outbox
              WHERE sharding_key IN (SELECT value FROM json_each($1))
+               AND status IN ('pending', 'failed')
                AND (status = 'pending' OR (status = 'failed' AND sent_ms IS NULL))
                AND id NOT IN (SELECT value FROM json_each($2))
              GROUP BY sharding_key",
