@@ -1314,6 +1314,31 @@ async fn an_open_transactions_row_waits_for_the_brokers_decision<DB: TestDatabas
         (TOPIC, "order-service")
     );
     assert!(trace.stored.is_none());
+    // A peer of protocol version 3 still gets the trace it knows, without the transaction.
+    let old_peer = ferromq_transport::Connection::connect(
+        &cluster.broker.spec.addr,
+        "version-3-client",
+        Arc::new(ferromq_transport::TransportConfig {
+            max_version: 3,
+            ..Default::default()
+        }),
+        Arc::new(ferromq_transport::RejectAll),
+    )
+    .await
+    .unwrap();
+    let old_trace: ferromq_protocol::headers::MessageTraceV3 = old_peer
+        .request(
+            ferromq_client::RequestCode::GetTrace,
+            &ferromq_protocol::headers::GetTraceRequest {
+                id: receipt.message_id,
+            },
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!((old_trace.id, old_trace.stored), (receipt.message_id, None));
     let waiting = wait_row(&outbox, 1, "the open transaction noted", |row| {
         row.last_error
             .as_deref()

@@ -554,10 +554,11 @@ impl Client {
             .filter(|b| b.role == ferromq_protocol::headers::BrokerRole::Leader)
         {
             let connection = self.connection(&broker.client_addr).await?;
-            let trace: MessageTrace = connection
-                .request(RequestCode::GetTrace, &request, Bytes::new())
-                .await?
-                .decode()?;
+            let trace = decode_trace(
+                connection
+                    .request(RequestCode::GetTrace, &request, Bytes::new())
+                    .await?,
+            )?;
             if trace.found() {
                 found.stored = found.stored.or(trace.stored);
                 found.transaction = found.transaction.or(trace.transaction);
@@ -580,10 +581,10 @@ impl Client {
         id: MessageId,
     ) -> Result<MessageTrace, ClientError> {
         let request = GetTraceRequest { id };
-        Ok(self
-            .request_group_leader(topic, broker_group, RequestCode::GetTrace, &request)
-            .await?
-            .decode()?)
+        decode_trace(
+            self.request_group_leader(topic, broker_group, RequestCode::GetTrace, &request)
+                .await?,
+        )
     }
 
     /// Closes every connection and stops background work.
@@ -639,4 +640,13 @@ async fn refresh_routes_loop(
             }
         }
     }
+}
+
+/// A trace as the connection's protocol version encodes it (version 3: without `transaction`).
+fn decode_trace(response: ferromq_transport::Response) -> Result<MessageTrace, ClientError> {
+    if response.version < ferromq_protocol::headers::TRACE_TRANSACTION_VERSION {
+        let trace: ferromq_protocol::headers::MessageTraceV3 = response.decode()?;
+        return Ok(trace.into());
+    }
+    Ok(response.decode()?)
 }

@@ -11,7 +11,7 @@ use tokio_util::codec::{Decoder, Encoder};
 /// First two bytes after the length of every frame.
 pub const MAGIC: u16 = 0xF36D;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// The oldest protocol version this build still accepts.
 pub const MIN_PROTOCOL_VERSION: u8 = 3;
 /// Size of the length field.

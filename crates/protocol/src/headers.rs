@@ -270,6 +270,10 @@ pub struct GetTraceRequest {
     pub id: crate::MessageId,
 }
 
+/// The first protocol version whose [`MessageTrace`] has `transaction`; an older peer gets a
+/// [`MessageTraceV3`].
+pub const TRACE_TRANSACTION_VERSION: u8 = 4;
+
 /// Everything the broker knows of a message: where it was stored and what each consumer group
 /// did with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +293,38 @@ impl MessageTrace {
     /// Whether the broker group has the message at all: stored, scheduled, or a half message.
     pub fn found(&self) -> bool {
         self.stored.is_some() || !self.scheduled.is_empty() || self.transaction.is_some()
+    }
+}
+
+/// [`MessageTrace`] as protocol version 3 encodes it: without `transaction`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageTraceV3 {
+    pub id: crate::MessageId,
+    pub stored: Option<StoredCopy>,
+    pub scheduled: Vec<(String, u64)>,
+    pub groups: Vec<GroupTrace>,
+}
+
+impl From<MessageTrace> for MessageTraceV3 {
+    fn from(trace: MessageTrace) -> Self {
+        MessageTraceV3 {
+            id: trace.id,
+            stored: trace.stored,
+            scheduled: trace.scheduled,
+            groups: trace.groups,
+        }
+    }
+}
+
+impl From<MessageTraceV3> for MessageTrace {
+    fn from(trace: MessageTraceV3) -> Self {
+        MessageTrace {
+            id: trace.id,
+            stored: trace.stored,
+            scheduled: trace.scheduled,
+            transaction: None,
+            groups: trace.groups,
+        }
     }
 }
 

@@ -40,6 +40,9 @@ pub struct TransportConfig {
     /// Credentials a connecting side proves in its handshake (servers that require them
     /// refuse connections without).
     pub credentials: Option<ferromq_protocol::auth::Credentials>,
+    /// The newest protocol version connections this side opens offer (default: the newest this
+    /// build speaks); lower, it speaks as an older peer would.
+    pub max_version: u8,
     /// TLS for connections this side opens; `None`: plain TCP.
     pub tls_client: Option<crate::TlsClient>,
     /// TLS for connections a server accepts (with client certificates required when its
@@ -53,6 +56,7 @@ impl Default for TransportConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             credentials: None,
+            max_version: ferromq_protocol::PROTOCOL_VERSION,
             tls_client: None,
             tls_server: None,
             max_in_flight: 1024,

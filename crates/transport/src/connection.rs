@@ -135,9 +135,12 @@ impl Connection {
         let mut codec = FrameCodec::new(config.max_frame_bytes, config.max_header_bytes);
         let mut buffer = BytesMut::with_capacity(8 * 1024);
 
+        let max_version = config
+            .max_version
+            .clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
         let request = HandshakeRequest {
             min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
+            max_version,
             client_id: client_id.to_string(),
             auth: config
                 .credentials
@@ -145,7 +148,7 @@ impl Connection {
                 .map(|c| c.prove(client_id, ferromq_protocol::message::now_millis())),
         };
         let frame = Frame {
-            version: PROTOCOL_VERSION,
+            version: max_version,
             kind: FrameKind::Request,
             code: RequestCode::Handshake as u16,
             flags: 0,
@@ -163,6 +166,7 @@ impl Connection {
             let status =
                 Status::from_u16(reply.code).ok_or(TransportError::UnknownStatus(reply.code))?;
             let response = Response {
+                version: reply.version,
                 status,
                 header: reply.header,
                 body: reply.body,
@@ -175,7 +179,7 @@ impl Connection {
         let accepted = tokio::time::timeout(config.handshake_timeout, handshake)
             .await
             .map_err(|_| TransportError::Handshake("timed out".into()))??;
-        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&accepted.version) {
+        if !(MIN_PROTOCOL_VERSION..=max_version).contains(&accepted.version) {
             return Err(TransportError::Handshake(format!(
                 "server chose unsupported version {}",
                 accepted.version
@@ -464,6 +468,7 @@ impl Connection {
             let status =
                 Status::from_u16(frame.code).ok_or(TransportError::UnknownStatus(frame.code))?;
             Ok(Response {
+                version: frame.version,
                 status,
                 header: frame.header,
                 body: frame.body,
@@ -693,6 +698,7 @@ async fn route_frame<H: Handler>(
         return Ok(());
     };
     let request = Request {
+        version: frame.version,
         code: frame.code,
         request_id: frame.request_id,
         one_way,

@@ -14,6 +14,8 @@ use crate::TransportError;
 /// An incoming request or one-way frame.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The protocol version of the connection (negotiated in its handshake).
+    pub version: u8,
     pub code: u16,
     pub request_id: u64,
     /// True for one-way frames: the reply is discarded.
@@ -77,6 +79,8 @@ impl Reply {
 /// A response as the requesting side receives it.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The protocol version of the connection (negotiated in its handshake).
+    pub version: u8,
     pub status: Status,
     pub header: Bytes,
     pub body: Bytes,

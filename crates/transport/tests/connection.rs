@@ -14,8 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Echoes `Send` requests (header and body), asks the caller back on `Pull`, and sleeps on
-/// `QueryOffset` to fill in-flight slots.
+/// Echoes `Send` requests (header and body), asks the caller back on `Pull`, sleeps on
+/// `QueryOffset` to fill in-flight slots, and answers `GetTrace` with the request's protocol
+/// version.
 struct Echo;
 
 impl Handler for Echo {
@@ -44,6 +45,7 @@ impl Handler for Echo {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Reply::ok(&())
             }
+            Some(RequestCode::GetTrace) => Reply::ok(&request.version),
             _ => Reply::error(Status::RequestCodeNotSupported, "unknown"),
         }
     }
@@ -82,6 +84,33 @@ async fn connect(addr: &str) -> Connection {
     )
     .await
     .unwrap()
+}
+
+/// A side that offers an older protocol version gets it: both its requests and the answers
+/// carry it, so handlers and callers can encode as that version did.
+#[tokio::test]
+async fn a_connection_speaks_the_older_version_its_opener_offers() {
+    let (addr, _shutdown) = start_server(TransportConfig::default()).await;
+    for offered in [ferromq_protocol::PROTOCOL_VERSION, 3] {
+        let config = TransportConfig {
+            max_version: offered,
+            ..TransportConfig::default()
+        };
+        let connection =
+            Connection::connect(&addr, "old-client", Arc::new(config), Arc::new(ClientSide))
+                .await
+                .unwrap();
+        let response = connection
+            .request(RequestCode::GetTrace, &(), Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(response.version, offered);
+        assert_eq!(
+            response.decode::<u8>().unwrap(),
+            offered,
+            "the server saw it"
+        );
+    }
 }
 
 #[tokio::test]

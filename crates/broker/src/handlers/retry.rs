@@ -8,7 +8,8 @@ use bytes::BytesMut;
 use ferromq_protocol::{
     headers::{
         perm, CancelScheduledRequest, DeliveryAttempt, DeliveryState, GetTraceRequest, GroupTrace,
-        MessageTrace, OpenTransaction, SendBackRequest, SendBackResponse, StoredCopy, TopicConfig,
+        MessageTrace, MessageTraceV3, OpenTransaction, SendBackRequest, SendBackResponse,
+        StoredCopy, TopicConfig, TRACE_TRANSACTION_VERSION,
     },
     message::{decode_record, now_millis, put_length_prefixed, validate_group, validate_topic},
     system::{
@@ -187,6 +188,9 @@ pub async fn trace(core: &BrokerCore, request: &Request) -> Reply {
     };
     let store = core.store.clone();
     match blocking(move || trace_of(&store, query.id)).await {
+        Ok(trace) if request.version < TRACE_TRANSACTION_VERSION => {
+            Reply::ok(&MessageTraceV3::from(trace))
+        }
         Ok(trace) => Reply::ok(&trace),
         Err(reply) => reply,
     }

@@ -329,7 +329,7 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
 
     /// Leases up to `limit` pending, due rows to `owner` until `lease_until_ms`, in id order,
     /// skipping every row of a sharding key after an earlier unsent row of the key that is not
-    /// claimed here (backing off, leased elsewhere, or failed).
+    /// claimed here (backing off, leased elsewhere, or failed before any send).
     #[doc(hidden)]
     fn claim(
         pool: &Pool<Self>,
@@ -404,13 +404,12 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         dedup_key: &str,
     ) -> impl Future<Output = Result<Option<RawRow>, sqlx::Error>> + Send;
 
-    /// Makes failed rows (one, or all when `id` is `None`) pending again with fresh attempts
-    /// and re-sends.
+    /// Makes failed rows (one, or all when `id` is `None`) pending again, due at once, with
+    /// fresh attempts and re-sends.
     #[doc(hidden)]
     fn retry_failed(
         pool: &Pool<Self>,
         id: Option<i64>,
-        now_ms: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Deletes failed rows (one, or all when `id` is `None`).
@@ -775,15 +774,13 @@ macro_rules! shared_statements {
         async fn retry_failed(
             pool: &sqlx::Pool<$db>,
             id: Option<i64>,
-            now_ms: i64,
         ) -> Result<u64, sqlx::Error> {
             let result = sqlx::query(
                 "UPDATE ferromq_outbox SET status = 'pending', attempts = 0, resends = 0,
-                     next_attempt_ms = $2, finished_ms = NULL, last_error = NULL
+                     next_attempt_ms = 0, finished_ms = NULL, last_error = NULL
                  WHERE status = 'failed' AND (CAST($1 AS BIGINT) IS NULL OR id = $1)",
             )
             .bind(id)
-            .bind(now_ms)
             .execute(pool)
             .await?;
             Ok(result.rows_affected())
@@ -846,7 +843,7 @@ pub(crate) use {all_columns, claimable_rows, raw_row_decoder, row_columns, share
 /// Of the candidates a claim locked, the ids it may take: every row without a sharding key, and a
 /// keyed row only if no unsent row of its key that this claim did not lock comes before it
 /// (`first_blocker`: the lowest such id per key). [`claimable_rows!`] has already left out the
-/// rows behind a row backing off, leased or failed; this catches a row another claim is locking
+/// rows behind a row backing off, leased or failed before any send; this catches a row another claim is locking
 /// at the same moment (PostgreSQL's `SKIP LOCKED` passes over it).
 pub(crate) fn claimable(
     candidates: &[(i64, Option<String>)],

@@ -480,7 +480,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
     /// Makes `failed` rows pending again with fresh attempts and re-sends: one, or every one
     /// with `None`. Returns how many.
     pub async fn retry_failed(&self, id: Option<OutboxId>) -> Result<u64, OutboxError> {
-        Ok(DB::retry_failed(&self.pool, id.map(|id| id.0), now_ms()).await?)
+        Ok(DB::retry_failed(&self.pool, id.map(|id| id.0)).await?)
     }
 
     /// Deletes `failed` rows, giving up on their messages: one, or every one with `None`. A row

@@ -208,14 +208,14 @@ impl OutboxDatabase for Postgres {
             notes.push(effect.note);
             resends.push(effect.resend);
         }
-        // A re-send starts the row over as pending: fresh attempts, due now.
+        // A re-send starts the row over as pending: fresh attempts, due at once.
         let applied: Vec<i64> = sqlx::query_scalar(
             "UPDATE ferromq_outbox AS o SET status = u.status, checked_ms = u.now_ms,
                  finished_ms = CASE WHEN u.finishes THEN u.now_ms ELSE o.finished_ms END,
                  last_error = u.note,
                  resends = CASE WHEN u.resend THEN o.resends + 1 ELSE o.resends END,
                  attempts = CASE WHEN u.resend THEN 0 ELSE o.attempts END,
-                 next_attempt_ms = CASE WHEN u.resend THEN u.now_ms ELSE o.next_attempt_ms END
+                 next_attempt_ms = CASE WHEN u.resend THEN 0 ELSE o.next_attempt_ms END
              FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOLEAN[],
                          $6::TEXT[], $7::BOOLEAN[])
                   AS u(id, message_id, now_ms, status, finishes, note, resend)

@@ -168,14 +168,14 @@ impl OutboxDatabase for Sqlite {
         for outcome in outcomes {
             let (id, message_id, now_ms) = outcome.row();
             let effect = outcome.effect();
-            // A re-send starts the row over as pending: fresh attempts, due now.
+            // A re-send starts the row over as pending: fresh attempts, due at once.
             let updated = sqlx::query(
                 "UPDATE ferromq_outbox SET status = $4, checked_ms = $3,
                      finished_ms = CASE WHEN $5 THEN $3 ELSE finished_ms END,
                      last_error = $6,
                      resends = CASE WHEN $7 THEN resends + 1 ELSE resends END,
                      attempts = CASE WHEN $7 THEN 0 ELSE attempts END,
-                     next_attempt_ms = CASE WHEN $7 THEN $3 ELSE next_attempt_ms END
+                     next_attempt_ms = CASE WHEN $7 THEN 0 ELSE next_attempt_ms END
                  WHERE id = $1 AND message_id = $2 AND status = 'sent'",
             )
             .bind(id)
