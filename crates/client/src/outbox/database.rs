@@ -843,8 +843,8 @@ pub(crate) use {all_columns, claimable_rows, raw_row_decoder, row_columns, share
 /// Of the candidates a claim locked, the ids it may take: every row without a sharding key, and a
 /// keyed row only if no unsent row of its key that this claim did not lock comes before it
 /// (`first_blocker`: the lowest such id per key). [`claimable_rows!`] has already left out the
-/// rows behind a row backing off, leased or failed before any send; this catches a row another claim is locking
-/// at the same moment (PostgreSQL's `SKIP LOCKED` passes over it).
+/// rows behind a row backing off, leased or failed before any send; this catches a row another
+/// claim is locking at the same moment (PostgreSQL's `SKIP LOCKED` passes over it).
 pub(crate) fn claimable(
     candidates: &[(i64, Option<String>)],
     first_blocker: &std::collections::HashMap<String, i64>,
