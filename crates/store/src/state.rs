@@ -503,30 +503,23 @@ impl StateDb {
 
     /// Every half message, with its check-backs.
     pub fn half_messages(&self) -> Result<Vec<HalfMessage>> {
-        let mut halves = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_HALF),
-            IteratorMode::From(b"h", Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            if key.first() != Some(&b'h') {
-                break;
-            }
-            halves.push(self.half_with_checks(&value)?);
-        }
-        Ok(halves)
+        self.halves_under(b"h")
     }
 
     /// The half messages with this id whose transactions are still open (one, normally).
     pub fn halves_with_id(&self, id: &[u8; 16]) -> Result<Vec<HalfMessage>> {
-        let prefix = half_key(b'h', id, "");
+        self.halves_under(&half_key(b'h', id, ""))
+    }
+
+    /// The half messages whose keys start with `prefix`, with their check-backs.
+    fn halves_under(&self, prefix: &[u8]) -> Result<Vec<HalfMessage>> {
         let mut halves = Vec::new();
         for item in self.db.iterator_cf(
             self.cf(CF_HALF),
-            IteratorMode::From(&prefix, Direction::Forward),
+            IteratorMode::From(prefix, Direction::Forward),
         ) {
             let (key, value) = item?;
-            if !key.starts_with(&prefix) {
+            if !key.starts_with(prefix) {
                 break;
             }
             halves.push(self.half_with_checks(&value)?);
