@@ -439,6 +439,15 @@ macro_rules! all_columns {
     };
 }
 
+/// An unsent row, one that can hold back its key's later rows whatever its times: pending, or
+/// failed before any send (a row that failed after it was sent has its key's later rows out
+/// behind it already).
+macro_rules! unsent_row {
+    () => {
+        "(status = 'pending' OR (status = 'failed' AND sent_ms IS NULL))"
+    };
+}
+
 /// The rows a claim at time `$1` may take: pending, due, not leased, and not behind an earlier
 /// unsent row of their sharding key that cannot be taken now (backing off, leased, or failed
 /// before any send: a row that failed after it was sent, its re-sends lost, holds nothing back,
@@ -838,7 +847,9 @@ macro_rules! raw_row_decoder {
     };
 }
 
-pub(crate) use {all_columns, claimable_rows, raw_row_decoder, row_columns, shared_statements};
+pub(crate) use {
+    all_columns, claimable_rows, raw_row_decoder, row_columns, shared_statements, unsent_row,
+};
 
 /// Of the candidates a claim locked, the ids it may take: every row without a sharding key, and a
 /// keyed row only if no unsent row of its key that this claim did not lock comes before it

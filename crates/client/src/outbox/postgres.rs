@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use sqlx::{PgConnection, Pool, Postgres};
 
 use super::database::{
-    all_columns, raw_row_decoder, row_columns, shared_statements, OutboxDatabase, RawRow, SentAs,
-    TrackOutcome,
+    all_columns, raw_row_decoder, row_columns, shared_statements, unsent_row, OutboxDatabase,
+    RawRow, SentAs, TrackOutcome,
 };
 
 /// Key of the advisory lock migrations hold ("FerroMQ outbox" in ASCII, truncated).
@@ -48,13 +48,13 @@ impl OutboxDatabase for Postgres {
         keys: &[String],
         claimed: &[i64],
     ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as(concat!(
             "SELECT sharding_key, MIN(id) FROM ferromq_outbox
-             WHERE sharding_key = ANY($1)
-               AND (status = 'pending' OR (status = 'failed' AND sent_ms IS NULL))
-               AND NOT (id = ANY($2))
-             GROUP BY sharding_key",
-        )
+             WHERE sharding_key = ANY($1) AND ",
+            unsent_row!(),
+            " AND NOT (id = ANY($2))
+             GROUP BY sharding_key"
+        ))
         .bind(keys)
         .bind(claimed)
         .fetch_all(connection)

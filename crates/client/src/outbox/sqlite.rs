@@ -8,8 +8,8 @@
 use sqlx::{Pool, Sqlite, SqliteConnection};
 
 use super::database::{
-    all_columns, raw_row_decoder, row_columns, shared_statements, OutboxDatabase, RawRow, SentAs,
-    TrackOutcome,
+    all_columns, raw_row_decoder, row_columns, shared_statements, unsent_row, OutboxDatabase,
+    RawRow, SentAs, TrackOutcome,
 };
 
 /// The schema migrations, in order: (version, SQL).
@@ -46,14 +46,14 @@ impl OutboxDatabase for Sqlite {
     ) -> Result<Vec<(String, i64)>, sqlx::Error> {
         // The `status IN` term repeats `ferromq_outbox_unsent_by_key`'s condition verbatim:
         // SQLite uses a partial index only for a query that states its condition.
-        sqlx::query_as(
+        sqlx::query_as(concat!(
             "SELECT sharding_key, MIN(id) FROM ferromq_outbox
              WHERE sharding_key IN (SELECT value FROM json_each($1))
-               AND status IN ('pending', 'failed')
-               AND (status = 'pending' OR (status = 'failed' AND sent_ms IS NULL))
-               AND id NOT IN (SELECT value FROM json_each($2))
-             GROUP BY sharding_key",
-        )
+               AND status IN ('pending', 'failed') AND ",
+            unsent_row!(),
+            " AND id NOT IN (SELECT value FROM json_each($2))
+             GROUP BY sharding_key"
+        ))
         .bind(json_list(keys)?)
         .bind(json_list(claimed)?)
         .fetch_all(connection)
