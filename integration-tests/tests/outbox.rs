@@ -197,7 +197,15 @@ async fn open<DB: TestDatabase>(
     cluster: &Cluster,
     config: OutboxConfig,
 ) -> (Outbox<DB>, sqlx::Pool<DB>, String) {
-    let (pool, url) = DB::create(cluster.dir.path()).await;
+    open_in(cluster.dir.path(), config).await
+}
+
+/// A fresh database (files under `dir` if it has any) with the outbox tables migrated.
+async fn open_in<DB: TestDatabase>(
+    dir: &std::path::Path,
+    config: OutboxConfig,
+) -> (Outbox<DB>, sqlx::Pool<DB>, String) {
+    let (pool, url) = DB::create(dir).await;
     let outbox = Outbox::new(pool.clone(), config).unwrap();
     outbox.migrate().await.unwrap();
     (outbox, pool, url)
@@ -1401,9 +1409,7 @@ async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDataba
     use ferromq_client::outbox::internals::{now_ms, SendOutcome, SentAs};
     const ROWS: i64 = 300;
     let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = DB::create(dir.path()).await;
-    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
-    outbox.migrate().await.unwrap();
+    let (outbox, pool, _) = open_in::<DB>(dir.path(), fast()).await;
     // Row id → its sharding key.
     let mut keys = BTreeMap::<i64, Option<String>>::new();
     let mut transaction = pool.begin().await.unwrap();
@@ -1526,9 +1532,7 @@ async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDataba
 async fn a_stuck_key_does_not_hold_back_other_rows<DB: TestDatabase>() {
     use ferromq_client::outbox::internals::{now_ms, SendOutcome};
     let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = DB::create(dir.path()).await;
-    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
-    outbox.migrate().await.unwrap();
+    let (outbox, pool, _) = open_in::<DB>(dir.path(), fast()).await;
     let mut transaction = pool.begin().await.unwrap();
     for n in 0..25 {
         let mut message = order_created(n).dedup_key(dedup_key(n));
@@ -1593,9 +1597,7 @@ async fn a_stuck_key_does_not_hold_back_other_rows<DB: TestDatabase>() {
 async fn only_a_row_never_sent_holds_back_its_key_when_failed<DB: TestDatabase>() {
     use ferromq_client::outbox::internals::{now_ms, SendOutcome, SentAs, TrackOutcome};
     let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = DB::create(dir.path()).await;
-    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
-    outbox.migrate().await.unwrap();
+    let (outbox, pool, _) = open_in::<DB>(dir.path(), fast()).await;
     let enqueue = |n: i64| {
         let (outbox, pool) = (outbox.clone(), pool.clone());
         async move {
@@ -1673,9 +1675,7 @@ async fn only_a_row_never_sent_holds_back_its_key_when_failed<DB: TestDatabase>(
 async fn a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order<DB: TestDatabase>() {
     use ferromq_client::outbox::internals::now_ms;
     let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = DB::create(dir.path()).await;
-    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
-    outbox.migrate().await.unwrap();
+    let (outbox, pool, _) = open_in::<DB>(dir.path(), fast()).await;
     let mut transaction = pool.begin().await.unwrap();
     for (n, key) in [(1, "customer-1"), (2, "customer-1"), (3, "customer-2")] {
         let message = order_created(n).dedup_key(dedup_key(n)).sharding_key(key);
@@ -1728,9 +1728,7 @@ async fn a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order<DB: Te
 /// on PostgreSQL (SQLite has one writer at a time anyway).
 async fn enqueues_of_one_sharding_key_take_turns<DB: TestDatabase>() {
     let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = DB::create(dir.path()).await;
-    let outbox = Outbox::new(pool.clone(), fast()).unwrap();
-    outbox.migrate().await.unwrap();
+    let (outbox, pool, _) = open_in::<DB>(dir.path(), fast()).await;
     let mut first = pool.begin().await.unwrap();
     let first_id = outbox
         .enqueue(&mut *first, order_created(1).sharding_key("customer-1"))
