@@ -41,8 +41,8 @@ pub struct OutboxConfig {
     /// Re-sends after which a row found lost again is `failed`.
     pub max_resends: u32,
     /// A delayed message due further ahead than this waits in the table and is sent this long
-    /// before it is due. At most 7 days, and no more than the brokers' `schedule.max_delay_ms`
-    /// (a broker refuses a send due further ahead, and the row fails).
+    /// before it is due. At most 6 days, and well under the brokers' `schedule.max_delay_ms`
+    /// (a broker refuses a send due further ahead by its clock, and the row fails).
     pub schedule_ahead_ms: u64,
     /// Rows finished this long ago (consumed, dead-lettered — the message waits in the group's
     /// dead-letter queue — or sent to an untracked topic and confirmed) are removed. Failed rows
@@ -81,8 +81,10 @@ impl Default for OutboxConfig {
     }
 }
 
-/// The brokers' default `schedule.max_delay_ms`: a delayed send further ahead is refused.
-const MAX_SCHEDULE_AHEAD_MS: u64 = 7 * 24 * 3600 * 1000;
+/// A day under the brokers' default `schedule.max_delay_ms` (7 days): a broker refuses a
+/// delayed send due further ahead by its own clock, so the margin absorbs the relay's claim
+/// delay and a broker clock behind the relay's.
+const MAX_SCHEDULE_AHEAD_MS: u64 = 6 * 24 * 3600 * 1000;
 
 /// The longest duration any setting takes (10 years): times are computed as milliseconds in
 /// `i64` and instants, which a larger value would overflow.
@@ -126,7 +128,7 @@ impl OutboxConfig {
         }
         if self.schedule_ahead_ms > MAX_SCHEDULE_AHEAD_MS {
             return Err(format!(
-                "schedule_ahead_ms must not exceed {MAX_SCHEDULE_AHEAD_MS} (brokers schedule at most 7 days ahead by default)"
+                "schedule_ahead_ms must not exceed {MAX_SCHEDULE_AHEAD_MS} (6 days: brokers schedule at most 7 days ahead by default, and their clocks may be behind)"
             ));
         }
         if self.backoff_max_ms < self.backoff_initial_ms {
@@ -206,6 +208,15 @@ mod tests {
             ..OutboxConfig::default()
         };
         assert!(forever.validate().unwrap_err().contains("lease_ms"));
+        // A broker whose clock is behind would refuse a send scheduled its full 7 days ahead.
+        let too_far = OutboxConfig {
+            schedule_ahead_ms: 7 * 24 * 3600 * 1000,
+            ..OutboxConfig::default()
+        };
+        assert!(too_far
+            .validate()
+            .unwrap_err()
+            .contains("schedule_ahead_ms must not exceed"));
         for (topic, groups) in [
             ("orders", vec!["bad group!"]),
             ("bad topic!", vec!["stock"]),

@@ -458,7 +458,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
     fn stats_of(&self, raw: database::RawStats) -> OutboxStats {
         let mut stats = OutboxStats {
             oldest_pending_age: raw.oldest_pending_created_ms.map(|created| {
-                Duration::from_millis(u64::try_from(now_ms() - created).unwrap_or(0))
+                Duration::from_millis(u64::try_from(now_ms().saturating_sub(created)).unwrap_or(0))
             }),
             ..OutboxStats::default()
         };

@@ -321,7 +321,7 @@ async fn send_rows(
                 }
                 outcomes.push(SendOutcome::Failed {
                     id: row.id,
-                    attempts: row.attempts + 1,
+                    attempts: row.attempts.saturating_add(1),
                     now_ms: now,
                     error: format!("row cannot be sent: {reason}"),
                 });
