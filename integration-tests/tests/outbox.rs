@@ -763,8 +763,8 @@ async fn a_message_lost_after_it_was_sent_is_sent_again<DB: TestDatabase>() {
 }
 
 /// While no tracked group has reached its rows (no consumer runs), tracking asks the broker
-/// for the group's offsets only, not for a trace of each row; once the group consumes them,
-/// they are traced and marked consumed.
+/// for the group's offsets only, not for a trace of each row, and looks at them less often the
+/// longer they wait; once the group consumes them, they are traced and marked consumed.
 async fn rows_no_group_has_reached_are_not_traced<DB: TestDatabase>() {
     let cluster = Cluster::start(&[]).await;
     let config = OutboxConfig {
@@ -782,6 +782,14 @@ async fn rows_no_group_has_reached_are_not_traced<DB: TestDatabase>() {
         })
         .await;
     }
+    // A quarter of its wait goes by before the next look: past 12 intervals, 3 or more.
+    wait_row(&outbox, 0, "looked at less often as it waits", |row| {
+        row.status == OutboxStatus::Sent
+            && row
+                .checked_ms
+                .is_some_and(|c| row.next_check_ms - c >= 3 * interval)
+    })
+    .await;
     assert_eq!(traces_answered(&cluster), 0);
 
     let recorder = Recorder::start(&cluster.client, "stock").await;
@@ -1493,6 +1501,7 @@ async fn concurrent_claims_never_overlap_and_keep_each_keys_order<DB: TestDataba
                                 queue_offset: row.id,
                                 sent_by: owner.clone(),
                                 sent_ms: now_ms(),
+                                first_check_ms: now_ms(),
                                 finished: true,
                             },
                         });
@@ -1627,6 +1636,7 @@ async fn only_a_row_never_sent_holds_back_its_key_when_failed<DB: TestDatabase>(
             queue_offset: 0,
             sent_by: "relay-1".into(),
             sent_ms: now,
+            first_check_ms: now,
             finished: false,
         },
     };
@@ -1669,9 +1679,9 @@ async fn only_a_row_never_sent_holds_back_its_key_when_failed<DB: TestDatabase>(
     assert_eq!((stats.failed, stats.pending), (1, 1), "{stats:?}");
 }
 
-/// A table of schema version 1 (rows due from their enqueue time, no holding index) is
-/// upgraded in place: its rows keep holding back their keys' later rows; a schema newer than
-/// this SDK knows is refused.
+/// A table of schema version 1 (rows due from their enqueue time, no holding index, tracked by
+/// last check) is upgraded in place: its rows keep holding back their keys' later rows, and
+/// its sent rows are due for a look at once; a schema newer than this SDK knows is refused.
 async fn a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order<DB: TestDatabase>() {
     use ferromq_client::outbox::internals::now_ms;
     let dir = tempfile::tempdir().unwrap();
@@ -1681,15 +1691,30 @@ async fn a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order<DB: Te
         let message = order_created(n).dedup_key(dedup_key(n)).sharding_key(key);
         outbox.enqueue(&mut *transaction, message).await.unwrap();
     }
+    let sent = outbox
+        .enqueue(&mut *transaction, order_created(4))
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(sent, 4);
     transaction.commit().await.unwrap();
-    // Back to version 1, with the rows as it wrote them; row 1 backs off after a failed send.
+    // Back to version 1, with the rows as it wrote them; row 1 backs off after a failed send,
+    // row 4 was sent a minute ago and checked since.
     DB::execute(
         &pool,
         "DROP INDEX ferromq_outbox_holding;
-         DELETE FROM ferromq_outbox_migrations WHERE version = 2;
+         DROP INDEX ferromq_outbox_tracking;
+         ALTER TABLE ferromq_outbox DROP COLUMN next_check_ms;
+         ALTER TABLE ferromq_outbox_archive DROP COLUMN next_check_ms;
+         CREATE INDEX ferromq_outbox_unconfirmed ON ferromq_outbox (checked_ms, id)
+             WHERE status = 'sent' AND finished_ms IS NULL;
+         DELETE FROM ferromq_outbox_migrations WHERE version IN (2, 3);
          UPDATE ferromq_outbox SET next_attempt_ms = created_ms;
          UPDATE ferromq_outbox SET attempts = 1, next_attempt_ms = created_ms + 3600000
-             WHERE id = 1;",
+             WHERE id = 1;
+         UPDATE ferromq_outbox SET status = 'sent', message_id = 'm4', broker_group = 'g',
+             sent_ms = created_ms - 60000, checked_ms = created_ms - 60000
+         WHERE id = 4;",
     )
     .await;
 
@@ -1702,8 +1727,16 @@ async fn a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order<DB: Te
         .map(|row| row.id)
         .collect();
     assert_eq!(claimed, [3], "row 2 waits behind row 1");
-    // Version 2 is in place: its index exists.
-    DB::execute(&pool, "DROP INDEX ferromq_outbox_holding").await;
+    let due = DB::take_sent_rows(&pool, now, now + 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(due.iter().map(|row| row.id).collect::<Vec<_>>(), [sent]);
+    // Versions 2 and 3 are in place: their indexes exist.
+    DB::execute(
+        &pool,
+        "DROP INDEX ferromq_outbox_holding; DROP INDEX ferromq_outbox_tracking",
+    )
+    .await;
 
     DB::execute(
         &pool,
@@ -1716,7 +1749,7 @@ async fn a_version_1_table_is_upgraded_and_its_rows_keep_their_keys_order<DB: Te
             refused,
             OutboxError::SchemaTooNew {
                 found: 99,
-                known: 2
+                known: 3
             }
         ),
         "{refused:?}"

@@ -29,7 +29,10 @@ pub struct OutboxConfig {
     /// acknowledged it (a broker transaction's row, once a broker stores the committed message).
     /// A broadcast group is named by its members' offsets groups, `<group>%BROADCAST%<member>`.
     pub track_groups: BTreeMap<String, Vec<String>>,
-    /// How often sent rows are checked for consumption or storage (each at most this often).
+    /// The shortest wait between two checks of a sent row for consumption or storage (the
+    /// first comes this long after the send). A row not consumed yet is looked at again after a
+    /// quarter of its wait so far, within these bounds and `resend_after_ms`, and when it
+    /// becomes overdue.
     pub track_interval_ms: u64,
     /// Sent rows checked per round.
     pub track_batch: u32,
@@ -159,6 +162,32 @@ impl OutboxConfig {
         self.track_groups.get(topic).map_or(&[], Vec::as_slice)
     }
 
+    /// When consumption tracking first looks at a row sent at `sent_ms`.
+    pub(crate) fn first_check_at(&self, sent_ms: i64) -> i64 {
+        sent_ms.saturating_add(millis(self.track_interval_ms))
+    }
+
+    /// When consumption tracking looks again at a row found not consumed yet at `now`, whose
+    /// message became visible to consumers at `visible_ms`. After a quarter of its wait so far:
+    /// a message consumed late is noticed within a quarter of its age, while rows waiting
+    /// behind a lagging group are looked at ever less often — at most every
+    /// `track_interval_ms`, at least every `resend_after_ms` — instead of keeping the tracker
+    /// rewriting them back to back. Never later than the moment it becomes overdue, and not
+    /// before it is visible: nothing happens to a message before then.
+    pub(crate) fn next_check_at(&self, visible_ms: i64, now: i64) -> i64 {
+        let interval = millis(self.track_interval_ms);
+        let resend_after = millis(self.resend_after_ms);
+        if now < visible_ms {
+            return visible_ms.saturating_add(interval);
+        }
+        let mut wait = now.saturating_sub(visible_ms) / 4;
+        let overdue_at = visible_ms.saturating_add(resend_after);
+        if now < overdue_at {
+            wait = wait.min(overdue_at - now);
+        }
+        now.saturating_add(wait.clamp(interval, resend_after.max(interval)))
+    }
+
     /// The wait before the next attempt after `attempts` failed ones.
     pub(crate) fn backoff(&self, attempts: u32) -> Duration {
         let doublings = attempts.saturating_sub(1).min(32);
@@ -168,6 +197,11 @@ impl OutboxConfig {
             .min(self.backoff_max_ms);
         Duration::from_millis(ms)
     }
+}
+
+/// A validated duration setting as milliseconds in `i64` (validation keeps it in range).
+fn millis(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -183,6 +217,30 @@ mod tests {
         // The defaults keep a row alive through an outage of several hours.
         let total: Duration = (1..config.max_attempts).map(|n| config.backoff(n)).sum();
         assert!(total > Duration::from_secs(7 * 3600), "{total:?}");
+    }
+
+    #[test]
+    fn a_row_waiting_long_is_checked_ever_less_often() {
+        let config = OutboxConfig::default();
+        let (interval, resend_after) = (5_000, 300_000);
+        // Young rows: every track_interval_ms.
+        assert_eq!(config.first_check_at(1_000), 1_000 + interval);
+        assert_eq!(config.next_check_at(0, 10_000), 10_000 + interval);
+        // Then a quarter of the wait, but looked at again when overdue.
+        assert_eq!(config.next_check_at(0, 100_000), 125_000);
+        assert_eq!(config.next_check_at(0, 280_000), resend_after);
+        // Long waits: every resend_after_ms.
+        assert_eq!(config.next_check_at(0, 3_600_000), 3_600_000 + resend_after);
+        // Not visible yet (delayed): nothing to look at before it is.
+        assert_eq!(config.next_check_at(60_000, 1_000), 60_000 + interval);
+
+        // A row waiting an hour behind a lagging group: 31 checks.
+        let (mut now, mut checks) = (config.first_check_at(0), 0);
+        while now < 3_600_000 {
+            checks += 1;
+            now = config.next_check_at(0, now);
+        }
+        assert_eq!(checks, 31, "every 5 s it would be 720");
     }
 
     #[test]

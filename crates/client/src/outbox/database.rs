@@ -33,6 +33,7 @@ pub struct RawRow {
     pub created_ms: i64,
     pub sent_ms: Option<i64>,
     pub checked_ms: Option<i64>,
+    pub next_check_ms: i64,
     pub finished_ms: Option<i64>,
     pub last_error: Option<String>,
 }
@@ -66,6 +67,8 @@ pub struct SentAs {
     pub queue_offset: i64,
     pub sent_by: String,
     pub sent_ms: i64,
+    /// When consumption tracking first looks at it.
+    pub first_check_ms: i64,
     /// The acknowledgement finishes the row: no consumer group of its topic is tracked.
     pub finished: bool,
 }
@@ -149,11 +152,12 @@ pub enum TrackOutcome {
         now_ms: i64,
         error: String,
     },
-    /// Not consumed yet, for a reason that needs no action; look again later.
+    /// Not consumed yet, for a reason that needs no action; look again at `next_check_ms`.
     Checked {
         id: i64,
         message_id: String,
         now_ms: i64,
+        next_check_ms: i64,
         note: Option<String>,
     },
     /// Lost: back to pending, to be sent again with the same dedup key.
@@ -183,6 +187,8 @@ pub struct TrackEffect<'a> {
     pub note: Option<&'a str>,
     /// Back to pending for another send.
     pub resend: bool,
+    /// The new `next_check_ms` (unchanged when `None`).
+    pub next_check_ms: Option<i64>,
 }
 
 impl TrackOutcome {
@@ -232,6 +238,7 @@ impl TrackOutcome {
             finishes,
             note,
             resend,
+            next_check_ms: None,
         };
         match self {
             TrackOutcome::Confirmed { .. } => effect("sent", true, None, false),
@@ -239,7 +246,14 @@ impl TrackOutcome {
             TrackOutcome::DeadLettered { error, .. } => {
                 effect("dead_lettered", true, Some(error.as_str()), false)
             }
-            TrackOutcome::Checked { note, .. } => effect("sent", false, note.as_deref(), false),
+            TrackOutcome::Checked {
+                note,
+                next_check_ms,
+                ..
+            } => TrackEffect {
+                next_check_ms: Some(*next_check_ms),
+                ..effect("sent", false, note.as_deref(), false)
+            },
             TrackOutcome::Resend { reason, .. } => {
                 effect("pending", false, Some(reason.as_str()), true)
             }
@@ -356,14 +370,15 @@ pub trait OutboxDatabase: sqlx::Database + sealed::Sealed {
         sent: &[(i64, &SentAs)],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
-    /// Takes up to `limit` sent rows neither consumed nor confirmed that were last checked
-    /// before `checked_before_ms` (least recently checked first), marking them checked at
-    /// `now_ms`, so that the trackers of other relays pass over them this round.
+    /// Takes up to `limit` sent rows neither consumed nor confirmed whose next check is due by
+    /// `now_ms` (the longest due first), marking them checked at `now_ms` and due again at
+    /// `hold_until_ms`, so that the trackers of other relays pass over them this round (and
+    /// take them up again should this one stop before it records its decisions).
     #[doc(hidden)]
     fn take_sent_rows(
         pool: &Pool<Self>,
         now_ms: i64,
-        checked_before_ms: i64,
+        hold_until_ms: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<SentRow>, sqlx::Error>> + Send;
 
@@ -425,7 +440,7 @@ macro_rules! row_columns {
     () => {
         "id, dedup_key, topic, tag, keys, properties, body, sharding_key, deliver_at_ms, status,
          attempts, resends, next_attempt_ms, message_id, broker_group, queue_id, queue_offset,
-         sent_by, created_ms, sent_ms, checked_ms, finished_ms, last_error"
+         sent_by, created_ms, sent_ms, checked_ms, next_check_ms, finished_ms, last_error"
     };
 }
 
@@ -583,8 +598,10 @@ macro_rules! shared_statements {
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO ferromq_outbox (dedup_key, topic, tag, keys, properties, body,
                      sharding_key, deliver_at_ms, status, created_ms, next_attempt_ms,
-                     message_id, broker_group, queue_id, queue_offset, sent_by, sent_ms, checked_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
+                     message_id, broker_group, queue_id, queue_offset, sent_by, sent_ms, checked_ms,
+                     next_check_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17,
+                         $18)
                  ON CONFLICT (dedup_key) DO NOTHING
                  RETURNING id",
             )
@@ -605,6 +622,7 @@ macro_rules! shared_statements {
             .bind(sent.map(|s| s.queue_offset))
             .bind(sent.map(|s| s.sent_by.clone()))
             .bind(sent.map(|s| s.sent_ms))
+            .bind(sent.map_or(0, |s| s.first_check_ms))
             .fetch_optional(&mut *connection)
             .await
         }
@@ -681,22 +699,22 @@ macro_rules! shared_statements {
         async fn take_sent_rows(
             pool: &sqlx::Pool<$db>,
             now_ms: i64,
-            checked_before_ms: i64,
+            hold_until_ms: i64,
             limit: i64,
         ) -> Result<Vec<$crate::outbox::database::SentRow>, sqlx::Error> {
             use sqlx::Row;
             let rows = sqlx::query(concat!(
-                "UPDATE ferromq_outbox SET checked_ms = $1 WHERE id IN (
+                "UPDATE ferromq_outbox SET checked_ms = $1, next_check_ms = $2 WHERE id IN (
                      SELECT id FROM ferromq_outbox
-                     WHERE status = 'sent' AND finished_ms IS NULL AND checked_ms < $2
-                     ORDER BY checked_ms, id
+                     WHERE status = 'sent' AND finished_ms IS NULL AND next_check_ms <= $1
+                     ORDER BY next_check_ms, id
                      LIMIT $3 ",
                 $row_lock,
                 ") RETURNING id, message_id, broker_group, queue_id, queue_offset, sent_by, topic,
                              deliver_at_ms, sent_ms, resends"
             ))
             .bind(now_ms)
-            .bind(checked_before_ms)
+            .bind(hold_until_ms)
             .bind(limit)
             .fetch_all(pool)
             .await?;
@@ -840,6 +858,7 @@ macro_rules! raw_row_decoder {
                 created_ms: row.try_get("created_ms")?,
                 sent_ms: row.try_get("sent_ms")?,
                 checked_ms: row.try_get("checked_ms")?,
+                next_check_ms: row.try_get("next_check_ms")?,
                 finished_ms: row.try_get("finished_ms")?,
                 last_error: row.try_get("last_error")?,
             })

@@ -79,7 +79,7 @@ pub const OUTBOX_KEY_PROPERTY: &str = "__OUTBOX_KEY";
 pub(crate) const TRANSACTION_SENDER: &str = "transaction";
 
 /// The schema version this SDK writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Milliseconds since the epoch, as stored in the table.
 pub(crate) fn now_ms() -> i64 {
@@ -252,7 +252,10 @@ pub struct OutboxRow {
     pub sent_by: Option<String>,
     pub created_ms: i64,
     pub sent_ms: Option<i64>,
+    /// The last consumption check (first: when it was sent).
     pub checked_ms: Option<i64>,
+    /// A sent row: when consumption tracking looks at it next.
+    pub next_check_ms: i64,
     pub finished_ms: Option<i64>,
     pub last_error: Option<String>,
 }
@@ -421,6 +424,7 @@ impl<DB: OutboxDatabase> Outbox<DB> {
                 queue_offset: i64::try_from(receipt.queue_offset).unwrap_or(i64::MAX),
                 sent_by: TRANSACTION_SENDER.into(),
                 sent_ms: now,
+                first_check_ms: self.config.first_check_at(now),
                 // Confirmed once a broker stores the committed message.
                 finished: false,
             }),
@@ -637,6 +641,7 @@ fn decode_row(raw: RawRow) -> Result<OutboxRow, OutboxError> {
         created_ms: raw.created_ms,
         sent_ms: raw.sent_ms,
         checked_ms: raw.checked_ms,
+        next_check_ms: raw.next_check_ms,
         finished_ms: raw.finished_ms,
         last_error: raw.last_error,
     })

@@ -27,6 +27,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/outbox/postgres/0002_holding_rows.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/outbox/postgres/0003_check_schedule.sql"),
+    ),
 ];
 
 raw_row_decoder!(Postgres);
@@ -156,13 +160,13 @@ impl OutboxDatabase for Postgres {
             "UPDATE ferromq_outbox AS o SET status = 'sent', attempts = o.attempts + 1,
                  message_id = u.message_id, broker_group = u.broker_group, queue_id = u.queue_id,
                  queue_offset = u.queue_offset, sent_by = u.sent_by, sent_ms = u.sent_ms,
-                 checked_ms = u.sent_ms, last_error = NULL,
+                 checked_ms = u.sent_ms, next_check_ms = u.first_check_ms, last_error = NULL,
                  finished_ms = CASE WHEN u.finished THEN u.sent_ms ELSE NULL END,
                  lease_owner = NULL, lease_until_ms = NULL
              FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[],
-                         $7::TEXT[], $8::BIGINT[], $9::BOOLEAN[])
+                         $7::TEXT[], $8::BIGINT[], $9::BOOLEAN[], $10::BIGINT[])
                   AS u(id, message_id, broker_group, queue_id, queue_offset, sent_by, sent_ms,
-                       finished)
+                       finished, first_check_ms)
              WHERE o.id = u.id AND o.lease_owner = $1 AND (o.status = 'pending') IS TRUE",
         )
         .bind(owner)
@@ -174,6 +178,7 @@ impl OutboxDatabase for Postgres {
         .bind(&senders)
         .bind(column(|s| s.sent_ms))
         .bind(&finished)
+        .bind(column(|s| s.first_check_ms))
         .execute(connection)
         .await?;
         Ok(result.rows_affected())
@@ -191,7 +196,8 @@ impl OutboxDatabase for Postgres {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut statuses, mut finishes, mut notes, mut resends) = (
+        let (mut statuses, mut finishes, mut notes, mut resends, mut next_checks) = (
+            Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -207,6 +213,7 @@ impl OutboxDatabase for Postgres {
             finishes.push(effect.finishes);
             notes.push(effect.note);
             resends.push(effect.resend);
+            next_checks.push(effect.next_check_ms);
         }
         // A re-send starts the row over as pending: fresh attempts, due at once.
         let applied: Vec<i64> = sqlx::query_scalar(
@@ -215,10 +222,11 @@ impl OutboxDatabase for Postgres {
                  last_error = u.note,
                  resends = CASE WHEN u.resend THEN o.resends + 1 ELSE o.resends END,
                  attempts = CASE WHEN u.resend THEN 0 ELSE o.attempts END,
-                 next_attempt_ms = CASE WHEN u.resend THEN 0 ELSE o.next_attempt_ms END
+                 next_attempt_ms = CASE WHEN u.resend THEN 0 ELSE o.next_attempt_ms END,
+                 next_check_ms = COALESCE(u.next_check_ms, o.next_check_ms)
              FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOLEAN[],
-                         $6::TEXT[], $7::BOOLEAN[])
-                  AS u(id, message_id, now_ms, status, finishes, note, resend)
+                         $6::TEXT[], $7::BOOLEAN[], $8::BIGINT[])
+                  AS u(id, message_id, now_ms, status, finishes, note, resend, next_check_ms)
              WHERE o.id = u.id AND o.message_id = u.message_id AND (o.status = 'sent') IS TRUE
              RETURNING o.id",
         )
@@ -229,6 +237,7 @@ impl OutboxDatabase for Postgres {
         .bind(&finishes)
         .bind(&notes)
         .bind(&resends)
+        .bind(&next_checks)
         .fetch_all(pool)
         .await?;
         let applied: HashSet<i64> = applied.into_iter().collect();

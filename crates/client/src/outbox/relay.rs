@@ -497,6 +497,7 @@ impl Sender<'_> {
                         queue_offset: i64::try_from(receipt.queue_offset).unwrap_or(i64::MAX),
                         sent_by: self.owner.to_string(),
                         sent_ms: now,
+                        first_check_ms: self.config.first_check_at(now),
                         finished: self.config.tracked_groups(&row.topic).is_empty(),
                     },
                 })

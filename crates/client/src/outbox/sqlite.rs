@@ -22,6 +22,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/outbox/sqlite/0002_holding_rows.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/outbox/sqlite/0003_check_schedule.sql"),
+    ),
 ];
 
 raw_row_decoder!(Sqlite);
@@ -137,7 +141,8 @@ impl OutboxDatabase for Sqlite {
             updated += sqlx::query(
                 "UPDATE ferromq_outbox SET status = 'sent', attempts = attempts + 1,
                      message_id = $3, broker_group = $4, queue_id = $5, queue_offset = $6,
-                     sent_by = $7, sent_ms = $8, checked_ms = $8, last_error = NULL,
+                     sent_by = $7, sent_ms = $8, checked_ms = $8, next_check_ms = $10,
+                     last_error = NULL,
                      finished_ms = CASE WHEN $9 THEN $8 ELSE NULL END,
                      lease_owner = NULL, lease_until_ms = NULL
                  WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
@@ -151,6 +156,7 @@ impl OutboxDatabase for Sqlite {
             .bind(&sent.sent_by)
             .bind(sent.sent_ms)
             .bind(sent.finished)
+            .bind(sent.first_check_ms)
             .execute(&mut *connection)
             .await?
             .rows_affected();
@@ -175,7 +181,8 @@ impl OutboxDatabase for Sqlite {
                      last_error = $6,
                      resends = CASE WHEN $7 THEN resends + 1 ELSE resends END,
                      attempts = CASE WHEN $7 THEN 0 ELSE attempts END,
-                     next_attempt_ms = CASE WHEN $7 THEN 0 ELSE next_attempt_ms END
+                     next_attempt_ms = CASE WHEN $7 THEN 0 ELSE next_attempt_ms END,
+                     next_check_ms = COALESCE($8, next_check_ms)
                  WHERE id = $1 AND message_id = $2 AND status = 'sent'",
             )
             .bind(id)
@@ -185,6 +192,7 @@ impl OutboxDatabase for Sqlite {
             .bind(effect.finishes)
             .bind(effect.note)
             .bind(effect.resend)
+            .bind(effect.next_check_ms)
             .execute(&mut *transaction)
             .await?;
             applied.push(updated.rows_affected() > 0);

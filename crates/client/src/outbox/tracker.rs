@@ -72,11 +72,10 @@ async fn track_round<DB: OutboxDatabase>(
 ) -> Result<(RelayCounters, usize), OutboxError> {
     let config = &outbox.config;
     let now = now_ms();
-    let interval = i64::try_from(config.track_interval_ms).unwrap_or(i64::MAX);
     let rows = DB::take_sent_rows(
         &outbox.pool,
         now,
-        now.saturating_sub(interval),
+        config.first_check_at(now),
         i64::from(config.track_batch),
     )
     .await?;
@@ -106,7 +105,7 @@ async fn track_round<DB: OutboxDatabase>(
     for (row, trace) in rows.iter().zip(traces) {
         outcomes.push(match trace {
             Some(trace) => checker.decide(row, trace, now_ms()).await,
-            None => checked(row, now, None),
+            None => checked(config, row, now, None),
         });
     }
     let applied = DB::record_tracking(&outbox.pool, &outcomes).await?;
@@ -134,13 +133,19 @@ async fn track_round<DB: OutboxDatabase>(
 }
 
 /// Not consumed yet, for a reason that needs no action: the row waits for the next look.
-fn checked(row: &SentRow, now: i64, note: Option<String>) -> TrackOutcome {
+fn checked(config: &OutboxConfig, row: &SentRow, now: i64, note: Option<String>) -> TrackOutcome {
     TrackOutcome::Checked {
         id: row.id,
         message_id: row.message_id.clone(),
         now_ms: now,
+        next_check_ms: config.next_check_at(visible_at(row), now),
         note,
     }
+}
+
+/// When the row's message became (or becomes) visible to consumers.
+fn visible_at(row: &SentRow) -> i64 {
+    row.deliver_at_ms.unwrap_or(0).max(row.sent_ms)
 }
 
 /// Why a row has no trace this round.
@@ -198,7 +203,7 @@ impl Checker<'_> {
                     error,
                 }
             }
-            Err(Untraced::Failed(note)) => return checked(row, now, Some(note)),
+            Err(Untraced::Failed(note)) => return checked(self.config, row, now, Some(note)),
         };
         let groups = self.config.tracked_groups(&row.topic);
         if let Some(done) = settled(groups, &trace, id, &message_id, now) {
@@ -207,6 +212,7 @@ impl Checker<'_> {
         if let Some(open) = &trace.transaction {
             // The broker still asks the producers; a re-send now would duplicate its commit.
             return checked(
+                self.config,
                 row,
                 now,
                 Some(format!(
@@ -216,21 +222,22 @@ impl Checker<'_> {
             );
         }
         if let Some(note) = broadcast_note(groups, &trace) {
-            return checked(row, now, Some(note));
+            return checked(self.config, row, now, Some(note));
         }
         if now < self.overdue_at(row) {
-            return checked(row, now, None);
+            return checked(self.config, row, now, None);
         }
         let lost = match self.lost(row, groups, &trace).await {
             Ok(Some(reason)) => reason,
             Ok(None) => {
                 return checked(
+                    self.config,
                     row,
                     now,
                     Some("not consumed yet: the tracked groups have not reached it".into()),
                 )
             }
-            Err(note) => return checked(row, now, Some(note)),
+            Err(note) => return checked(self.config, row, now, Some(note)),
         };
         // A group's commit (or the broker's store) may have landed after the trace was read:
         // look once more.
@@ -257,8 +264,8 @@ impl Checker<'_> {
 
     /// When a row not consumed yet is looked at as maybe lost.
     fn overdue_at(&self, row: &SentRow) -> i64 {
-        let visible_ms = row.deliver_at_ms.unwrap_or(0).max(row.sent_ms);
-        visible_ms.saturating_add(i64::try_from(self.config.resend_after_ms).unwrap_or(i64::MAX))
+        visible_at(row)
+            .saturating_add(i64::try_from(self.config.resend_after_ms).unwrap_or(i64::MAX))
     }
 
     /// Whether no tracked group has reached the row's message yet, by the groups' committed
