@@ -4,7 +4,8 @@
 //! acknowledgement, and the enqueuing transactions' own rate and latency under `enqueue`. With
 //! `--track GROUP`, a consumer of that group runs in the bench and the relays track its
 //! consumption: `consumed` reports the rows marked consumed, with each row's latency from its
-//! commit to that mark.
+//! commit to that mark. With `--lag DURATION` the consumer starts only that long after every
+//! row was sent, and `lagging` reports how often tracking looked at the waiting rows meanwhile.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -61,6 +62,10 @@ pub struct OutboxArgs {
     /// How often the relays' trackers look at sent rows (`track_interval_ms`).
     #[arg(long, default_value = "500ms", value_parser = duration::parse)]
     track_interval: Duration,
+    /// With `--track`: start the group's consumer only this long after every row was sent,
+    /// and report the trackers' looks at the rows waiting behind it meanwhile.
+    #[arg(long, value_parser = duration::parse, requires = "track")]
+    lag: Option<Duration>,
     /// Give up when the rows are not all sent by then.
     #[arg(long, default_value = "10m", value_parser = duration::parse)]
     timeout: Duration,
@@ -81,6 +86,19 @@ struct OutboxReport {
     /// the last mark; latency from each row's commit to its mark.
     #[serde(skip_serializing_if = "Option::is_none")]
     consumed: Option<Report>,
+    /// With `--lag`: the trackers' looks at rows waiting for a consumer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lagging: Option<LagReport>,
+}
+
+/// Consumption tracking while every row waits behind a group that has not consumed any.
+#[derive(Debug, Serialize)]
+struct LagReport {
+    seconds: f64,
+    rows: u64,
+    /// Looks of all relays' trackers at sent rows (each writes its row twice).
+    checks: u64,
+    checks_per_row_per_minute: f64,
 }
 
 pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
@@ -140,6 +158,7 @@ pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
         consumed: report
             .consumed
             .map(|consumed| with_latencies(&consumed, consumed_ms)),
+        lagging: report.lagging,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -150,6 +169,12 @@ pub async fn run(client: &Client, args: OutboxArgs) -> anyhow::Result<()> {
             .print(false, "outbox delivered (commit to acknowledgement)");
         if let Some(consumed) = &report.consumed {
             consumed.print(false, "outbox consumed (commit to marked consumed)");
+        }
+        if let Some(lag) = &report.lagging {
+            println!(
+                "outbox tracking while no consumer ran: {} rows for {:.1} s, {} checks, {:.2} checks per row per minute",
+                lag.rows, lag.seconds, lag.checks, lag.checks_per_row_per_minute
+            );
         }
     }
     Ok(())
@@ -181,12 +206,14 @@ async fn bench<DB: OutboxDatabase>(
     if before != Default::default() {
         bail!("the outbox table of {} is not empty ({before:?}): give the bench a database of its own", args.database);
     }
-    // The tracked group's consumer, acknowledging everything, from before the first send.
+    // The tracked group's consumer, acknowledging everything from the first message on:
+    // from before the first send, or with `--lag` once every row has waited that long.
     let stop_consumer = tokio_util::sync::CancellationToken::new();
-    let consumer = match &args.track {
-        Some(group) => {
+    let start_consumer = |group: String| {
+        let stop = stop_consumer.clone();
+        async move {
             let consumer = client
-                .consumer(group)
+                .consumer(&group)
                 .subscribe(&args.topic, "*")
                 .config(ConsumerConfig {
                     commit_interval_ms: 200,
@@ -194,12 +221,14 @@ async fn bench<DB: OutboxDatabase>(
                 })
                 .build()
                 .await?;
-            let stop = stop_consumer.clone();
-            Some(tokio::spawn(
+            anyhow::Ok(tokio::spawn(
                 consumer.run(|_| async { ConsumeStatus::Success }, stop),
             ))
         }
-        None => None,
+    };
+    let mut consumer = match (&args.track, args.lag) {
+        (Some(group), None) => Some(start_consumer(group.clone()).await?),
+        _ => None,
     };
     let start_relays = || -> Vec<_> {
         (0..args.relays)
@@ -254,11 +283,31 @@ async fn bench<DB: OutboxDatabase>(
     };
     let deadline = started + args.timeout;
     let mut delivered = None;
+    let mut lagging = None;
+    let checks = |relays: &[ferromq_client::outbox::Relay]| -> u64 {
+        relays.iter().map(|relay| relay.counters().checks).sum()
+    };
     let stats = loop {
         let stats = outbox.stats().await?;
         let acknowledged = stats.sent + stats.consumed + stats.dead_lettered;
         if delivered.is_none() && acknowledged + stats.failed >= args.messages {
             delivered = Some((acknowledged, stats.failed, started.elapsed()));
+        }
+        if let (Some(group), Some(lag), Some(_), None) =
+            (&args.track, args.lag, delivered, &consumer)
+        {
+            let (before, lag_started) = (checks(&relays), Instant::now());
+            tokio::time::sleep(lag).await;
+            let seconds = lag_started.elapsed().as_secs_f64();
+            let checks = checks(&relays) - before;
+            lagging = Some(LagReport {
+                seconds,
+                rows: stats.sent,
+                checks,
+                checks_per_row_per_minute: checks as f64 * 60.0
+                    / (stats.sent.max(1) as f64 * seconds),
+            });
+            consumer = Some(start_consumer(group.clone()).await?);
         }
         let finished = stats.consumed + stats.dead_lettered + stats.failed;
         if delivered.is_some() && (args.track.is_none() || finished >= args.messages) {
@@ -299,5 +348,6 @@ async fn bench<DB: OutboxDatabase>(
                 &histogram(),
             )
         }),
+        lagging,
     })
 }

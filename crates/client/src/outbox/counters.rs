@@ -16,6 +16,7 @@ pub(crate) const SEND_FAILURES: &str = "mq_outbox_send_failures_total";
 pub(crate) const FAILED: &str = "mq_outbox_failed_total";
 pub(crate) const CONSUMED: &str = "mq_outbox_consumed_total";
 pub(crate) const DEAD_LETTERED: &str = "mq_outbox_dead_lettered_total";
+pub(crate) const CHECKS: &str = "mq_outbox_checks_total";
 
 /// What one relay did since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct RelayCounters {
     pub consumed: u64,
     /// Rows a tracked group dead-lettered.
     pub dead_lettered: u64,
+    /// Looks of consumption tracking at sent rows (each writes its row twice).
+    pub checks: u64,
 }
 
 #[derive(Default)]
@@ -42,6 +45,7 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     consumed: AtomicU64,
     dead_lettered: AtomicU64,
+    checks: AtomicU64,
 }
 
 impl Counters {
@@ -60,6 +64,7 @@ impl Counters {
             (&self.failed, FAILED, delta.failed),
             (&self.consumed, CONSUMED, delta.consumed),
             (&self.dead_lettered, DEAD_LETTERED, delta.dead_lettered),
+            (&self.checks, CHECKS, delta.checks),
         ];
         for (atomic, name, n) in pairs {
             if n > 0 {
@@ -77,6 +82,7 @@ impl Counters {
             failed: self.failed.load(Ordering::Relaxed),
             consumed: self.consumed.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            checks: self.checks.load(Ordering::Relaxed),
         }
     }
 }
@@ -126,6 +132,11 @@ fn describe() {
         Unit::Count,
         "outbox rows a tracked group dead-lettered"
     );
+    describe_counter!(
+        CHECKS,
+        Unit::Count,
+        "looks of outbox consumption tracking at sent rows"
+    );
 }
 
 #[cfg(test)]
@@ -156,6 +167,7 @@ mod tests {
             FAILED,
             CONSUMED,
             DEAD_LETTERED,
+            CHECKS,
         ]);
         assert_eq!(documented, recorded);
     }

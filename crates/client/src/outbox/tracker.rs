@@ -109,7 +109,10 @@ async fn track_round<DB: OutboxDatabase>(
         });
     }
     let applied = DB::record_tracking(&outbox.pool, &outcomes).await?;
-    let mut delta = RelayCounters::default();
+    let mut delta = RelayCounters {
+        checks: rows.len() as u64,
+        ..RelayCounters::default()
+    };
     // Count only decisions that took effect: another relay's tracker may have decided first.
     for (outcome, _) in outcomes.iter().zip(applied).filter(|(_, applied)| *applied) {
         match outcome {
