@@ -127,7 +127,7 @@ bench outbox_sqlite_drain outbox --database "sqlite://$data_root/outbox-drain.sq
 # A keyed backlog (after an outage, say): each key's rows go one claim after another.
 bench outbox_sqlite_keyed_drain outbox --database "sqlite://$data_root/outbox-keyed-drain.sqlite" --messages "$n_outbox" --producers 4 --relays 2 --keys 100 --drain
 pg_url=$(scripts/postgres.sh start)
-for db in outbox_bench outbox_bench_keyed outbox_bench_drain outbox_bench_keyed_drain outbox_bench_tracked outbox_bench_tracked_drain; do
+for db in outbox_bench outbox_bench_keyed outbox_bench_drain outbox_bench_keyed_drain outbox_bench_tracked outbox_bench_tracked_drain outbox_bench_lagging; do
     psql "$pg_url" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
 done
 bench outbox_postgres outbox --database "${pg_url%/postgres}/outbox_bench" --messages "$n_outbox" --producers 4 --relays 2
@@ -139,6 +139,9 @@ bench outbox_postgres_keyed_drain outbox --database "${pg_url%/postgres}/outbox_
 # backlog.
 bench outbox_postgres_tracked outbox --database "${pg_url%/postgres}/outbox_bench_tracked" --messages "$n_outbox" --producers 4 --relays 2 --track stock
 bench outbox_postgres_tracked_drain outbox --database "${pg_url%/postgres}/outbox_bench_tracked_drain" --messages "$n_outbox" --producers 4 --relays 2 --track stock-drain --drain
+# A lagging group: its consumer starts only once the sent rows have waited a while; the
+# trackers' looks at the waiting rows meanwhile.
+bench outbox_postgres_lagging outbox --database "${pg_url%/postgres}/outbox_bench_lagging" --messages $((10000 / scale)) --producers 4 --relays 2 --track stock-lagging --lag $((120 / scale))s
 stop_node
 
 echo "==> three-member group, sync flush (all on this one machine)"
