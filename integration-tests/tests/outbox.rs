@@ -72,6 +72,55 @@ on_both_databases!(
     enqueues_of_one_sharding_key_take_turns,
 );
 
+/// SQLite keeps a value of the wrong type that a writer outside the SDK put in a column (a
+/// BLOB in the TEXT column `keys` here): that row fails alone, its error naming the column, and
+/// the rows around it go out. (PostgreSQL refuses such a write in the first place.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_row_with_a_column_of_the_wrong_type_fails_alone() {
+    use ferromq_client::outbox::OutboxDatabase;
+    use sqlx::Sqlite;
+    let cluster = Cluster::start(&[]).await;
+    let (outbox, pool, _) = open::<Sqlite>(&cluster, fast()).await;
+    let mut connection = pool.acquire().await.unwrap();
+    outbox
+        .enqueue(&mut *connection, order_created(1).dedup_key(dedup_key(1)))
+        .await
+        .unwrap();
+    Sqlite::execute(
+        &pool,
+        "INSERT INTO ferromq_outbox (dedup_key, topic, keys, properties, body, created_ms,
+             next_attempt_ms)
+         VALUES ('written-by-hand', 'orders', X'5B5D', '{}', X'00', 0, 0)",
+    )
+    .await;
+    outbox
+        .enqueue(&mut *connection, order_created(3).dedup_key(dedup_key(3)))
+        .await
+        .unwrap();
+    drop(connection);
+
+    let relay = outbox.start_relay(&cluster.client);
+    for id in [1, 3] {
+        wait_row(&outbox, id, "sent", |row| row.status == OutboxStatus::Sent).await;
+    }
+    wait_stats(&outbox, "the hand-written row failed", |s| s.failed == 1).await;
+    let raw = Sqlite::row_by_id(&pool, 2).await.unwrap().unwrap();
+    assert_eq!(raw.status, "failed");
+    let error = raw.last_error.unwrap_or_default();
+    assert!(error.contains("\"keys\""), "{error}");
+    // Reading it through the API says the same instead of inventing a row.
+    let refused = outbox.row(OutboxId(2)).await.unwrap_err();
+    assert!(
+        matches!(&refused, OutboxError::CorruptRow { id: 2, reason } if reason.contains("\"keys\"")),
+        "{refused:?}"
+    );
+    ferromq_integration_tests::wait_until("the failure counted", WAIT, || {
+        relay.counters().failed == 1
+    })
+    .await;
+    relay.shutdown().await;
+}
+
 /// The README's quick start: `ferromq standalone`, then the outbox example against it.
 #[test]
 fn the_outbox_example_runs_against_a_standalone_node() {

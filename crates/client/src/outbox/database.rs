@@ -36,6 +36,9 @@ pub struct RawRow {
     pub next_check_ms: i64,
     pub finished_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// Why a column could not be decoded (the first such), if one could not: the fields
+    /// that could not are left at their defaults.
+    pub unreadable: Option<String>,
 }
 
 /// A row to insert: pending (enqueued for the relay) or already sent (the half message of a
@@ -832,35 +835,55 @@ macro_rules! shared_statements {
 /// Decodes a row selected with [`row_columns!`] for the driver `$db`.
 macro_rules! raw_row_decoder {
     ($db:ty) => {
+        /// Decodes a row; a column of the wrong type (SQLite keeps whatever a writer outside
+        /// the SDK put in) makes the row `unreadable` rather than failing the whole statement,
+        /// so one bad row fails alone instead of stopping every claim it is part of.
         fn raw_row(
             row: &<$db as sqlx::Database>::Row,
         ) -> Result<$crate::outbox::database::RawRow, sqlx::Error> {
             use sqlx::Row;
+            /// The column's value, or its type's default with the first error kept.
+            fn column<'r, T>(
+                row: &'r <$db as sqlx::Database>::Row,
+                name: &'static str,
+                unreadable: &mut Option<String>,
+            ) -> T
+            where
+                T: sqlx::Decode<'r, $db> + sqlx::Type<$db> + Default,
+            {
+                row.try_get(name).unwrap_or_else(|err| {
+                    unreadable.get_or_insert(err.to_string());
+                    T::default()
+                })
+            }
+            let mut unreadable = None;
             Ok($crate::outbox::database::RawRow {
+                // Without its id a row cannot even be marked: that fails the statement.
                 id: row.try_get("id")?,
-                dedup_key: row.try_get("dedup_key")?,
-                topic: row.try_get("topic")?,
-                tag: row.try_get("tag")?,
-                keys: row.try_get("keys")?,
-                properties: row.try_get("properties")?,
-                body: row.try_get("body")?,
-                sharding_key: row.try_get("sharding_key")?,
-                deliver_at_ms: row.try_get("deliver_at_ms")?,
-                status: row.try_get("status")?,
-                attempts: row.try_get("attempts")?,
-                resends: row.try_get("resends")?,
-                next_attempt_ms: row.try_get("next_attempt_ms")?,
-                message_id: row.try_get("message_id")?,
-                broker_group: row.try_get("broker_group")?,
-                queue_id: row.try_get("queue_id")?,
-                queue_offset: row.try_get("queue_offset")?,
-                sent_by: row.try_get("sent_by")?,
-                created_ms: row.try_get("created_ms")?,
-                sent_ms: row.try_get("sent_ms")?,
-                checked_ms: row.try_get("checked_ms")?,
-                next_check_ms: row.try_get("next_check_ms")?,
-                finished_ms: row.try_get("finished_ms")?,
-                last_error: row.try_get("last_error")?,
+                dedup_key: column(row, "dedup_key", &mut unreadable),
+                topic: column(row, "topic", &mut unreadable),
+                tag: column(row, "tag", &mut unreadable),
+                keys: column(row, "keys", &mut unreadable),
+                properties: column(row, "properties", &mut unreadable),
+                body: column(row, "body", &mut unreadable),
+                sharding_key: column(row, "sharding_key", &mut unreadable),
+                deliver_at_ms: column(row, "deliver_at_ms", &mut unreadable),
+                status: column(row, "status", &mut unreadable),
+                attempts: column(row, "attempts", &mut unreadable),
+                resends: column(row, "resends", &mut unreadable),
+                next_attempt_ms: column(row, "next_attempt_ms", &mut unreadable),
+                message_id: column(row, "message_id", &mut unreadable),
+                broker_group: column(row, "broker_group", &mut unreadable),
+                queue_id: column(row, "queue_id", &mut unreadable),
+                queue_offset: column(row, "queue_offset", &mut unreadable),
+                sent_by: column(row, "sent_by", &mut unreadable),
+                created_ms: column(row, "created_ms", &mut unreadable),
+                sent_ms: column(row, "sent_ms", &mut unreadable),
+                checked_ms: column(row, "checked_ms", &mut unreadable),
+                next_check_ms: column(row, "next_check_ms", &mut unreadable),
+                finished_ms: column(row, "finished_ms", &mut unreadable),
+                last_error: column(row, "last_error", &mut unreadable),
+                unreadable,
             })
         }
     };

@@ -568,6 +568,9 @@ impl NewRow {
 /// The message a row sends: the application's message with the dedup key as its first key and
 /// in [`OUTBOX_KEY_PROPERTY`].
 pub(crate) fn message_of(row: &RawRow) -> Result<Message, String> {
+    if let Some(reason) = &row.unreadable {
+        return Err(reason.clone());
+    }
     let keys: Vec<String> =
         serde_json::from_str(&row.keys).map_err(|err| format!("keys column: {err}"))?;
     let mut properties: BTreeMap<String, String> =
@@ -597,6 +600,9 @@ pub(crate) fn message_of(row: &RawRow) -> Result<Message, String> {
 /// A stored row as the application sees it; a value no SDK wrote is reported, not guessed.
 fn decode_row(raw: RawRow) -> Result<OutboxRow, OutboxError> {
     let corrupt = |reason: String| OutboxError::CorruptRow { id: raw.id, reason };
+    if let Some(reason) = raw.unreadable.clone() {
+        return Err(corrupt(reason));
+    }
     let keys: Vec<String> =
         serde_json::from_str(&raw.keys).map_err(|err| corrupt(format!("keys: {err}")))?;
     let properties: BTreeMap<String, String> = serde_json::from_str(&raw.properties)
