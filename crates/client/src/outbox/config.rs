@@ -181,11 +181,17 @@ impl OutboxConfig {
             return visible_ms.saturating_add(interval);
         }
         let mut wait = now.saturating_sub(visible_ms) / 4;
-        let overdue_at = visible_ms.saturating_add(resend_after);
+        let overdue_at = self.overdue_at(visible_ms);
         if now < overdue_at {
             wait = wait.min(overdue_at - now);
         }
         now.saturating_add(wait.clamp(interval, resend_after.max(interval)))
+    }
+
+    /// When a row whose message became visible at `visible_ms`, not consumed yet, is looked at
+    /// as maybe lost.
+    pub(crate) fn overdue_at(&self, visible_ms: i64) -> i64 {
+        visible_ms.saturating_add(millis(self.resend_after_ms))
     }
 
     /// The wait before the next attempt after `attempts` failed ones.

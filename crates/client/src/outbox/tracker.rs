@@ -267,8 +267,7 @@ impl Checker<'_> {
 
     /// When a row not consumed yet is looked at as maybe lost.
     fn overdue_at(&self, row: &SentRow) -> i64 {
-        visible_at(row)
-            .saturating_add(i64::try_from(self.config.resend_after_ms).unwrap_or(i64::MAX))
+        self.config.overdue_at(visible_at(row))
     }
 
     /// Whether no tracked group has reached the row's message yet, by the groups' committed
