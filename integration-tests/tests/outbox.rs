@@ -121,6 +121,46 @@ async fn sqlite_a_row_with_a_column_of_the_wrong_type_fails_alone() {
     relay.shutdown().await;
 }
 
+/// The same for a sent row that consumption tracking reads (a BLOB in its TEXT column
+/// `message_id`, which the decision is recorded against): it fails at once, its error naming
+/// the column, and the rows tracked in the same rounds are marked consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_sent_row_with_a_column_of_the_wrong_type_fails_alone() {
+    use ferromq_client::outbox::OutboxDatabase;
+    use sqlx::Sqlite;
+    let cluster = Cluster::start(&[]).await;
+    let config = OutboxConfig {
+        track_groups: tracked_on_orders(&["stock"]),
+        ..fast()
+    };
+    let (outbox, pool, _) = open::<Sqlite>(&cluster, config).await;
+    // Due for a check before any other row: every round takes it first.
+    Sqlite::execute(
+        &pool,
+        "INSERT INTO ferromq_outbox (dedup_key, topic, keys, properties, body, status,
+             created_ms, next_attempt_ms, message_id, broker_group, queue_id, queue_offset,
+             sent_ms, next_check_ms)
+         VALUES ('written-by-hand', 'orders', '[]', '{}', X'00', 'sent', 0, 0, X'00',
+                 'broker-a', 0, 0, 0, 0)",
+    )
+    .await;
+    let relay = outbox.start_relay(&cluster.client);
+    let recorder = Recorder::start(&cluster.client, "stock").await;
+    place_orders(&outbox, &pool, 1..11, 5, false).await;
+
+    wait_stats(&outbox, "every order consumed", |s| s.consumed == 10).await;
+    let raw = Sqlite::row_by_id(&pool, 1).await.unwrap().unwrap();
+    assert_eq!(raw.status, "failed");
+    let error = raw.last_error.unwrap_or_default();
+    assert!(error.contains("\"message_id\""), "{error}");
+    ferromq_integration_tests::wait_until("the failure counted", WAIT, || {
+        relay.counters().failed == 1
+    })
+    .await;
+    recorder.stop().await;
+    relay.shutdown().await;
+}
+
 /// The README's quick start: `ferromq standalone`, then the outbox example against it.
 #[test]
 fn the_outbox_example_runs_against_a_standalone_node() {

@@ -131,10 +131,13 @@ pub struct SentRow {
     pub deliver_at_ms: Option<i64>,
     pub sent_ms: i64,
     pub resends: i64,
+    /// As [`RawRow::unreadable`]: tracking cannot decide about such a row and fails it.
+    pub unreadable: Option<String>,
 }
 
 /// What consumption tracking decided about a sent row. Recorded only while the row is still
-/// `sent` with the same message id, so two relays' trackers cannot both re-send it.
+/// `sent` with the same message id (any, for `Unreadable`: failing it twice does no harm), so
+/// two relays' trackers cannot both re-send it.
 #[doc(hidden)]
 #[derive(Debug, Clone)]
 pub enum TrackOutcome {
@@ -177,6 +180,9 @@ pub enum TrackOutcome {
         now_ms: i64,
         error: String,
     },
+    /// A column tracking reads could not be decoded (perhaps the message id itself, so the
+    /// decision is recorded whatever message id the row holds).
+    Unreadable { id: i64, now_ms: i64, error: String },
 }
 
 /// How a tracking decision changes its row.
@@ -195,8 +201,9 @@ pub struct TrackEffect<'a> {
 }
 
 impl TrackOutcome {
-    /// The row decided about: (id, the message id it was decided for, when).
-    pub fn row(&self) -> (i64, &str, i64) {
+    /// The row decided about: (id, the message id it was decided for, when). No message id:
+    /// the row's could not be read, and the decision holds for any.
+    pub fn row(&self) -> (i64, Option<&str>, i64) {
         match self {
             TrackOutcome::Confirmed {
                 id,
@@ -231,7 +238,8 @@ impl TrackOutcome {
                 message_id,
                 now_ms,
                 ..
-            } => (*id, message_id, *now_ms),
+            } => (*id, Some(message_id), *now_ms),
+            TrackOutcome::Unreadable { id, now_ms, .. } => (*id, None, *now_ms),
         }
     }
 
@@ -260,7 +268,7 @@ impl TrackOutcome {
             TrackOutcome::Resend { reason, .. } => {
                 effect("pending", false, Some(reason.as_str()), true)
             }
-            TrackOutcome::GiveUp { error, .. } => {
+            TrackOutcome::GiveUp { error, .. } | TrackOutcome::Unreadable { error, .. } => {
                 effect("failed", true, Some(error.as_str()), false)
             }
         }
@@ -705,7 +713,6 @@ macro_rules! shared_statements {
             hold_until_ms: i64,
             limit: i64,
         ) -> Result<Vec<$crate::outbox::database::SentRow>, sqlx::Error> {
-            use sqlx::Row;
             let rows = sqlx::query(concat!(
                 "UPDATE ferromq_outbox SET checked_ms = $1, next_check_ms = $2 WHERE id IN (
                      SELECT id FROM ferromq_outbox
@@ -721,26 +728,7 @@ macro_rules! shared_statements {
             .bind(limit)
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok($crate::outbox::database::SentRow {
-                        id: row.try_get("id")?,
-                        message_id: row
-                            .try_get::<Option<String>, _>("message_id")?
-                            .unwrap_or_default(),
-                        broker_group: row
-                            .try_get::<Option<String>, _>("broker_group")?
-                            .unwrap_or_default(),
-                        queue_id: row.try_get("queue_id")?,
-                        queue_offset: row.try_get("queue_offset")?,
-                        sent_by: row.try_get("sent_by")?,
-                        topic: row.try_get("topic")?,
-                        deliver_at_ms: row.try_get("deliver_at_ms")?,
-                        sent_ms: row.try_get::<Option<i64>, _>("sent_ms")?.unwrap_or(0),
-                        resends: row.try_get("resends")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(sent_row).collect()
         }
 
         async fn stats(
@@ -832,57 +820,84 @@ macro_rules! shared_statements {
     };
 }
 
-/// Decodes a row selected with [`row_columns!`] for the driver `$db`.
+/// Decodes, for the driver `$db`, the rows that relays and trackers read. A column of the wrong
+/// type (SQLite keeps whatever a writer outside the SDK put in) makes a row `unreadable`
+/// rather than failing the whole statement, so one bad row fails alone instead of stopping
+/// every claim, or every tracking round, it is part of.
 macro_rules! raw_row_decoder {
     ($db:ty) => {
-        /// Decodes a row; a column of the wrong type (SQLite keeps whatever a writer outside
-        /// the SDK put in) makes the row `unreadable` rather than failing the whole statement,
-        /// so one bad row fails alone instead of stopping every claim it is part of.
+        /// The column's value, or its type's default with the first error kept.
+        fn lenient_column<'r, T>(
+            row: &'r <$db as sqlx::Database>::Row,
+            name: &'static str,
+            unreadable: &mut Option<String>,
+        ) -> T
+        where
+            T: sqlx::Decode<'r, $db> + sqlx::Type<$db> + Default,
+        {
+            use sqlx::Row;
+            row.try_get(name).unwrap_or_else(|err| {
+                unreadable.get_or_insert(err.to_string());
+                T::default()
+            })
+        }
+
+        /// Decodes a row selected with [`row_columns!`].
         fn raw_row(
             row: &<$db as sqlx::Database>::Row,
         ) -> Result<$crate::outbox::database::RawRow, sqlx::Error> {
             use sqlx::Row;
-            /// The column's value, or its type's default with the first error kept.
-            fn column<'r, T>(
-                row: &'r <$db as sqlx::Database>::Row,
-                name: &'static str,
-                unreadable: &mut Option<String>,
-            ) -> T
-            where
-                T: sqlx::Decode<'r, $db> + sqlx::Type<$db> + Default,
-            {
-                row.try_get(name).unwrap_or_else(|err| {
-                    unreadable.get_or_insert(err.to_string());
-                    T::default()
-                })
-            }
             let mut unreadable = None;
             Ok($crate::outbox::database::RawRow {
                 // Without its id a row cannot even be marked: that fails the statement.
                 id: row.try_get("id")?,
-                dedup_key: column(row, "dedup_key", &mut unreadable),
-                topic: column(row, "topic", &mut unreadable),
-                tag: column(row, "tag", &mut unreadable),
-                keys: column(row, "keys", &mut unreadable),
-                properties: column(row, "properties", &mut unreadable),
-                body: column(row, "body", &mut unreadable),
-                sharding_key: column(row, "sharding_key", &mut unreadable),
-                deliver_at_ms: column(row, "deliver_at_ms", &mut unreadable),
-                status: column(row, "status", &mut unreadable),
-                attempts: column(row, "attempts", &mut unreadable),
-                resends: column(row, "resends", &mut unreadable),
-                next_attempt_ms: column(row, "next_attempt_ms", &mut unreadable),
-                message_id: column(row, "message_id", &mut unreadable),
-                broker_group: column(row, "broker_group", &mut unreadable),
-                queue_id: column(row, "queue_id", &mut unreadable),
-                queue_offset: column(row, "queue_offset", &mut unreadable),
-                sent_by: column(row, "sent_by", &mut unreadable),
-                created_ms: column(row, "created_ms", &mut unreadable),
-                sent_ms: column(row, "sent_ms", &mut unreadable),
-                checked_ms: column(row, "checked_ms", &mut unreadable),
-                next_check_ms: column(row, "next_check_ms", &mut unreadable),
-                finished_ms: column(row, "finished_ms", &mut unreadable),
-                last_error: column(row, "last_error", &mut unreadable),
+                dedup_key: lenient_column(row, "dedup_key", &mut unreadable),
+                topic: lenient_column(row, "topic", &mut unreadable),
+                tag: lenient_column(row, "tag", &mut unreadable),
+                keys: lenient_column(row, "keys", &mut unreadable),
+                properties: lenient_column(row, "properties", &mut unreadable),
+                body: lenient_column(row, "body", &mut unreadable),
+                sharding_key: lenient_column(row, "sharding_key", &mut unreadable),
+                deliver_at_ms: lenient_column(row, "deliver_at_ms", &mut unreadable),
+                status: lenient_column(row, "status", &mut unreadable),
+                attempts: lenient_column(row, "attempts", &mut unreadable),
+                resends: lenient_column(row, "resends", &mut unreadable),
+                next_attempt_ms: lenient_column(row, "next_attempt_ms", &mut unreadable),
+                message_id: lenient_column(row, "message_id", &mut unreadable),
+                broker_group: lenient_column(row, "broker_group", &mut unreadable),
+                queue_id: lenient_column(row, "queue_id", &mut unreadable),
+                queue_offset: lenient_column(row, "queue_offset", &mut unreadable),
+                sent_by: lenient_column(row, "sent_by", &mut unreadable),
+                created_ms: lenient_column(row, "created_ms", &mut unreadable),
+                sent_ms: lenient_column(row, "sent_ms", &mut unreadable),
+                checked_ms: lenient_column(row, "checked_ms", &mut unreadable),
+                next_check_ms: lenient_column(row, "next_check_ms", &mut unreadable),
+                finished_ms: lenient_column(row, "finished_ms", &mut unreadable),
+                last_error: lenient_column(row, "last_error", &mut unreadable),
+                unreadable,
+            })
+        }
+
+        /// Decodes a row `take_sent_rows` returns.
+        fn sent_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> Result<$crate::outbox::database::SentRow, sqlx::Error> {
+            use sqlx::Row;
+            let mut unreadable = None;
+            let message_id: Option<String> = lenient_column(row, "message_id", &mut unreadable);
+            let broker_group: Option<String> = lenient_column(row, "broker_group", &mut unreadable);
+            let sent_ms: Option<i64> = lenient_column(row, "sent_ms", &mut unreadable);
+            Ok($crate::outbox::database::SentRow {
+                id: row.try_get("id")?,
+                message_id: message_id.unwrap_or_default(),
+                broker_group: broker_group.unwrap_or_default(),
+                queue_id: lenient_column(row, "queue_id", &mut unreadable),
+                queue_offset: lenient_column(row, "queue_offset", &mut unreadable),
+                sent_by: lenient_column(row, "sent_by", &mut unreadable),
+                topic: lenient_column(row, "topic", &mut unreadable),
+                deliver_at_ms: lenient_column(row, "deliver_at_ms", &mut unreadable),
+                sent_ms: sent_ms.unwrap_or(0),
+                resends: lenient_column(row, "resends", &mut unreadable),
                 unreadable,
             })
         }

@@ -227,7 +227,8 @@ impl OutboxDatabase for Postgres {
              FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BOOLEAN[],
                          $6::TEXT[], $7::BOOLEAN[], $8::BIGINT[])
                   AS u(id, message_id, now_ms, status, finishes, note, resend, next_check_ms)
-             WHERE o.id = u.id AND o.message_id = u.message_id AND (o.status = 'sent') IS TRUE
+             WHERE o.id = u.id AND (u.message_id IS NULL OR o.message_id = u.message_id)
+                   AND (o.status = 'sent') IS TRUE
              RETURNING o.id",
         )
         .bind(&ids)

@@ -183,7 +183,7 @@ impl OutboxDatabase for Sqlite {
                      attempts = CASE WHEN $7 THEN 0 ELSE attempts END,
                      next_attempt_ms = CASE WHEN $7 THEN 0 ELSE next_attempt_ms END,
                      next_check_ms = COALESCE($8, next_check_ms)
-                 WHERE id = $1 AND message_id = $2 AND status = 'sent'",
+                 WHERE id = $1 AND ($2 IS NULL OR message_id = $2) AND status = 'sent'",
             )
             .bind(id)
             .bind(message_id)

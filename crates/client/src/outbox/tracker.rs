@@ -82,6 +82,21 @@ async fn track_round<DB: OutboxDatabase>(
     if rows.is_empty() {
         return Ok((RelayCounters::default(), 0));
     }
+    let checks = rows.len();
+    // A row tracking cannot read fails at once, its error naming the column; the others go on.
+    let (unreadable, rows): (Vec<SentRow>, Vec<SentRow>) =
+        rows.into_iter().partition(|row| row.unreadable.is_some());
+    let mut outcomes: Vec<TrackOutcome> = unreadable
+        .into_iter()
+        .map(|row| TrackOutcome::Unreadable {
+            id: row.id,
+            now_ms: now,
+            error: format!(
+                "row cannot be tracked: {}",
+                row.unreadable.unwrap_or_default()
+            ),
+        })
+        .collect();
     let mut checker = Checker {
         client,
         config,
@@ -101,7 +116,6 @@ async fn track_round<DB: OutboxDatabase>(
         .buffered(PARALLEL_TRACES)
         .collect()
         .await;
-    let mut outcomes = Vec::with_capacity(rows.len());
     for (row, trace) in rows.iter().zip(traces) {
         outcomes.push(match trace {
             Some(trace) => checker.decide(row, trace, now_ms()).await,
@@ -110,7 +124,7 @@ async fn track_round<DB: OutboxDatabase>(
     }
     let applied = DB::record_tracking(&outbox.pool, &outcomes).await?;
     let mut delta = RelayCounters {
-        checks: rows.len() as u64,
+        checks: checks as u64,
         ..RelayCounters::default()
     };
     // Count only decisions that took effect: another relay's tracker may have decided first.
@@ -129,10 +143,14 @@ async fn track_round<DB: OutboxDatabase>(
                 warn!(id, %error, "outbox message lost for good");
                 delta.failed += 1;
             }
+            TrackOutcome::Unreadable { id, error, .. } => {
+                warn!(id, %error, "outbox row unreadable; failed");
+                delta.failed += 1;
+            }
             TrackOutcome::Confirmed { .. } | TrackOutcome::Checked { .. } => {}
         }
     }
-    Ok((delta, rows.len()))
+    Ok((delta, checks))
 }
 
 /// Not consumed yet, for a reason that needs no action: the row waits for the next look.
