@@ -268,6 +268,8 @@ pub struct OutboxStats {
     pub consumed: u64,
     pub failed: u64,
     pub dead_lettered: u64,
+    /// Since the oldest pending row meant to go out at once was enqueued (a re-sent or retried
+    /// row counts from its enqueue: its message is undelivered since); delayed rows left out.
     pub oldest_pending_age: Option<Duration>,
 }
 
