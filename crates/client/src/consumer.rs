@@ -137,6 +137,23 @@ impl QueueProgress {
             .first_key_value()
             .map_or(self.fetched_to, |(offset, _)| *offset)
     }
+
+    /// Records a message about to be handed out. `fetched_to` moves past it at once: the
+    /// application may consume the whole batch, emptying `pending`, before the pull that
+    /// fetched it ends, and what is consumed must not fall back to where that batch began.
+    fn hand_out(&mut self, offset: u64, bytes: usize) {
+        if self.pending.insert(offset, bytes).is_none() {
+            self.pending_bytes += bytes;
+        }
+        self.fetched_to = self.fetched_to.max(offset.saturating_add(1));
+    }
+
+    /// The application is done with the message at `offset`.
+    fn consume(&mut self, offset: u64) {
+        if let Some(bytes) = self.pending.remove(&offset) {
+            self.pending_bytes -= bytes;
+        }
+    }
 }
 
 /// Builds a [`Consumer`].
@@ -483,9 +500,7 @@ impl Source {
     fn mark_consumed(&mut self) {
         if let Some((key, offset)) = self.last_yielded.take() {
             if let Some(entry) = self.shared.progress.lock().get_mut(&key) {
-                if let Some(bytes) = entry.pending.remove(&offset) {
-                    entry.pending_bytes -= bytes;
-                }
+                entry.consume(offset);
             }
         }
     }
@@ -1377,13 +1392,7 @@ async fn pull_queue(
                     (key.broker_group.clone(), key.queue_id, pulled.queue_offset),
                 );
                 if let Some(entry) = shared.progress.lock().get_mut(&key) {
-                    if entry
-                        .pending
-                        .insert(message.queue_offset, message.body.len())
-                        .is_none()
-                    {
-                        entry.pending_bytes += message.body.len();
-                    }
+                    entry.hand_out(message.queue_offset, message.body.len());
                 }
                 tokio::select! {
                     sent = sender.send((epoch, message)) => if sent.is_err() { return Ok(false) },
@@ -1594,5 +1603,31 @@ mod tests {
                 "{member} lost queues when another member left"
             );
         }
+    }
+
+    /// A batch consumed before the pull that fetched it records where it ends counts as
+    /// consumed (committing the batch's start offset would hand it out again after a restart).
+    #[test]
+    fn a_batch_consumed_while_its_pull_is_still_handing_out_counts_as_consumed() {
+        let mut progress = QueueProgress {
+            fetched_to: 10,
+            ..QueueProgress::default()
+        };
+        // Offset 10 was filtered out; 11 and 12 are handed out and consumed at once.
+        for offset in [11, 12] {
+            progress.hand_out(offset, 5);
+            assert_eq!(progress.consumed(), offset, "handed out, not consumed yet");
+            progress.consume(offset);
+        }
+        assert_eq!(progress.consumed(), 13);
+        assert_eq!(progress.pending_bytes, 0);
+
+        // Out of order: the earliest message still pending holds the commit back.
+        progress.hand_out(13, 1);
+        progress.hand_out(14, 1);
+        progress.consume(14);
+        assert_eq!(progress.consumed(), 13);
+        progress.consume(13);
+        assert_eq!(progress.consumed(), 15);
     }
 }
