@@ -115,7 +115,7 @@ async fn send(client: &Client, prefix: &str, count: usize) -> BTreeSet<String> {
     let mut sent = BTreeSet::new();
     for i in 0..count {
         let body = format!("{prefix}-{i}");
-        // Spread over the queues by sharding on the index.
+        // The producer spreads them over the queues, one after the other.
         producer
             .send(Message::new("orders", body.clone()))
             .await
