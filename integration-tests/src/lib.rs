@@ -682,6 +682,18 @@ pub async fn wait_for_route(client: &Client, topic: &str, timeout: Duration) {
     }
 }
 
+/// Messages the queues of `topic` hold, over every broker group (by the lag of `group`, which
+/// need not exist).
+pub async fn stored_messages(client: &Client, group: &str, topic: &str) -> u64 {
+    client
+        .lag(group, topic)
+        .await
+        .expect("the brokers answer a lag query")
+        .iter()
+        .map(|lag| lag.queue.max_offset - lag.queue.min_offset)
+        .sum()
+}
+
 /// Runs the `ferromq` CLI and returns its output.
 pub fn ferromq(args: &[&str]) -> Output {
     Command::new(binary("ferromq"))

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferromq_client::{ConsumeStatus, Message};
-use ferromq_integration_tests::{client, start_nameserver, wait_for_route, within, Broker};
+use ferromq_client::{ClientError, ConsumeStatus, Message};
+use ferromq_integration_tests::{
+    client, start_nameserver, stored_messages, wait_for_route, within, Broker,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -365,4 +367,46 @@ async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
         "the restarted broker counted the retry it recognised"
     );
     consumer.shutdown().await.unwrap();
+}
+
+/// A batch whose messages do not fit one frame (small bodies, large properties) is refused
+/// before anything is sent, with an error that says to split it, and its messages come back;
+/// split, it goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_too_large_for_one_send_is_refused_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let nameserver = start_nameserver(dir.path(), &[]);
+    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
+    let client = client(&nameserver.addr).await;
+    wait_for_route(&client, "orders", Duration::from_secs(10)).await;
+    let producer = client.producer();
+
+    let header = "x".repeat(15_000);
+    let batch: Vec<Message> = (0..)
+        .map(|i| Message::new("orders", format!("event-{i}")).with_property("trace", &header))
+        .scan(0, |bytes, message| {
+            // Enough messages to pass the limit by one.
+            let fits = *bytes <= producer.max_batch_bytes();
+            *bytes += ferromq_protocol::message::send_body_len(&message);
+            fits.then_some(message)
+        })
+        .collect();
+    let refused = producer.send_batch(batch.clone()).await.unwrap_err();
+    match &refused.error {
+        ClientError::InvalidMessage(reason) => {
+            assert!(reason.contains("smaller batches"), "{reason}")
+        }
+        other => panic!("expected a refusal of the batch, got {other:?}"),
+    }
+    assert_eq!(refused.messages, batch);
+
+    let (first, second) = batch.split_at(batch.len() / 2);
+    let mut sent = producer.send_batch(first.to_vec()).await.unwrap();
+    sent.extend(producer.send_batch(second.to_vec()).await.unwrap());
+    assert_eq!(sent.len(), batch.len());
+    assert_eq!(
+        stored_messages(&client, "nobody", "orders").await,
+        batch.len() as u64,
+        "only the split batches are stored"
+    );
 }

@@ -20,8 +20,8 @@ use ferromq_client::{
 use ferromq_integration_tests::captured_metrics::capture_metrics;
 use ferromq_integration_tests::outbox::{start_relay_process, TestDatabase};
 use ferromq_integration_tests::{
-    binary, client, http_get, start_nameserver, start_standalone, wait_for_route, within, Broker,
-    Nameserver, Process,
+    binary, client, http_get, start_nameserver, start_standalone, stored_messages, wait_for_route,
+    within, Broker, Nameserver, Process,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +55,7 @@ on_both_databases!(
     a_relay_crash_after_sending_gives_a_duplicate_the_idempotent_consumer_drops,
     two_relays_never_send_the_same_row_at_the_same_time,
     messages_go_out_when_the_broker_is_back,
+    a_claim_larger_than_one_send_goes_out_in_several,
     a_message_lost_after_it_was_sent_is_sent_again,
     rows_no_group_has_reached_are_not_traced,
     a_broadcast_group_is_tracked_by_its_members_names,
@@ -237,13 +238,7 @@ impl Cluster {
 
     /// Messages stored in `topic` (over every queue).
     async fn stored(&self, topic: &str) -> u64 {
-        self.client
-            .lag("nobody", topic)
-            .await
-            .unwrap()
-            .iter()
-            .map(|lag| lag.queue.max_offset - lag.queue.min_offset)
-            .sum()
+        stored_messages(&self.client, "nobody", topic).await
     }
 }
 
@@ -782,6 +777,56 @@ async fn messages_go_out_when_the_broker_is_back<DB: TestDatabase>() {
     .await;
     assert_eq!(relay.counters().failed, 0);
     recorder.stop().await;
+    relay.shutdown().await;
+}
+
+/// Small bodies with large properties (tracing headers, say): a claim's bodies fit the
+/// broker's limit for a batch many times over, but the messages do not fit one frame. The
+/// relay splits them over several sends instead of failing the same oversized send until every
+/// row ends `failed`.
+async fn a_claim_larger_than_one_send_goes_out_in_several<DB: TestDatabase>() {
+    let cluster = Cluster::start(&[]).await;
+    let header = "x".repeat(15_000);
+    let event = |id: i64| {
+        Message::new(TOPIC, format!("order {id}"))
+            .with_key(format!("order-{id}"))
+            .with_property("trace", header.clone())
+    };
+    // The relay adds a dedup key to each, so these rows take a little more than this.
+    let one_send = cluster.client.producer().max_batch_bytes();
+    let per_message = ferromq_protocol::message::send_body_len(&event(0));
+    let rows = i64::try_from(one_send / per_message).unwrap() + 50;
+    let (outbox, pool, _) = open::<DB>(
+        &cluster,
+        OutboxConfig {
+            batch_size: u32::try_from(rows).unwrap(),
+            ..fast()
+        },
+    )
+    .await;
+    let mut transaction = pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for id in 0..rows {
+        ids.push(outbox.enqueue(&mut *transaction, event(id)).await.unwrap());
+    }
+    transaction.commit().await.unwrap();
+
+    let relay = outbox.start_relay(&cluster.client);
+    wait_stats(&outbox, "every row sent", |s| s.sent == rows as u64).await;
+    assert_eq!(relay.counters().send_failures, 0);
+    assert_eq!(cluster.stored(TOPIC).await, rows as u64);
+    // Two batch sends, not one refused send and then a send per row: a batch's rows have
+    // consecutive offsets in one queue.
+    let mut places = Vec::new();
+    for id in ids {
+        let row = outbox.row(id).await.unwrap().unwrap();
+        places.push((row.queue_id.unwrap(), row.queue_offset.unwrap()));
+    }
+    let sends = 1 + places
+        .windows(2)
+        .filter(|pair| pair[1] != (pair[0].0, pair[0].1 + 1))
+        .count();
+    assert!(sends <= 2, "{rows} rows went out in {sends} sends");
     relay.shutdown().await;
 }
 

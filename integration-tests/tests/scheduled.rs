@@ -10,7 +10,7 @@ use ferromq_client::{
     Client, ConsumeStatus, ConsumerConfig, DeliveryState, Message, ReceivedMessage,
 };
 use ferromq_integration_tests::{
-    client, http_get, http_post, start_nameserver, wait_for_route, within, Broker,
+    client, http_get, http_post, start_nameserver, stored_messages, wait_for_route, within, Broker,
 };
 use ferromq_protocol::system::dlq_topic;
 use tokio_util::sync::CancellationToken;
@@ -399,14 +399,7 @@ async fn scheduled_messages_are_delivered_exactly_once_across_a_leader_kill() {
     group[leader].restart();
     // Nothing more comes, and the queues hold each message once.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stored: u64 = client
-        .lag("watch", "due")
-        .await
-        .unwrap()
-        .iter()
-        .map(|lag| lag.queue.max_offset - lag.queue.min_offset)
-        .sum();
-    assert_eq!(stored, 300);
+    assert_eq!(stored_messages(&client, "watch", "due").await, 300);
     stop.cancel();
     within(WAIT, task).await.unwrap();
 }

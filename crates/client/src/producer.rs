@@ -11,11 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use ferromq_protocol::{
+    frame::{DEFAULT_MAX_HEADER_BYTES, FIXED_PART_BYTES},
     headers::{
         perm, CancelScheduledRequest, EndTransactionRequest, Schedule, SendRequest, SendResponse,
         TopicRoute,
     },
-    message::{encode_record, now_millis, put_length_prefixed},
+    message::{encode_record, now_millis, put_length_prefixed, send_body_len},
     Message, MessageId, RequestCode, Status,
 };
 use ferromq_transport::TransportError;
@@ -267,6 +268,8 @@ impl Producer {
     }
 
     /// Sends messages of one topic as one request to one queue; they get consecutive offsets.
+    /// Their bodies together stay within the brokers' message size limit (4 MiB by default),
+    /// and their encoding within [`Producer::max_batch_bytes`].
     pub async fn send_batch(
         &self,
         messages: Vec<Message>,
@@ -423,15 +426,40 @@ impl Producer {
         Ok(())
     }
 
+    /// The most bytes of encoded messages (each one's body, tag, keys and properties, and about
+    /// 50 bytes of framing) one send carries: what a frame of the client's `max_frame_bytes` (the
+    /// brokers' `limits.max_frame_bytes`, 16 MiB by default) leaves after its fixed part and
+    /// the largest header. A larger batch is refused before anything is sent; split it.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.client
+            .inner
+            .config
+            .max_frame_bytes
+            .saturating_sub(FIXED_PART_BYTES + DEFAULT_MAX_HEADER_BYTES)
+    }
+
     fn encode(&self, messages: &[Message]) -> Result<(Bytes, Vec<MessageId>), ClientError> {
-        let born = now_millis();
-        let mut body = BytesMut::new();
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut record = BytesMut::new();
         for message in messages {
             message
                 .validate(self.config.max_message_bytes)
                 .map_err(|err| ClientError::InvalidMessage(err.to_string()))?;
+        }
+        // Checked here, not by the transport: its refusal of a frame reads like a network
+        // failure, and a caller retrying it would fail the same way forever.
+        let size: usize = messages.iter().map(send_body_len).sum();
+        let limit = self.max_batch_bytes();
+        if size > limit {
+            return Err(ClientError::InvalidMessage(format!(
+                "{} messages encode to {size} bytes; one send carries at most {limit}: \
+                 send them in smaller batches",
+                messages.len()
+            )));
+        }
+        let born = now_millis();
+        let mut body = BytesMut::with_capacity(size);
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut record = BytesMut::new();
+        for message in messages {
             let id = self.client.inner.ids.next_id();
             record.clear();
             encode_record(id, born, message, &mut record);

@@ -441,6 +441,11 @@ pub fn stamp_store_ts(record: &mut [u8], store_ts_ms: u64) {
     }
 }
 
+/// Bytes `message` adds to a send body: its record and the record's length prefix.
+pub fn send_body_len(message: &Message) -> usize {
+    4 + record_len(message)
+}
+
 /// Appends `record` with a u32 length prefix: the framing of records in a send body.
 pub fn put_length_prefixed(dst: &mut BytesMut, record: &[u8]) {
     dst.reserve(4 + record.len());
@@ -556,6 +561,9 @@ mod tests {
             let mut buf = BytesMut::new();
             encode_record(id, born, &message, &mut buf);
             prop_assert_eq!(buf.len(), record_len(&message));
+            let mut send_body = BytesMut::new();
+            put_length_prefixed(&mut send_body, &buf);
+            prop_assert_eq!(send_body.len(), send_body_len(&message));
             let buf_copy = buf.clone().freeze();
             let record = decode_record(buf.freeze()).unwrap();
             prop_assert_eq!(record.id, id);

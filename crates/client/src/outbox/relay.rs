@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use ferromq_protocol::message::send_body_len;
 use ferromq_protocol::{Message, Status};
 use ferromq_transport::TransportError;
 use futures::StreamExt;
@@ -370,7 +371,10 @@ struct Sender<'a> {
 
 impl Sender<'_> {
     async fn lane(&self, lane: Lane) -> Vec<SendOutcome> {
-        let max_bytes = ProducerConfig::default().max_message_bytes;
+        let limits = BatchLimits {
+            body_bytes: ProducerConfig::default().max_message_bytes,
+            send_bytes: self.producer.max_batch_bytes(),
+        };
         match lane {
             Lane::Scheduled(scheduled, at) => {
                 let (row, message) = *scheduled;
@@ -384,7 +388,7 @@ impl Sender<'_> {
             }
             Lane::Unordered(rows) => {
                 let mut outcomes = Vec::with_capacity(rows.len());
-                for chunk in chunks(rows, max_bytes) {
+                for chunk in chunks(rows, limits) {
                     if self.window.open() {
                         outcomes.extend(self.chunk(chunk, None).await);
                     } else {
@@ -400,7 +404,7 @@ impl Sender<'_> {
             Lane::Ordered(key, rows) => {
                 let mut outcomes = Vec::with_capacity(rows.len());
                 let mut blocked = false;
-                for chunk in chunks(rows, max_bytes) {
+                for chunk in chunks(rows, limits) {
                     if blocked || !self.window.open() {
                         // Never send a key's later rows before its earlier ones.
                         outcomes.extend(
@@ -512,20 +516,34 @@ impl Sender<'_> {
     }
 }
 
-/// Consecutive rows of one topic whose bodies together stay within the broker's limit for a
-/// batch (a larger single message goes alone, to be refused or not on its own).
-fn chunks(rows: Vec<(RawRow, Message)>, max_bytes: usize) -> Vec<Vec<(RawRow, Message)>> {
+/// How much one batch send may carry.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    /// The bodies together: the broker's limit for a batch (its message size limit).
+    body_bytes: usize,
+    /// The encoded messages together: what one frame holds (properties count here too, so
+    /// many small messages with large properties need several sends).
+    send_bytes: usize,
+}
+
+/// Consecutive rows of one topic that one send can carry, within both of `limits` (a message
+/// over a limit goes alone, to be refused or not on its own).
+fn chunks(rows: Vec<(RawRow, Message)>, limits: BatchLimits) -> Vec<Vec<(RawRow, Message)>> {
     let mut chunks: Vec<Vec<(RawRow, Message)>> = Vec::new();
-    let mut bytes = 0;
+    let (mut body_bytes, mut send_bytes) = (0, 0);
     for (row, message) in rows {
+        let (body, encoded) = (message.body.len(), send_body_len(&message));
         let fits = chunks.last().is_some_and(|chunk| {
-            chunk[0].1.topic == message.topic && bytes + message.body.len() <= max_bytes
+            chunk[0].1.topic == message.topic
+                && body_bytes + body <= limits.body_bytes
+                && send_bytes + encoded <= limits.send_bytes
         });
         if !fits {
             chunks.push(Vec::new());
-            bytes = 0;
+            (body_bytes, send_bytes) = (0, 0);
         }
-        bytes += message.body.len();
+        body_bytes += body;
+        send_bytes += encoded;
         if let Some(chunk) = chunks.last_mut() {
             chunk.push((row, message));
         }
@@ -578,6 +596,13 @@ mod tests {
         (raw, Message::new(topic, vec![0u8; body_bytes]))
     }
 
+    fn ids(chunks: Vec<Vec<(RawRow, Message)>>) -> Vec<Vec<i64>> {
+        chunks
+            .iter()
+            .map(|chunk| chunk.iter().map(|(row, _)| row.id).collect())
+            .collect()
+    }
+
     #[test]
     fn batches_keep_to_one_topic_and_the_byte_limit() {
         let rows = vec![
@@ -588,11 +613,34 @@ mod tests {
             row(5, "a", 200),
             row(6, "a", 1),
         ];
-        let ids: Vec<Vec<i64>> = chunks(rows, 100)
-            .iter()
-            .map(|chunk| chunk.iter().map(|(row, _)| row.id).collect())
+        let limits = BatchLimits {
+            body_bytes: 100,
+            send_bytes: usize::MAX,
+        };
+        assert_eq!(
+            ids(chunks(rows, limits)),
+            vec![vec![1, 2], vec![3], vec![4], vec![5], vec![6]]
+        );
+    }
+
+    #[test]
+    fn properties_count_toward_what_one_send_carries() {
+        // Small bodies, large properties: the bodies fit any batch, the encoding does not.
+        let rows: Vec<(RawRow, Message)> = (1..=5)
+            .map(|id| {
+                let (raw, message) = row(id, "a", 10);
+                (raw, message.with_property("trace", "x".repeat(1_000)))
+            })
             .collect();
-        assert_eq!(ids, vec![vec![1, 2], vec![3], vec![4], vec![5], vec![6]]);
+        let per_message = send_body_len(&rows[0].1);
+        let limits = BatchLimits {
+            body_bytes: 1_000,
+            send_bytes: 2 * per_message,
+        };
+        assert_eq!(
+            ids(chunks(rows, limits)),
+            vec![vec![1, 2], vec![3, 4], vec![5]]
+        );
     }
 
     #[test]
