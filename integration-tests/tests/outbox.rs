@@ -74,7 +74,7 @@ on_both_databases!(
 );
 
 /// SQLite keeps a value of the wrong type that a writer outside the SDK put in a column (a
-/// BLOB in the TEXT column `keys` here): that row fails alone, its error naming the column, and
+/// BLOB in the TEXT columns `keys` and `sharding_key` here): that row fails alone, its error naming the column, and
 /// the rows around it go out. (PostgreSQL refuses such a write in the first place.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_row_with_a_column_of_the_wrong_type_fails_alone() {
@@ -94,6 +94,15 @@ async fn sqlite_a_row_with_a_column_of_the_wrong_type_fails_alone() {
          VALUES ('written-by-hand', 'orders', X'5B5D', '{}', X'00', 0, 0)",
     )
     .await;
+    // A BLOB sharding key (what a driver binding bytes writes): the claim reads every pending
+    // row's key, so this must not stop the claims of all rows.
+    Sqlite::execute(
+        &pool,
+        "INSERT INTO ferromq_outbox (dedup_key, topic, keys, properties, body, sharding_key,
+             created_ms, next_attempt_ms)
+         VALUES ('key-written-by-hand', 'orders', '[]', '{}', X'00', X'6B', 0, 0)",
+    )
+    .await;
     outbox
         .enqueue(&mut *connection, order_created(3).dedup_key(dedup_key(3)))
         .await
@@ -104,11 +113,13 @@ async fn sqlite_a_row_with_a_column_of_the_wrong_type_fails_alone() {
     for id in [1, 3] {
         wait_row(&outbox, id, "sent", |row| row.status == OutboxStatus::Sent).await;
     }
-    wait_stats(&outbox, "the hand-written row failed", |s| s.failed == 1).await;
-    let raw = Sqlite::row_by_id(&pool, 2).await.unwrap().unwrap();
-    assert_eq!(raw.status, "failed");
-    let error = raw.last_error.unwrap_or_default();
-    assert!(error.contains("\"keys\""), "{error}");
+    wait_stats(&outbox, "the hand-written rows failed", |s| s.failed == 2).await;
+    for (id, column) in [(2, "\"keys\""), (3, "\"sharding_key\"")] {
+        let raw = Sqlite::row_by_id(&pool, id).await.unwrap().unwrap();
+        assert_eq!(raw.status, "failed");
+        let error = raw.last_error.unwrap_or_default();
+        assert!(error.contains(column), "{error}");
+    }
     // Reading it through the API says the same instead of inventing a row.
     let refused = outbox.row(OutboxId(2)).await.unwrap_err();
     assert!(
@@ -116,7 +127,7 @@ async fn sqlite_a_row_with_a_column_of_the_wrong_type_fails_alone() {
         "{refused:?}"
     );
     ferromq_integration_tests::wait_until("the failure counted", WAIT, || {
-        relay.counters().failed == 1
+        relay.counters().failed == 2
     })
     .await;
     relay.shutdown().await;

@@ -566,8 +566,10 @@ macro_rules! shared_statements {
             }
             let mut transaction = pool.begin_with($begin).await?;
             // With a row lock, rows another relay is claiming right now are skipped, not waited
-            // for.
-            let candidates: Vec<(i64, Option<String>)> = sqlx::query_as(concat!(
+            // for. A key of the wrong type (SQLite keeps what a writer outside the SDK stored)
+            // reads as none: its row is claimed on its own and fails alone once read in full,
+            // instead of failing every claim.
+            let candidates: Vec<(i64, Option<String>)> = sqlx::query(concat!(
                 "SELECT id, sharding_key FROM ferromq_outbox WHERE ",
                 claimable_rows!(),
                 " ORDER BY id LIMIT $2 ",
@@ -576,7 +578,13 @@ macro_rules! shared_statements {
             .bind(now_ms)
             .bind(limit)
             .fetch_all(&mut *transaction)
-            .await?;
+            .await?
+            .iter()
+            .map(|row| {
+                let key = sqlx::Row::try_get::<Option<String>, _>(row, 1).unwrap_or(None);
+                Ok((sqlx::Row::try_get::<i64, _>(row, 0)?, key))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
             if candidates.is_empty() {
                 transaction.rollback().await?;
                 return Ok(Vec::new());
