@@ -74,8 +74,9 @@ on_both_databases!(
 );
 
 /// SQLite keeps a value of the wrong type that a writer outside the SDK put in a column (a
-/// BLOB in the TEXT columns `keys` and `sharding_key` here): that row fails alone, its error naming the column, and
-/// the rows around it go out. (PostgreSQL refuses such a write in the first place.)
+/// BLOB in the TEXT columns `keys` and `sharding_key` here): that row fails alone, its error
+/// naming the column, and the rows around it go out. (PostgreSQL refuses such a write in the
+/// first place.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_row_with_a_column_of_the_wrong_type_fails_alone() {
     use ferromq_client::outbox::OutboxDatabase;
@@ -793,8 +794,8 @@ async fn messages_go_out_when_the_broker_is_back<DB: TestDatabase>() {
 
 /// Small bodies with large properties (tracing headers, say): a claim's bodies fit the
 /// broker's limit for a batch many times over, but the messages do not fit one frame. The
-/// relay splits them over several sends instead of failing the same oversized send until every
-/// row ends `failed`.
+/// relay splits them over as few sends as carry them (once, one oversized send failed like a
+/// network error and was retried until every row ended `failed`).
 async fn a_claim_larger_than_one_send_goes_out_in_several<DB: TestDatabase>() {
     let cluster = Cluster::start(&[]).await;
     let header = "x".repeat(15_000);
