@@ -581,8 +581,9 @@ macro_rules! shared_statements {
             .await?
             .iter()
             .map(|row| {
-                let key = sqlx::Row::try_get::<Option<String>, _>(row, 1).unwrap_or(None);
-                Ok((sqlx::Row::try_get::<i64, _>(row, 0)?, key))
+                // Its error is dropped here: reading the claimed row in full reports it.
+                let key: Option<String> = lenient_column(row, "sharding_key", &mut None);
+                Ok((sqlx::Row::try_get::<i64, _>(row, "id")?, key))
             })
             .collect::<Result<_, sqlx::Error>>()?;
             if candidates.is_empty() {
