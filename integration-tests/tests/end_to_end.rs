@@ -5,19 +5,25 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferromq_client::{ClientError, ConsumeStatus, Message};
+use ferromq_client::{Client, ClientError, ConsumeStatus, Message};
 use ferromq_integration_tests::{
-    client, start_nameserver, stored_messages, wait_for_route, within, Broker,
+    client, start_nameserver, stored_messages, wait_for_route, within, Broker, Nameserver,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_async_and_batch_sends_reach_a_consumer_group_intact() {
+/// A nameserver, one broker and a client of them (the directory holds their data and logs).
+async fn one_broker() -> (tempfile::TempDir, Nameserver, Broker, Client) {
     let dir = tempfile::tempdir().unwrap();
     let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
+    let broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
     let client = client(&nameserver.addr).await;
+    (dir, nameserver, broker, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_async_and_batch_sends_reach_a_consumer_group_intact() {
+    let (_dir, _nameserver, _broker, client) = one_broker().await;
     wait_for_route(&client, "orders", Duration::from_secs(10)).await;
 
     let producer = client.producer();
@@ -116,10 +122,7 @@ async fn sync_async_and_batch_sends_reach_a_consumer_group_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_filters_deliver_only_matching_messages_and_handlers_run_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
-    let client = client(&nameserver.addr).await;
+    let (_dir, _nameserver, _broker, client) = one_broker().await;
     client.create_topic("events", 1).await.unwrap();
     wait_for_route(&client, "events", Duration::from_secs(10)).await;
     let producer = client.producer();
@@ -180,10 +183,7 @@ async fn tag_filters_deliver_only_matching_messages_and_handlers_run_in_order() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rare_tag_is_found_behind_long_runs_of_filtered_messages_without_waiting() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
-    let client = client(&nameserver.addr).await;
+    let (_dir, _nameserver, _broker, client) = one_broker().await;
     client.create_topic("mixed", 1).await.unwrap();
     let producer = client.producer();
     for chunk in 0..20 {
@@ -246,10 +246,7 @@ async fn sends_move_to_another_broker_group_when_one_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_and_callback_sends_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
-    let client = client(&nameserver.addr).await;
+    let (_dir, _nameserver, _broker, client) = one_broker().await;
     client.create_topic("fire", 2).await.unwrap();
     let producer = client.producer();
     for i in 0..10 {
@@ -298,10 +295,7 @@ async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
     use ferromq_protocol::message::{encode_record, put_length_prefixed, MessageIdGenerator};
     use ferromq_protocol::RequestCode;
 
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let mut broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
-    let client = client(&nameserver.addr).await;
+    let (_dir, _nameserver, mut broker, client) = one_broker().await;
     client.create_topic("once", 2).await.unwrap();
 
     // What a producer sends, and sends again when the first answer was lost.
@@ -374,10 +368,7 @@ async fn a_send_retried_after_an_unknown_outcome_is_stored_once() {
 /// split, it goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_too_large_for_one_send_is_refused_before_sending() {
-    let dir = tempfile::tempdir().unwrap();
-    let nameserver = start_nameserver(dir.path(), &[]);
-    let _broker = Broker::start(&dir.path().join("data"), &nameserver.addr, dir.path(), &[]);
-    let client = client(&nameserver.addr).await;
+    let (_dir, _nameserver, _broker, client) = one_broker().await;
     wait_for_route(&client, "orders", Duration::from_secs(10)).await;
     let producer = client.producer();
 
